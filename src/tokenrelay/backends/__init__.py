@@ -1,0 +1,94 @@
+"""Model backends, chosen by one model string.
+
+`llamacpp` (the embedded default), `llamacpp:/path/to/model.gguf`, `openai:<model>` (any
+OpenAI-compatible server; base URL and key from settings or OPENAI_BASE_URL/OPENAI_API_KEY),
+and `scripted:<text>` (the test double, never a default). Third parties add prefixes with
+`register_backend`. Backend modules are imported lazily, so choosing `openai` never loads
+llama.cpp and vice versa.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tokenrelay.backends.base import (
+    Backend,
+    FinishChunk,
+    GenerationSettings,
+    ModelChunk,
+    TextChunk,
+    ThinkingChunk,
+    ToolCallChunk,
+)
+from tokenrelay.config import Settings
+from tokenrelay.errors import ConfigError
+
+__all__ = [
+    "Backend",
+    "BackendFactory",
+    "FinishChunk",
+    "GenerationSettings",
+    "ModelChunk",
+    "TextChunk",
+    "ThinkingChunk",
+    "ToolCallChunk",
+    "load_backend",
+    "parse_model_string",
+    "register_backend",
+]
+
+#: Builds a backend from the part of the model string after the colon ("" if none).
+BackendFactory = Callable[[str, Settings], Backend]
+
+
+def _llamacpp(arg: str, settings: Settings) -> Backend:
+    from tokenrelay.backends.llamacpp import LlamaCppBackend
+
+    return LlamaCppBackend(
+        model_path=arg or None, n_ctx=settings.llama_n_ctx, n_threads=settings.llama_n_threads
+    )
+
+
+def _openai(arg: str, settings: Settings) -> Backend:
+    from tokenrelay.backends.openai_compat import OpenAIBackend
+
+    return OpenAIBackend(
+        model=arg or "gpt-4o-mini",
+        base_url=settings.openai_base_url,
+        api_key=settings.openai_api_key,
+        timeout_s=settings.request_timeout_s,
+    )
+
+
+def _scripted(arg: str, settings: Settings) -> Backend:
+    from tokenrelay.testing import ScriptedBackend
+
+    return ScriptedBackend(replies=[arg or "Hello!"])
+
+
+_REGISTRY: dict[str, BackendFactory] = {
+    "llamacpp": _llamacpp,
+    "openai": _openai,
+    "scripted": _scripted,
+}
+
+
+def register_backend(prefix: str, factory: BackendFactory) -> None:
+    """Make `prefix:<arg>` model strings build backends with `factory`."""
+    _REGISTRY[prefix] = factory
+
+
+def parse_model_string(model: str) -> tuple[str, str]:
+    prefix, _, arg = model.strip().partition(":")
+    return prefix.strip().lower(), arg.strip()
+
+
+def load_backend(model: str | None = None, settings: Settings | None = None) -> Backend:
+    """The backend a model string names (default: `settings.model`, i.e. TOKENRELAY_MODEL)."""
+    settings = settings or Settings.from_env()
+    prefix, arg = parse_model_string(model or settings.model)
+    factory = _REGISTRY.get(prefix)
+    if factory is None:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ConfigError(f"unknown model backend {prefix!r} (known: {known}); e.g. 'llamacpp' or 'openai:gpt-4o-mini'")
+    return factory(arg, settings)

@@ -1,0 +1,118 @@
+"""Settings: one object for the library, the CLI and the server, read from the environment.
+
+Precedence: explicit arguments (CLI flags, keyword arguments) > `TOKENRELAY_*` environment
+variables > defaults. Secrets (API keys) are excluded from `repr` so they never reach logs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from tokenrelay.errors import ConfigError
+
+__all__ = ["Settings", "default_data_dir", "default_db_url"]
+
+ToolProtocol = Literal["auto", "native", "json"]
+EarlyStopping = Literal["generate", "force"]
+
+
+def default_data_dir() -> Path:
+    """The per-user data directory (XDG on Linux, the usual places elsewhere)."""
+    base = os.environ.get("XDG_DATA_HOME")
+    if base:
+        return Path(base) / "tokenrelay"
+    if os.name == "nt":  # pragma: no cover - not exercised on Linux CI
+        return Path(os.environ.get("LOCALAPPDATA", Path.home())) / "tokenrelay"
+    return Path.home() / ".local" / "share" / "tokenrelay"
+
+
+def default_db_url() -> str:
+    return "sqlite:///" + str(default_data_dir() / "tokenrelay.db")
+
+
+@dataclass(kw_only=True)
+class Settings:
+    # model
+    model: str = "llamacpp"
+    max_tokens: int = 512
+    temperature: float = 0.7
+    system_prompt: str | None = None
+    openai_base_url: str | None = None
+    openai_api_key: str | None = field(default=None, repr=False)
+    request_timeout_s: float = 60.0
+    llama_n_ctx: int = 4096
+    llama_n_threads: int | None = None
+    # agent
+    memory_k: int = 5
+    max_iterations: int = 3
+    early_stopping_method: EarlyStopping = "generate"
+    tool_protocol: ToolProtocol = "auto"
+    tool_timeout_s: float = 30.0
+    # storage
+    db: str = field(default_factory=default_db_url)
+    # server
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    api_keys: frozenset[str] = field(default=frozenset(), repr=False)
+    max_text_chars: int = 32_000
+    max_body_bytes: int = 1_000_000
+    keepalive_s: float = 15.0
+    max_queued_events: int = 4096
+    #: extra keys (presets, documents...) set by later layers without changing this class
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ConfigError(f"max_tokens must be at least 1, not {self.max_tokens}")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise ConfigError(f"temperature must be between 0 and 2, not {self.temperature}")
+        if self.memory_k < 0:
+            raise ConfigError(f"memory_k must be 0 or more, not {self.memory_k}")
+        if self.max_iterations < 1:
+            raise ConfigError(f"max_iterations must be at least 1, not {self.max_iterations}")
+        if self.early_stopping_method not in ("generate", "force"):
+            raise ConfigError(
+                f"early_stopping_method must be 'generate' or 'force', not {self.early_stopping_method!r}"
+            )
+        if self.tool_protocol not in ("auto", "native", "json"):
+            raise ConfigError(f"tool_protocol must be auto, native or json, not {self.tool_protocol!r}")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from `TOKENRELAY_<FIELD>` variables (plus OPENAI_API_KEY/OPENAI_BASE_URL),
+        then `overrides` (None values are ignored, so CLI defaults can pass through)."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get("TOKENRELAY_" + f.name.upper())
+            if raw is None or f.name == "extra":
+                continue
+            values[f.name] = _coerce(f.name, str(f.type), raw)
+        if "openai_api_key" not in values and env.get("OPENAI_API_KEY"):
+            values["openai_api_key"] = env["OPENAI_API_KEY"]
+        if "openai_base_url" not in values and env.get("OPENAI_BASE_URL"):
+            values["openai_base_url"] = env["OPENAI_BASE_URL"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _coerce(name: str, type_name: str, raw: str) -> Any:
+    try:
+        if type_name.startswith("frozenset"):
+            return frozenset(part.strip() for part in raw.split(",") if part.strip())
+        if type_name.startswith("int"):
+            return int(raw)
+        if type_name.startswith("float"):
+            return float(raw)
+        if type_name.startswith("bool"):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+    except ValueError:
+        raise ConfigError(f"TOKENRELAY_{name.upper()}={raw!r} is not a valid {type_name}") from None
+    return raw

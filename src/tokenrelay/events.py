@@ -1,0 +1,151 @@
+"""The event vocabulary: everything a run can emit, as a closed set of frozen dataclasses.
+
+Every consumer (terminal, HTTP raw text, typed SSE, OpenAI chunks, the web page) is a pure
+function of one stream of these events. Invariants of a well-formed stream:
+
+* it starts with exactly one `RunStarted`;
+* it ends with exactly one terminal event, `RunFinished` or `RunError`, and nothing follows it;
+* the concatenated `AnswerDelta.text` equals `RunFinished.answer` (or the partial answer a
+  `RunError` carries);
+* every `ToolCallStarted` is followed by one `ToolCallFinished` with the same `call_id`.
+
+The `type` field is a `Literal` discriminator and is also the SSE `event:` name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "AnswerDelta",
+    "Event",
+    "ReasoningDelta",
+    "RunError",
+    "RunFinished",
+    "RunStarted",
+    "Timings",
+    "ToolCallFinished",
+    "ToolCallStarted",
+    "Usage",
+    "event_to_dict",
+]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Usage:
+    """Token counts as reported by the backend (summed over every model call of a run)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Timings:
+    """Wall-clock figures of one run, in seconds since the run started."""
+
+    first_token_s: float | None = None
+    total_s: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunStarted:
+    run_id: str
+    session_id: str | None = None
+    model: str = ""
+    type: Literal["run_started"] = "run_started"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AnswerDelta:
+    """A piece of the final answer: exactly the characters the user should see, in order."""
+
+    text: str
+    type: Literal["answer_delta"] = "answer_delta"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReasoningDelta:
+    """Agent-internal text: model reasoning, or raw agent output in `full` stream mode."""
+
+    text: str
+    type: Literal["reasoning_delta"] = "reasoning_delta"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ToolCallStarted:
+    call_id: str
+    name: str
+    arguments: Any
+    type: Literal["tool_call_started"] = "tool_call_started"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ToolCallFinished:
+    """The outcome of a tool call; exactly one of `result` and `error` is set."""
+
+    call_id: str
+    name: str
+    result: str | None = None
+    error: str | None = None
+    type: Literal["tool_call_finished"] = "tool_call_finished"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunError:
+    """Terminal: the run failed or was cancelled. `answer` holds what was streamed before."""
+
+    message: str
+    code: str = "internal"  # backend | tool | cancelled | timeout | bad_request | internal
+    answer: str = ""
+    type: Literal["error"] = "error"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunFinished:
+    """Terminal: the run completed. `answer` is the whole final answer."""
+
+    answer: str
+    usage: Usage = field(default_factory=Usage)
+    timings: Timings = field(default_factory=Timings)
+    finish_reason: str = "stop"
+    intermediate_steps: tuple[tuple[str, Any, str], ...] = ()
+    type: Literal["run_finished"] = "run_finished"
+
+
+Event = RunStarted | AnswerDelta | ReasoningDelta | ToolCallStarted | ToolCallFinished | RunError | RunFinished
+
+TERMINAL_TYPES = frozenset({"run_finished", "error"})
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """A JSON-ready dict of an event. Deltas take a fast path: they are most of the traffic."""
+    if type(event) is AnswerDelta or type(event) is ReasoningDelta:
+        return {"type": event.type, "text": event.text}
+    if isinstance(event, RunFinished):
+        return {
+            "type": event.type,
+            "answer": event.answer,
+            "finish_reason": event.finish_reason,
+            "usage": {
+                "prompt_tokens": event.usage.prompt_tokens,
+                "completion_tokens": event.usage.completion_tokens,
+                "total_tokens": event.usage.total_tokens,
+            },
+            "timings": {"first_token_s": event.timings.first_token_s, "total_s": event.timings.total_s},
+            "intermediate_steps": [
+                {"tool": tool, "input": tool_input, "observation": observation}
+                for tool, tool_input, observation in event.intermediate_steps
+            ],
+        }
+    return {name: getattr(event, name) for name in event.__slots__}

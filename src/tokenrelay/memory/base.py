@@ -1,0 +1,86 @@
+"""Conversation memory: sessions and their turns, behind one small async Protocol.
+
+A turn is written in two steps so nothing the user said is ever lost: `begin_turn` stores
+the user's message (status `running`) before generation starts; `finish_turn` stores the
+answer (or the partial answer) with its final status. Sessions belong to an owner (an API
+key's identity, or None when keys are off); every read and write takes the caller's owner,
+and a session of another owner behaves exactly like a missing one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+__all__ = ["Document", "SessionInfo", "SessionStore", "Turn", "TurnStatus"]
+
+TurnStatus = Literal["running", "complete", "interrupted", "failed"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SessionInfo:
+    id: str
+    owner: str | None
+    title: str
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Turn:
+    id: int
+    session_id: str
+    run_id: str
+    user_text: str
+    answer: str
+    status: TurnStatus
+    error: str | None
+    created_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Document:
+    """A text attached to a session; it becomes context for every question in it."""
+
+    name: str
+    text: str
+    created_at: float
+
+
+class SessionStore(Protocol):
+    async def create_session(
+        self, *, owner: str | None = None, session_id: str | None = None, title: str = ""
+    ) -> SessionInfo:
+        """Create a session (a fresh random id unless `session_id` is given)."""
+        ...
+
+    async def get_session(self, session_id: str, *, owner: str | None = None) -> SessionInfo | None: ...
+
+    async def list_sessions(self, *, owner: str | None = None, limit: int = 100) -> list[SessionInfo]:
+        """Most recently updated first."""
+        ...
+
+    async def delete_session(self, session_id: str, *, owner: str | None = None) -> bool: ...
+
+    async def begin_turn(self, session_id: str, *, run_id: str, user_text: str) -> int:
+        """Store the user's message as a `running` turn; return the turn id."""
+        ...
+
+    async def finish_turn(
+        self, turn_id: int, *, answer: str, status: TurnStatus, error: str | None = None
+    ) -> None: ...
+
+    async def history(self, session_id: str, *, limit: int | None = None) -> list[Turn]:
+        """The last `limit` turns (all when None), oldest first."""
+        ...
+
+    async def set_document(self, session_id: str, *, name: str, text: str) -> None: ...
+
+    async def get_document(self, session_id: str) -> Document | None: ...
+
+    async def recover_running(self) -> int:
+        """Mark turns left `running` by a crash as `interrupted`; return how many."""
+        ...
+
+    async def close(self) -> None: ...
