@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, TextIO
@@ -219,6 +220,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: still one line, with the traceback only on request
+        if os.environ.get("TOKENRELAY_DEBUG"):
+            raise
+        print(f"tokenrelay: internal error: {type(exc).__name__}: {exc} (TOKENRELAY_DEBUG=1 shows more)",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -36,6 +36,15 @@ Invariants:
   model) and parsing stops.  Text already emitted is never retracted.
 * Raw control characters inside strings are accepted (like ``json.loads(...,
   strict=False)``); invalid escape sequences are errors.
+* Plain text fallback: if no ``{`` was ever seen, ``finish()`` returns the
+  stripped raw text as the final answer (``.error`` is set instead when the
+  fallback is disabled or the output is blank); ``complete`` stays False.
+
+Performance notes: while streaming a final answer, a chunk with no ``"`` and
+no ``\\`` is returned as is; a short chunk made of plain characters and complete
+escapes is decoded once and memoized in a small module-level cache shared by
+all extractors.  Everything else goes through the state machine.  ``raw`` and
+``answer`` are joined lazily on access.
 """
 
 from __future__ import annotations
@@ -76,7 +85,16 @@ _REPLACEMENT: Final = "\ufffd"
 _STR_SPECIAL: Final = re.compile(r'["\\]')
 _CONTAINER_SPECIAL: Final = re.compile(r'["{}\[\]]')
 _SCALAR_END: Final = re.compile(r"[^0-9A-Za-z+\-.]")
-_ESCAPE: Final = re.compile(r'\\(?:u([0-9a-fA-F]{4})|["\\/bfnrt])')
+_UNICODE_ESCAPE: Final = re.compile(r"\\u([0-9a-fA-F]{4})")
+# A chunk made only of plain string characters and complete escapes (no
+# surrogate halves): it decodes the same way whatever came before it.
+_SELF_CONTAINED: Final = re.compile(r'(?:[^"\\]|\\["\\/bfnrt]|\\u(?![dD][89a-fA-F])[0-9a-fA-F]{4})*')
+_DECODED_CACHE_MAX: Final = 4096
+_DECODED_CHUNK_MAX: Final = 32
+# Shared cache of decoded self-contained chunks ("" for chunks that are not):
+# token vocabularies are finite, so chunks such as '\\n\\n' or '.\\"' repeat
+# across streams.
+_decoded_cache: dict[str, str] = {}
 _SIMPLE_ESCAPES: Final[dict[str, str]] = {
     '"': '"',
     "\\": "\\",
@@ -100,6 +118,19 @@ _UNTERMINATED: Final[dict[int, str]] = {
     _CONTAINER: "unterminated object (unterminated nested value)",
     _SCALAR: "unterminated object",
 }
+
+
+def _decode_self_contained(chunk: str) -> str:
+    """Decode a chunk of string body containing escapes; "" if not self-contained."""
+    if len(chunk) > _DECODED_CHUNK_MAX:
+        return ""
+    text: str = ""
+    if _SELF_CONTAINED.fullmatch(chunk) is not None:
+        text = json.loads('"' + chunk + '"', strict=False)
+    if len(_decoded_cache) >= _DECODED_CACHE_MAX:
+        _decoded_cache.clear()
+    _decoded_cache[chunk] = text
+    return text
 
 
 def _format_value(value: object) -> str:
@@ -132,6 +163,7 @@ class FinalAnswerExtractor:
         "_capture",
         "_chunks",
         "_esc",
+        "_fast",
         "_finished",
         "_hi",
         "_in_str",
@@ -173,6 +205,7 @@ class FinalAnswerExtractor:
         self._esc = ""  # incomplete escape sequence split by a chunk boundary
         self._hi = 0  # pending high surrogate (waiting for its low half), or 0
         self._streaming = False  # current string is a final answer: emit it
+        self._fast = False  # _streaming and no pending escape / surrogate
         # Object level.
         self._key = ""
         self._seen_action = False
@@ -206,15 +239,25 @@ class FinalAnswerExtractor:
 
     def feed(self, chunk: str) -> str:
         """Consume the next chunk of raw model output; return answer text newly decoded (may be "")."""
+        # Hot path: a piece of a streaming final answer that cannot end it.
+        if self._fast:
+            if "\\" in chunk:
+                text = _decoded_cache.get(chunk)
+                if text is None:
+                    text = _decode_self_contained(chunk)
+            elif '"' in chunk:
+                text = ""
+            else:
+                text = chunk
+            if text:
+                self._chunks.append(chunk)
+                self._offset += len(chunk)
+                self._parts.append(text)
+                self._answer.append(text)
+                return text
         if self._finished or not chunk:
             return ""
         self._chunks.append(chunk)
-        # Hot path: a run of plain characters inside a streaming final answer.
-        if self._streaming and '"' not in chunk and "\\" not in chunk and not self._esc and not self._hi:
-            self._offset += len(chunk)
-            self._parts.append(chunk)
-            self._answer.append(chunk)
-            return chunk
         if self._state >= _DONE:
             self._offset += len(chunk)
             return ""
@@ -225,10 +268,11 @@ class FinalAnswerExtractor:
             self.error = str(exc)
             self._state = _ERROR
             self._streaming = False
+        self._fast = self._streaming and not self._esc and not self._hi
         self._offset += len(chunk)
         if not out:
             return ""
-        text = "".join(out)
+        text = out[0] if len(out) == 1 else "".join(out)
         self._answer.append(text)
         return text
 
@@ -242,6 +286,7 @@ class FinalAnswerExtractor:
         if self._finished:
             return ""
         self._finished = True
+        self._fast = False
         state = self._state
         if state == _PRE:
             text = self.raw.strip()
@@ -368,32 +413,48 @@ class FinalAnswerExtractor:
 
     def _scan_string(self, chunk: str, pos: int, out: list[str]) -> int:
         n = len(chunk)
+        parts = self._parts
+        stream = self._streaming
         search = _STR_SPECIAL.search
         while pos < n:
             if self._esc:
                 pos = self._resume_escape(chunk, pos, out)
                 continue
             m = search(chunk, pos)
-            if m is None:
-                self._put(chunk[pos:], out)
-                return n
-            end = m.start()
+            end = n if m is None else m.start()
             if end > pos:
-                self._put(chunk[pos:end], out)
+                text = chunk[pos:end]
+                if self._hi:
+                    self._put(text, out)
+                else:
+                    parts.append(text)
+                    if stream:
+                        out.append(text)
+            if m is None:
+                return n
             if chunk[end] == '"':
                 self._end_string(out)
                 return end + 1
-            em = _ESCAPE.match(chunk, end)
-            if em is None:  # split by the chunk boundary, or invalid
-                self._esc = "\\"
-                pos = end + 1
-                continue
-            hexdigits = em.group(1)
-            if hexdigits is None:
-                self._put(_SIMPLE_ESCAPES[chunk[end + 1]], out)
-            else:
-                self._put_code(int(hexdigits, 16), out)
-            pos = em.end()
+            # A backslash: decode the escape if it is complete in this chunk.
+            if end + 1 < n:
+                simple = _SIMPLE_ESCAPES.get(chunk[end + 1])
+                if simple is not None:
+                    if self._hi:
+                        self._put(simple, out)
+                    else:
+                        parts.append(simple)
+                        if stream:
+                            out.append(simple)
+                    pos = end + 2
+                    continue
+                em = _UNICODE_ESCAPE.match(chunk, end)
+                if em is not None:
+                    self._put_code(int(em.group(1), 16), out)
+                    pos = em.end()
+                    continue
+            # Split by the chunk boundary, or invalid: go character by character.
+            self._esc = "\\"
+            pos = end + 1
         return pos
 
     def _resume_escape(self, chunk: str, pos: int, out: list[str]) -> int:

@@ -1,0 +1,345 @@
+"""The agent: a conversational tool-using loop with per-session memory, as one event stream.
+
+This is the tutorial's agent (conversational ReAct, memory window k=5, a math tool,
+`max_iterations=3`, `early_stopping_method="generate"`) made exact and safe:
+
+* only the final answer is emitted as `AnswerDelta`, character-exact, while it streams;
+  tool calls and results are their own events; raw model output is `ReasoningDelta` and
+  only in `full` mode;
+* memory is per session: the user's message is stored before the first model call and
+  the answer (complete, partial/interrupted, or failed) when the run ends, on every path,
+  including the consumer leaving and task cancellation;
+* every run ends with exactly one `RunFinished` or `RunError`: backend failures, tool
+  failures and bugs never escape as exceptions and never hang the stream;
+* `early_stopping_method="generate"` makes one last model call, constrained to a final
+  answer, and always yields one.
+
+Two tool protocols: `json` (the tutorial's `{"action", "action_input"}` blobs, enforced by
+grammar on llama.cpp) and `native` (OpenAI tool calls); `auto` picks native when the backend
+supports it. With native calls, text the model writes in a message that also calls a tool is
+reasoning, so while tools are on offer a message's text is held until the message ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from tokenrelay.agent.final_answer import FinalAnswerExtractor
+from tokenrelay.agent.prompts import (
+    DEFAULT_SYSTEM,
+    FINAL_ANSWER,
+    FINAL_CALL_MESSAGE,
+    FORCED_STOP_MESSAGE,
+    action_schema,
+    invalid_output_message,
+    json_system_prompt,
+    tool_response_message,
+)
+from tokenrelay.backends.base import (
+    Backend,
+    FinishChunk,
+    GenerationSettings,
+    TextChunk,
+    ThinkingChunk,
+    ToolCallChunk,
+)
+from tokenrelay.errors import TokenrelayError
+from tokenrelay.events import (
+    AnswerDelta,
+    Event,
+    ReasoningDelta,
+    RunError,
+    RunFinished,
+    RunStarted,
+    Timings,
+    ToolCallFinished,
+    ToolCallStarted,
+    Usage,
+)
+from tokenrelay.memory.base import SessionStore, Turn, TurnStatus
+from tokenrelay.messages import Message, ToolCall
+from tokenrelay.run import new_run_id
+from tokenrelay.tools import default_tools
+from tokenrelay.tools.registry import Tool, ToolOutcome, as_tools
+
+__all__ = ["Agent", "StreamMode", "ToolProtocol"]
+
+log = logging.getLogger("tokenrelay.agent")
+
+StreamMode = Literal["final", "full"]
+ToolProtocol = Literal["auto", "native", "json"]
+
+
+@dataclass
+class _RunState:
+    """What one run has produced so far; the partial answer survives any failure."""
+
+    started: float = field(default_factory=time.perf_counter)
+    parts: list[str] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    first_token_s: float | None = None
+    steps: list[tuple[str, Any, str]] = field(default_factory=list)
+
+    @property
+    def answer(self) -> str:
+        return "".join(self.parts)
+
+    def answer_delta(self, text: str) -> AnswerDelta:
+        if self.first_token_s is None:
+            self.first_token_s = time.perf_counter() - self.started
+        self.parts.append(text)
+        return AnswerDelta(text=text)
+
+
+class Agent:
+    """A conversational agent over any backend. One `Agent` serves many concurrent runs:
+    it holds configuration only, and each `run` keeps its state to itself."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        tools: Sequence[Tool | Callable[..., Any]] | None = None,
+        store: SessionStore | None = None,
+        memory_k: int = 5,
+        max_iterations: int = 3,
+        early_stopping_method: Literal["generate", "force"] = "generate",
+        tool_protocol: ToolProtocol = "auto",
+        tool_timeout_s: float = 30.0,
+        system_prompt: str | None = None,
+        generation: GenerationSettings = GenerationSettings(),
+        verbose: bool = False,
+        return_intermediate_steps: bool = False,
+    ) -> None:
+        if max_iterations < 1:
+            raise ValueError("max_iterations must be at least 1")
+        if early_stopping_method not in ("generate", "force"):
+            raise ValueError("early_stopping_method must be 'generate' or 'force'")
+        self.backend = backend
+        self.tools = as_tools(default_tools() if tools is None else tools)
+        self._by_name = {t.name: t for t in self.tools}
+        self.store = store
+        self.memory_k = memory_k
+        self.max_iterations = max_iterations
+        self.early_stopping_method = early_stopping_method
+        if tool_protocol == "auto":
+            tool_protocol = "native" if backend.supports_native_tools else "json"
+        self.tool_protocol: Literal["native", "json"] = tool_protocol
+        self.tool_timeout_s = tool_timeout_s
+        self.system_prompt = system_prompt
+        self.generation = generation
+        self.verbose = verbose
+        self.return_intermediate_steps = return_intermediate_steps
+
+    # -- the run -----------------------------------------------------------------------
+
+    async def run(
+        self,
+        text: str,
+        *,
+        session_id: str | None = None,
+        mode: StreamMode = "final",
+        run_id: str | None = None,
+        history: Sequence[tuple[str, str]] = (),
+    ) -> AsyncIterator[Event]:
+        """Answer `text`, continuing `session_id`'s conversation when a store is set.
+
+        `history` is (user, assistant) pairs given by the caller (stateless APIs such as the
+        OpenAI-compatible endpoint); it comes before the session's own memory."""
+        run_id = run_id or new_run_id()
+        state = _RunState()
+        yield RunStarted(run_id=run_id, session_id=session_id, model=self.backend.name)
+        turn_id: int | None = None
+        status: TurnStatus = "interrupted"
+        error: str | None = None
+        history_given = history
+        try:
+            turns: list[Turn] = []
+            document: str | None = None
+            if self.store is not None and session_id is not None:
+                if self.memory_k:
+                    turns = await self.store.history(session_id, limit=self.memory_k)
+                doc = await self.store.get_document(session_id)
+                document = doc.text if doc else None
+                turn_id = await self.store.begin_turn(session_id, run_id=run_id, user_text=text)
+            async for event in self._loop(text, turns, document, mode, state, given=history_given):
+                yield event
+            status = "complete"
+        except TokenrelayError as exc:
+            status, error = "failed", str(exc)
+            log.info("run %s failed: %s", run_id, exc)
+            yield RunError(message=str(exc), code=exc.code, answer=state.answer)
+        except Exception as exc:  # a bug must still end the stream with an error event
+            status, error = "failed", f"internal error: {type(exc).__name__}"
+            log.exception("run %s crashed", run_id)
+            yield RunError(message=error, code="internal", answer=state.answer)
+        finally:
+            if turn_id is not None and self.store is not None:
+                await self.store.finish_turn(turn_id, answer=state.answer, status=status, error=error)
+        if status == "complete":
+            yield RunFinished(
+                answer=state.answer,
+                usage=state.usage,
+                timings=Timings(first_token_s=state.first_token_s, total_s=time.perf_counter() - state.started),
+                intermediate_steps=tuple(state.steps) if self.return_intermediate_steps else (),
+            )
+
+    async def _loop(
+        self,
+        text: str,
+        turns: list[Turn],
+        document: str | None,
+        mode: StreamMode,
+        state: _RunState,
+        *,
+        given: Sequence[tuple[str, str]],
+    ) -> AsyncIterator[Event]:
+        messages = self._initial_messages(text, turns, document, given)
+        step = self._json_step if self.tool_protocol == "json" else self._native_step
+        for iteration in range(self.max_iterations):
+            done = False
+            async for event in step(messages, mode, state, final_only=False):
+                if event is _DONE:
+                    done = True
+                else:
+                    yield event  # type: ignore[misc]
+            if done:
+                return
+            log.log(logging.INFO if self.verbose else logging.DEBUG, "iteration %d ended without an answer", iteration)
+        if self.early_stopping_method == "force" or not self.tools:
+            yield state.answer_delta(FORCED_STOP_MESSAGE)
+            return
+        messages.append(Message.user(FINAL_CALL_MESSAGE))
+        async for event in step(messages, mode, state, final_only=True):
+            if event is not _DONE:
+                yield event  # type: ignore[misc]
+        if not state.parts:
+            yield state.answer_delta(FORCED_STOP_MESSAGE)
+
+    def _initial_messages(
+        self, text: str, turns: list[Turn], document: str | None, given: Sequence[tuple[str, str]]
+    ) -> list[Message]:
+        if self.tool_protocol == "json":
+            system = json_system_prompt(self.system_prompt, self.tools, document)
+        else:
+            system = self.system_prompt or DEFAULT_SYSTEM
+            if document:
+                system += "\n\nDOCUMENT - the user attached this document; answer from it:\n" + document
+        messages = [Message.system(system)]
+        for user_text, answer in given:
+            messages += [Message.user(user_text), Message.assistant(answer)]
+        for turn in turns:
+            if turn.status == "running" or not turn.answer:
+                continue
+            messages += [Message.user(turn.user_text), Message.assistant(turn.answer)]
+        messages.append(Message.user(text))
+        return messages
+
+    # -- one model call, JSON action protocol ---------------------------------------------
+
+    async def _json_step(
+        self, messages: list[Message], mode: StreamMode, state: _RunState, *, final_only: bool
+    ) -> AsyncIterator[Event | object]:
+        settings = replace(self.generation, json_schema=action_schema(self.tools, final_only=final_only))
+        extractor = FinalAnswerExtractor()
+        full = mode == "full"
+        async with aclosing(self.backend.stream(messages, settings=settings)) as chunks:
+            async for chunk in chunks:
+                if type(chunk) is TextChunk:
+                    if full:
+                        yield ReasoningDelta(text=chunk.text)
+                    out = extractor.feed(chunk.text)
+                    if out:
+                        yield state.answer_delta(out)
+                elif isinstance(chunk, FinishChunk):
+                    if chunk.usage is not None:
+                        state.usage = state.usage + chunk.usage
+                elif isinstance(chunk, ThinkingChunk) and full:
+                    yield ReasoningDelta(text=chunk.text)
+        tail = extractor.finish()
+        if tail:
+            yield state.answer_delta(tail)
+        if extractor.is_final:
+            yield _DONE
+            return
+        raw = extractor.raw
+        if extractor.error is not None or extractor.action is None:
+            problem = extractor.error or 'missing "action"'
+            log.log(logging.INFO if self.verbose else logging.DEBUG, "unusable model output: %s", problem)
+            messages += [Message.assistant(raw), Message.user(invalid_output_message(problem))]
+            return
+        call_id = "call_" + uuid.uuid4().hex[:12]
+        async for event in self._call_tool(call_id, extractor.action, extractor.action_input, state):
+            yield event
+        messages += [Message.assistant(raw), Message.user(tool_response_message(state.steps[-1][2]))]
+
+    # -- one model call, native tool calls ------------------------------------------------
+
+    async def _native_step(
+        self, messages: list[Message], mode: StreamMode, state: _RunState, *, final_only: bool
+    ) -> AsyncIterator[Event | object]:
+        offer = self.tools and not final_only
+        held: list[str] = []
+        calls: dict[int, dict[str, str]] = {}
+        full = mode == "full"
+        async with aclosing(
+            self.backend.stream(
+                messages, tools=[t.spec() for t in self.tools] if offer else None, settings=self.generation
+            )
+        ) as chunks:
+            async for chunk in chunks:
+                if type(chunk) is TextChunk:
+                    if offer:
+                        held.append(chunk.text)
+                    elif chunk.text:
+                        yield state.answer_delta(chunk.text)
+                elif isinstance(chunk, ToolCallChunk):
+                    call = calls.setdefault(chunk.index, {"id": "", "name": "", "arguments": ""})
+                    call["id"] = chunk.id or call["id"]
+                    call["name"] = chunk.name or call["name"]
+                    call["arguments"] += chunk.arguments
+                elif isinstance(chunk, FinishChunk):
+                    if chunk.usage is not None:
+                        state.usage = state.usage + chunk.usage
+                elif isinstance(chunk, ThinkingChunk) and full:
+                    yield ReasoningDelta(text=chunk.text)
+        content = "".join(held)
+        if not calls:
+            if content:
+                yield state.answer_delta(content)
+            yield _DONE
+            return
+        if content and full:
+            yield ReasoningDelta(text=content)
+        tool_calls = tuple(
+            ToolCall(id=c["id"] or "call_" + uuid.uuid4().hex[:12], name=c["name"], arguments=c["arguments"])
+            for _, c in sorted(calls.items())
+        )
+        messages.append(Message.assistant(content, tool_calls))
+        for call in tool_calls:
+            async for event in self._call_tool(call.id, call.name, call.arguments, state):
+                yield event
+            messages.append(Message(role="tool", content=state.steps[-1][2], tool_call_id=call.id))
+
+    async def _call_tool(self, call_id: str, name: str, arguments: Any, state: _RunState) -> AsyncIterator[Event]:
+        yield ToolCallStarted(call_id=call_id, name=name, arguments=arguments)
+        tool = self._by_name.get(name)
+        if tool is None:
+            known = ", ".join(t.name for t in self.tools) or "none"
+            outcome = ToolOutcome(error=f"there is no tool named {name!r} (tools: {known}, or {FINAL_ANSWER})")
+        else:
+            outcome = await tool.invoke(arguments, timeout_s=self.tool_timeout_s)
+        log.log(
+            logging.INFO if self.verbose else logging.DEBUG, "tool %s(%r) -> %s", name, arguments, outcome.observation
+        )
+        state.steps.append((name, arguments, outcome.observation))
+        yield ToolCallFinished(call_id=call_id, name=name, result=outcome.result, error=outcome.error)
+
+
+_DONE = object()  # a step's private signal: the final answer has been produced

@@ -1,0 +1,49 @@
+"""The HTTP server. `uvicorn tokenrelay.server:app` builds the app from environment
+variables (TOKENRELAY_MODEL, TOKENRELAY_DB, ...); `tokenrelay serve` does the same with flags."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from tokenrelay.config import Settings
+from tokenrelay.server.app import create_app
+
+__all__ = ["create_app", "create_app_from_env", "serve"]
+
+
+def create_app_from_env() -> Any:
+    return create_app(Settings.from_env())
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # built on first access, so importing this package stays cheap
+        app = create_app_from_env()
+        globals()["app"] = app
+        return app
+    raise AttributeError(name)
+
+
+_ENV_FIELDS = ("model", "db", "max_tokens", "temperature", "system_prompt", "openai_base_url",
+               "tool_protocol", "max_iterations", "early_stopping_method")  # fmt: skip
+
+
+def serve(settings: Settings) -> int:
+    """Run uvicorn. Settings travel to worker processes through the environment."""
+    import uvicorn
+
+    for name in _ENV_FIELDS:
+        value = getattr(settings, name)
+        if value is not None:
+            os.environ["TOKENRELAY_" + name.upper()] = str(value)
+    if settings.openai_api_key:
+        os.environ.setdefault("OPENAI_API_KEY", settings.openai_api_key)
+    uvicorn.run(
+        "tokenrelay.server:create_app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level="info",
+    )
+    return 0

@@ -1,0 +1,154 @@
+"""The HTTP server factory: `create_app(settings) -> FastAPI`.
+
+The lifespan builds the long-lived parts once (model backend, session store, run registry);
+requests share only those. Every error response, 4xx or 5xx, has the same JSON shape,
+`{"error": {"message", "type", "code"}}` (the OpenAI shape, so their SDK reports it too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tokenrelay.api import Runner
+from tokenrelay.backends import Backend, load_backend
+from tokenrelay.config import Settings
+from tokenrelay.memory import SessionStore, open_store
+from tokenrelay.server.runs import RunRegistry
+from tokenrelay.server.streaming import install_log_filter
+
+__all__ = ["create_app", "error_body"]
+
+try:
+    __version__ = version("tokenrelay")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0"
+
+
+def error_body(message: str, *, type_: str = "invalid_request_error", code: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "code": code, **extra}}
+
+
+class BodyLimit:
+    """Reject bodies over `limit` bytes with 413 before they are read into memory."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await self._reject(scope, receive, send)
+                    return
+        seen = 0
+
+        async def limited_receive() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await self._reject(scope, receive, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            error_body(f"request body is larger than {self.limit} bytes", code="body_too_large"), status_code=413
+        )
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(
+    settings: Settings | None = None, *, backend: Backend | None = None, store: SessionStore | None = None
+) -> FastAPI:
+    """The tokenrelay ASGI app. `backend`/`store` override what `settings` would build
+    (tests pass a scripted backend); the app closes only what it built itself."""
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        install_log_filter()
+        own_backend = backend or load_backend(settings.model, settings)
+        own_store = store or open_store(settings.db)
+        await own_store.recover_running()
+        load = getattr(own_backend, "load", None)
+        if load is not None:
+            await load()  # the first request should not pay for loading the model
+        runner = Runner(settings, own_backend, own_store)
+        registry = RunRegistry()
+        app.state.runner = runner
+        app.state.registry = registry
+        ticker = asyncio.create_task(registry.keepalive(settings.keepalive_s))
+        try:
+            yield
+        finally:
+            ticker.cancel()
+            await registry.shutdown()
+            if backend is None:
+                await own_backend.aclose()
+            if store is None:
+                await own_store.close()
+
+    app = FastAPI(
+        title="tokenrelay",
+        version=__version__,
+        description="Stream an LLM agent's answer token by token: raw text, typed SSE, OpenAI-compatible.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "authentication_error" if exc.status_code == 401 else "invalid_request_error"
+        if exc.status_code >= 500:
+            kind = "server_error"
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return JSONResponse(
+            error_body(message, type_=kind, code=str(exc.status_code)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        message = "; ".join(problems) or "invalid request"
+        return JSONResponse(error_body(message, code="invalid_request"), status_code=422)
+
+    from tokenrelay.server import routes_chat, routes_openai, routes_sessions
+
+    app.include_router(routes_chat.router)
+    app.include_router(routes_sessions.router)
+    app.include_router(routes_openai.router)
+    return app

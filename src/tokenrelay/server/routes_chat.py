@@ -1,0 +1,226 @@
+"""The tutorial's routes (`/health`, `/chat`), typed SSE (`/chat/events`), and runs.
+
+`/chat` streams the final answer as plain UTF-8 text, flushed per token; when the run fails
+mid-stream the body ends without the chunked terminator, so clients see an incomplete
+response rather than a short answer that looks whole. `/chat/events` streams every event
+as typed SSE and always ends with `run_finished` or `error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from tokenrelay.api import Runner
+from tokenrelay.events import AnswerDelta, Event, RunError, RunFinished
+from tokenrelay.memory.base import Turn
+from tokenrelay.run import new_run_id
+from tokenrelay.server.auth import require_owner
+from tokenrelay.server.runs import RunChannel, RunRegistry
+from tokenrelay.server.schemas import ChatRequest, ChatResponse, HistoryMessage
+from tokenrelay.server.streaming import FollowResponse
+from tokenrelay.sinks.sse import KEEPALIVE, encode_batch
+
+__all__ = ["router", "start_run"]
+
+router = APIRouter()
+
+Owner = Annotated[str | None, Depends(require_owner)]
+
+
+def _runner(request: Request) -> Runner:
+    runner: Runner = request.app.state.runner
+    return runner
+
+
+def _registry(request: Request) -> RunRegistry:
+    registry: RunRegistry = request.app.state.registry
+    return registry
+
+
+@router.get("/health", tags=["service"])
+async def health(request: Request) -> dict[str, Any]:
+    """Liveness, the model in use and the version (the tutorial's 🤙)."""
+    from tokenrelay.server.app import __version__
+
+    runner = _runner(request)
+    return {
+        "status": "🤙",
+        "model": runner.backend.name,
+        "version": __version__,
+        "active_runs": len(_registry(request).active(owner=None)),
+    }
+
+
+async def start_run(
+    request: Request,
+    text: str,
+    *,
+    owner: str | None,
+    session_id: str | None,
+    mode: Literal["final", "full"] = "final",
+    history: Sequence[tuple[str, str]] = (),
+    use_session: bool = True,
+) -> tuple[RunChannel, str | None]:
+    """Validate, resolve the session (404 if it is not the caller's), and start the run."""
+    runner = _runner(request)
+    limit = runner.settings.max_text_chars
+    if not text.strip():
+        raise HTTPException(422, "text must not be empty")
+    if len(text) > limit:
+        raise HTTPException(413, f"text is {len(text)} characters; the limit is {limit}")
+    if "\x00" in text:
+        raise HTTPException(422, "text must not contain NUL characters")
+    if use_session:
+        if session_id is not None:
+            if await runner.store.get_session(session_id, owner=owner) is None:
+                raise HTTPException(404, f"no session {session_id!r}")
+        else:
+            session_id = (await runner.store.create_session(owner=owner)).id
+    run_id = new_run_id()
+    events = runner.agent.run(
+        text, session_id=session_id if use_session else None, mode=mode, run_id=run_id, history=history
+    )
+    channel = _registry(request).start(run_id, events, owner=owner, session_id=session_id)
+    return channel, session_id
+
+
+def _encode_text(events: Sequence[Event], first_id: int) -> bytes:
+    return "".join([e.text for e in events if type(e) is AnswerDelta]).encode()
+
+
+def _history_out(turns: list[Turn]) -> list[HistoryMessage]:
+    out: list[HistoryMessage] = []
+    for turn in turns:
+        out.append(HistoryMessage(role="user", content=turn.user_text))
+        if turn.answer:
+            out.append(HistoryMessage(role="assistant", content=turn.answer))
+    return out
+
+
+async def _chat(request: Request, body: ChatRequest, owner: str | None) -> Response:
+    runner = _runner(request)
+    prior: list[Turn] = []
+    if not body.stream and body.session_id is not None:
+        if await runner.store.get_session(body.session_id, owner=owner) is not None:
+            prior = await runner.store.history(body.session_id, limit=runner.settings.memory_k or None)
+    channel, session_id = await start_run(request, body.text, owner=owner, session_id=body.session_id, mode=body.mode)
+    assert session_id is not None
+    headers = {"X-Session-Id": session_id, "X-Run-Id": channel.run_id}
+    if body.stream:
+        return FollowResponse(  # type: ignore[return-value]
+            channel, _encode_text, media_type="text/plain; charset=utf-8", headers=headers, abort_on_error=True
+        )
+    await _wait(channel)
+    last = channel.events[-1]
+    if isinstance(last, RunError):
+        status = 499 if last.code == "cancelled" else 502
+        return JSONResponse(
+            {"error": {"message": last.message, "type": "run_error", "code": last.code}, "output": last.answer,
+             "session_id": session_id, "run_id": channel.run_id},
+            status_code=status, headers=headers,
+        )  # fmt: skip
+    assert isinstance(last, RunFinished)
+    payload = ChatResponse(
+        input=body.text,
+        chat_history=_history_out(prior),
+        output=last.answer,
+        session_id=session_id,
+        run_id=channel.run_id,
+    )
+    return JSONResponse(payload.model_dump(), headers=headers)
+
+
+async def _wait(channel: RunChannel) -> None:
+    """Wait for a run; if this request is cancelled (client gone), cancel the run too."""
+    assert channel.task is not None
+    try:
+        await asyncio.shield(channel.task)
+    except asyncio.CancelledError:
+        channel.cancel()
+        raise
+
+
+_CHAT_DOC = (
+    "The final answer only, streamed as text/plain (UTF-8), flushed per token. The session id comes "
+    "back in `X-Session-Id`, the run id in `X-Run-Id`. With `stream: false`, one JSON object as in "
+    "the tutorial. A failure mid-stream ends the body without the chunked terminator (an incomplete "
+    "response), never a short answer that looks complete."
+)
+
+
+@router.post("/chat", tags=["chat"], summary="Chat (streamed text)", description=_CHAT_DOC, response_model=None)
+async def chat_post(request: Request, body: ChatRequest, owner: Owner) -> Response:
+    return await _chat(request, body, owner)
+
+
+@router.get("/chat", tags=["chat"], summary="Chat (GET with a JSON body, as the tutorial's client sends it)",
+            description=_CHAT_DOC, response_model=None)  # fmt: skip
+async def chat_get(request: Request, body: Annotated[ChatRequest, Body()], owner: Owner) -> Response:
+    return await _chat(request, body, owner)
+
+
+def _sse_response(channel: RunChannel, headers: dict[str, str], start: int = 0) -> FollowResponse:
+    return FollowResponse(
+        channel, encode_batch, media_type="text/event-stream; charset=utf-8", headers=headers,
+        start=start, keepalive=KEEPALIVE,
+    )  # fmt: skip
+
+
+@router.post(
+    "/chat/events",
+    tags=["chat"],
+    summary="Chat (typed server-sent events)",
+    description=(
+        "`text/event-stream`: `event:` is the event type (run_started, answer_delta, reasoning_delta, "
+        "tool_call_started, tool_call_finished, error, run_finished), `data:` its JSON, `id:` its index in "
+        "the run (use it as Last-Event-ID with GET /runs/{run_id}/events to resume). The last event is "
+        "run_finished (whole answer, usage, timings) or error."
+    ),
+    response_model=None,
+)
+async def chat_events(
+    request: Request,
+    body: ChatRequest,
+    owner: Owner,
+    mode: Annotated[Literal["final", "full"] | None, Query(description="overrides the body's mode")] = None,
+) -> FollowResponse:
+    channel, session_id = await start_run(
+        request, body.text, owner=owner, session_id=body.session_id, mode=mode or body.mode
+    )
+    assert session_id is not None
+    return _sse_response(channel, {"X-Session-Id": session_id, "X-Run-Id": channel.run_id})
+
+
+@router.get("/runs/{run_id}/events", tags=["runs"], summary="Resume a run's event stream", response_model=None)
+async def run_events(
+    request: Request,
+    run_id: str,
+    owner: Owner,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> FollowResponse:
+    """Every event after `Last-Event-ID` (all of them without it), then the live tail."""
+    channel = _registry(request).get(run_id, owner=owner)
+    if channel is None:
+        raise HTTPException(404, f"no run {run_id!r}")
+    start = 0
+    if last_event_id:
+        try:
+            start = int(last_event_id) + 1
+        except ValueError:
+            raise HTTPException(422, "Last-Event-ID must be an event id (an integer)") from None
+    if start < 0 or start > len(channel.events):
+        raise HTTPException(422, f"Last-Event-ID {last_event_id} is not an event of this run")
+    return _sse_response(channel, {"X-Run-Id": run_id}, start=start)
+
+
+@router.post("/runs/{run_id}/cancel", tags=["runs"], summary="Cancel a running run", status_code=202)
+async def cancel_run(request: Request, run_id: str, owner: Owner) -> dict[str, Any]:
+    channel = _registry(request).get(run_id, owner=owner)
+    if channel is None:
+        raise HTTPException(404, f"no run {run_id!r}")
+    return {"run_id": run_id, "cancelled": channel.cancel()}

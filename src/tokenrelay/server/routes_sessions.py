@@ -1,0 +1,75 @@
+"""Sessions: create, list, read history, delete, cancel the running run.
+
+A session of another API key answers exactly like a missing one (404), so ids cannot be
+probed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, Response
+
+from tokenrelay.server.routes_chat import Owner, _registry, _runner
+from tokenrelay.server.schemas import SessionDetail, SessionSummary, TurnOut
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/sessions", tags=["sessions"])
+
+
+@router.get("", summary="List sessions (most recent first)")
+async def list_sessions(request: Request, owner: Owner, limit: int = 100) -> list[SessionSummary]:
+    if not 1 <= limit <= 1000:
+        raise HTTPException(422, "limit must be between 1 and 1000")
+    sessions = await _runner(request).store.list_sessions(owner=owner, limit=limit)
+    return [SessionSummary(id=s.id, title=s.title, created_at=s.created_at, updated_at=s.updated_at) for s in sessions]
+
+
+@router.post("", summary="Create a session", status_code=201)
+async def create_session(request: Request, owner: Owner) -> SessionSummary:
+    s = await _runner(request).store.create_session(owner=owner)
+    return SessionSummary(id=s.id, title=s.title, created_at=s.created_at, updated_at=s.updated_at)
+
+
+@router.get("/{session_id}", summary="A session with its whole history")
+async def get_session(request: Request, session_id: str, owner: Owner) -> SessionDetail:
+    store = _runner(request).store
+    s = await store.get_session(session_id, owner=owner)
+    if s is None:
+        raise HTTPException(404, f"no session {session_id!r}")
+    turns = await store.history(session_id)
+    document = await store.get_document(session_id)
+    active = [c.run_id for c in _registry(request).active(owner=owner) if c.session_id == session_id]
+    return SessionDetail(
+        id=s.id,
+        title=s.title,
+        created_at=s.created_at,
+        updated_at=s.updated_at,
+        turns=[
+            TurnOut(
+                run_id=t.run_id, user_text=t.user_text, answer=t.answer, status=t.status,
+                error=t.error, created_at=t.created_at, finished_at=t.finished_at,
+            )  # fmt: skip
+            for t in turns
+        ],
+        document=document.name if document else None,
+        active_run_id=active[-1] if active else None,
+    )
+
+
+@router.delete("/{session_id}", summary="Delete a session and its history", status_code=204)
+async def delete_session(request: Request, session_id: str, owner: Owner) -> Response:
+    for channel in _registry(request).active(owner=owner):
+        if channel.session_id == session_id:
+            channel.cancel()
+    if not await _runner(request).store.delete_session(session_id, owner=owner):
+        raise HTTPException(404, f"no session {session_id!r}")
+    return Response(status_code=204)
+
+
+@router.post("/{session_id}/cancel", summary="Cancel the session's running run", status_code=202)
+async def cancel_session_run(request: Request, session_id: str, owner: Owner) -> dict[str, Any]:
+    if await _runner(request).store.get_session(session_id, owner=owner) is None:
+        raise HTTPException(404, f"no session {session_id!r}")
+    cancelled = [c.run_id for c in _registry(request).active(owner=owner) if c.session_id == session_id and c.cancel()]
+    return {"session_id": session_id, "cancelled": cancelled}

@@ -1,0 +1,170 @@
+"""Runs in flight: each run is a task that appends its events to a channel; responses follow it.
+
+Decoupling the run from the HTTP response gives cancel-by-id (from any request), a clean
+error event instead of a broken stream when a run is cancelled, and cheap coalescing: a
+follower that falls behind takes every queued event in one batch.
+
+Invariants:
+* a channel's events are append-only and end with exactly one terminal event;
+* followers read `events` by index and wait with `next_event`: every event from where they
+  start, in order, each once; they never block the producer (a run's output is bounded by
+  max_tokens per model call and max_iterations, so the buffer is bounded too);
+* a run whose last follower leaves (client disconnect) is cancelled, unless it was started
+  detached; the agent then records the turn as interrupted with its partial answer;
+* finished runs are forgotten after `retention_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from tokenrelay.events import Event, RunError, RunFinished
+
+__all__ = ["RunChannel", "RunRegistry"]
+
+
+@dataclass(eq=False)
+class RunChannel:
+    run_id: str
+    owner: str | None
+    session_id: str | None
+    events: list[Event] = field(default_factory=list)
+    done: bool = False
+    task: asyncio.Task[None] | None = None
+    finished_at: float | None = None
+    followers: int = 0
+    detached: bool = False
+    _waiters: list[asyncio.Future[bool]] = field(default_factory=list)
+
+    def publish(self, event: Event) -> None:
+        if self.done:
+            return
+        self.events.append(event)
+        if isinstance(event, RunFinished | RunError):
+            self.done = True
+            self.finished_at = time.monotonic()
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(False)
+
+    async def next_event(self, known: int) -> bool:
+        """Wait for an event beyond index `known`. Returns False when one arrived (or the run
+        is done), True when woken by the registry's keep-alive tick instead."""
+        if len(self.events) > known or self.done:
+            return False
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return await waiter
+
+    def tick(self) -> None:
+        """Wake idle followers so they can send a keep-alive."""
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(True)
+
+    def cancel(self) -> bool:
+        if self.task is None or self.task.done():
+            return False
+        self.task.cancel()
+        return True
+
+
+class RunRegistry:
+    """The runs of this process, by id."""
+
+    def __init__(self, retention_s: float = 300.0) -> None:
+        self._runs: dict[str, RunChannel] = {}
+        self.retention_s = retention_s
+        self._last_sweep = time.monotonic()
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def start(
+        self,
+        run_id: str,
+        events: AsyncIterator[Event],
+        *,
+        owner: str | None,
+        session_id: str | None,
+        detached: bool = False,
+    ) -> RunChannel:
+        self._sweep()
+        channel = RunChannel(run_id=run_id, owner=owner, session_id=session_id, detached=detached)
+        channel.task = asyncio.create_task(self._pump(channel, events), name=f"run {run_id}")
+        self._runs[run_id] = channel
+        return channel
+
+    def get(self, run_id: str, *, owner: str | None) -> RunChannel | None:
+        channel = self._runs.get(run_id)
+        if channel is None or channel.owner != owner:
+            return None
+        return channel
+
+    def active(self, *, owner: str | None = None) -> list[RunChannel]:
+        return [c for c in self._runs.values() if not c.done and c.owner == owner]
+
+    async def _pump(self, channel: RunChannel, events: AsyncIterator[Event]) -> None:
+        try:
+            async for event in events:
+                channel.publish(event)
+        except asyncio.CancelledError:
+            # closing the generator runs the agent's cleanup (turn stored as interrupted)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(_aclose(events))
+            channel.publish(RunError(message="the run was cancelled", code="cancelled", answer=_answer(channel)))
+        except Exception as exc:  # the agent turns failures into events; this is a last resort
+            channel.publish(RunError(message=f"internal error: {type(exc).__name__}", code="internal"))
+        finally:
+            if not channel.done:
+                channel.publish(RunError(message="the run ended without a result", code="internal"))
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep < 5.0:
+            return
+        self._last_sweep = now
+        stale = [
+            run_id
+            for run_id, c in self._runs.items()
+            if c.done and c.finished_at is not None and now - c.finished_at > self.retention_s
+        ]
+        for run_id in stale:
+            del self._runs[run_id]
+
+    async def keepalive(self, interval_s: float) -> None:
+        """Every `interval_s`, wake idle followers to send a keep-alive: one timer for the
+        whole process instead of one per token."""
+        while True:
+            await asyncio.sleep(interval_s)
+            for channel in list(self._runs.values()):
+                if not channel.done:
+                    channel.tick()
+            self._sweep()
+
+    async def shutdown(self) -> None:
+        tasks = [c.task for c in self._runs.values() if c.task is not None and not c.task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _aclose(events: AsyncIterator[Event]) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _answer(channel: RunChannel) -> str:
+    from tokenrelay.events import AnswerDelta
+
+    return "".join(e.text for e in channel.events if type(e) is AnswerDelta)

@@ -1,0 +1,138 @@
+"""An ASGI response that follows a run's channel and writes it in one wire format.
+
+Why not Starlette's StreamingResponse: we need a keep-alive that costs nothing per token,
+batches (coalescing) when the reader falls behind, a client disconnect that cancels the run
+at once (not at the next write), and, for raw text, a failure that ends the body without the
+chunked terminator so clients report the stream as incomplete instead of a short answer that
+looks whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from tokenrelay.events import Event, RunError
+from tokenrelay.server.runs import RunChannel
+
+__all__ = ["FollowResponse", "IncompleteStream", "install_log_filter"]
+
+#: encodes a batch of events (the first has index `first_id` in its run) to bytes
+Encoder = Callable[[Sequence[Event], int], bytes]
+
+
+class IncompleteStream(Exception):
+    """Raised after the response started, to make the server drop the connection without
+    ending the chunked body: the bundled client (and requests/httpx) then report an
+    incomplete read."""
+
+
+class _DropIncomplete(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, IncompleteStream) and not isinstance(
+            getattr(exc, "__cause__", None), IncompleteStream
+        )
+
+
+def install_log_filter() -> None:
+    """Keep uvicorn from logging a traceback for the deliberate IncompleteStream."""
+    logging.getLogger("uvicorn.error").addFilter(_DropIncomplete())
+
+
+class FollowResponse(Response):
+    """A Starlette `Response` only so frameworks pass it through untouched; it never
+    renders a body up front."""
+
+    def __init__(
+        self,
+        channel: RunChannel,
+        encode: Encoder,
+        *,
+        media_type: str,
+        headers: dict[str, str],
+        start: int = 0,
+        keepalive: bytes | None = None,
+        prologue: bytes = b"",
+        epilogue: Callable[[Event], bytes] | None = None,
+        abort_on_error: bool = False,
+        status_code: int = 200,
+    ) -> None:
+        self.channel = channel
+        self.encode = encode
+        self.background = None
+        self.media_type = media_type
+        self.start = start
+        self.keepalive = keepalive
+        self.prologue = prologue
+        self.epilogue = epilogue
+        self.abort_on_error = abort_on_error
+        self.status_code = status_code
+        raw = {
+            "content-type": media_type,
+            "cache-control": "no-cache",
+            "x-accel-buffering": "no",
+            **{k.lower(): v for k, v in headers.items()},
+        }
+        self.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in raw.items()]
+        self.body = b""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        channel = self.channel
+        channel.followers += 1
+        sender = asyncio.current_task()
+        disconnected = False
+
+        async def listen() -> None:
+            nonlocal disconnected
+            while True:
+                message: Message = await receive()
+                if message["type"] == "http.disconnect":
+                    disconnected = True
+                    if sender is not None:
+                        sender.cancel()
+                    return
+
+        listener = asyncio.create_task(listen())
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            if self.prologue:
+                await send({"type": "http.response.body", "body": self.prologue, "more_body": True})
+            index = self.start
+            events = channel.events
+            while True:
+                if index < len(events):
+                    batch = events[index:]
+                    body = self.encode(batch, index)
+                    index += len(batch)
+                    if body:
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
+                    continue
+                if channel.done:
+                    break
+                ticked = await channel.next_event(index)
+                if ticked and self.keepalive is not None and len(events) == index and not channel.done:
+                    await send({"type": "http.response.body", "body": self.keepalive, "more_body": True})
+            last = events[-1]
+            if self.abort_on_error and isinstance(last, RunError):
+                raise IncompleteStream(last.message)
+            tail = self.epilogue(last) if self.epilogue is not None else b""
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+        except asyncio.CancelledError:
+            if not disconnected:
+                raise
+            # the client left: fall through to cleanup; nothing more can be sent
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+        except OSError:  # the socket broke under a write
+            disconnected = True
+        finally:
+            listener.cancel()
+            channel.followers -= 1
+            if disconnected and channel.followers == 0 and not channel.detached:
+                channel.cancel()
