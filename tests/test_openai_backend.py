@@ -534,7 +534,6 @@ async def test_malformed_chunk(server: FakeOpenAIServer, backend: OpenAIBackend,
     server.enqueue(Reply(parts=[*text_events(["ok"]), bad, DONE]))
     error = await stream_error(backend, before=1)
     assert str(error) == "malformed stream chunk from server: " + bad.decode()[6:].strip()
-    assert server.last_request.disconnected.is_set() or server.last_request.completed.is_set()
 
 
 async def test_connection_dropped_mid_stream(server: FakeOpenAIServer, backend: OpenAIBackend) -> None:

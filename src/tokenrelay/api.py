@@ -23,7 +23,13 @@ __all__ = ["Runner", "open_runner"]
 
 class Runner:
     def __init__(
-        self, settings: Settings, backend: Backend, store: SessionStore, *, plain: bool = False, tools: Any = None
+        self,
+        settings: Settings,
+        backend: Backend,
+        store: SessionStore,
+        *,
+        plain: bool = False,
+        tools: Any = None,
     ) -> None:
         self.settings = settings
         self.backend = backend

@@ -42,14 +42,18 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, help="maximum tokens per model call (default 512)")
     p.add_argument("--temperature", type=float, help="sampling temperature, 0-2 (default 0.7)")
     p.add_argument("--system", dest="system_prompt", help="system prompt")
-    p.add_argument("--base-url", dest="openai_base_url", help="OpenAI-compatible server URL (or OPENAI_BASE_URL)")
+    p.add_argument(
+        "--base-url", dest="openai_base_url", help="OpenAI-compatible server URL (or OPENAI_BASE_URL)"
+    )
     p.add_argument("--db", help="session database: a SQLite path or URL (or TOKENRELAY_DB)")
 
 
 def _agent_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--session", "-s", help="session id: continue (or start) a stored conversation")
     p.add_argument("--steps", action="store_true", help="show tool calls and results on stderr")
-    p.add_argument("--plain", action="store_true", help="talk to the model directly: no agent, tools or memory")
+    p.add_argument(
+        "--plain", action="store_true", help="talk to the model directly: no agent, tools or memory"
+    )
     p.add_argument("--tool-protocol", choices=["auto", "native", "json"], help="how the agent calls tools")
     p.add_argument("--max-iterations", type=int, help="agent steps before early stopping (default 3)")
     p.add_argument("--early-stopping-method", choices=["generate", "force"])
@@ -161,7 +165,9 @@ async def _ask(args: argparse.Namespace, settings: Settings) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt.strip():
         raise ConfigError("the prompt is empty")
-    printer = _TerminalPrinter(sys.stdout, sys.stderr, steps=args.steps, verbose=args.verbose, as_json=args.json)
+    printer = _TerminalPrinter(
+        sys.stdout, sys.stderr, steps=args.steps, verbose=args.verbose, as_json=args.json
+    )
     async with open_runner(settings, plain=args.plain, persistent=args.session is not None) as runner:
         return await _drain(runner.run(prompt, session_id=args.session, full=args.verbose), printer)
 
@@ -181,7 +187,9 @@ async def _chat(args: argparse.Namespace, settings: Settings) -> int:
                 return 0
             if not line.strip():
                 continue
-            task = asyncio.create_task(_drain(runner.run(line, session_id=session_id, full=args.verbose), printer))
+            task = asyncio.create_task(
+                _drain(runner.run(line, session_id=session_id, full=args.verbose), printer)
+            )
             try:
                 await task
             except asyncio.CancelledError:

@@ -123,7 +123,9 @@ class RunFinished:
     type: Literal["run_finished"] = "run_finished"
 
 
-Event = RunStarted | AnswerDelta | ReasoningDelta | ToolCallStarted | ToolCallFinished | RunError | RunFinished
+Event = (
+    RunStarted | AnswerDelta | ReasoningDelta | ToolCallStarted | ToolCallFinished | RunError | RunFinished
+)
 
 TERMINAL_TYPES = frozenset({"run_finished", "error"})
 

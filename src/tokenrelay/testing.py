@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from tokenrelay.backends.base import (
@@ -83,7 +83,7 @@ class ScriptedBackend(Backend):
         *,
         tools: Sequence[ToolSpec] | None = None,
         settings: GenerationSettings = GenerationSettings(),
-    ) -> AsyncIterator[ModelChunk]:
+    ) -> AsyncGenerator[ModelChunk, None]:
         call = ScriptedCall(list(messages), list(tools or ()), settings)
         self.calls.append(call)
         reply = self._reply_for(messages)

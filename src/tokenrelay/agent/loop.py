@@ -186,7 +186,9 @@ class Agent:
             yield RunFinished(
                 answer=state.answer,
                 usage=state.usage,
-                timings=Timings(first_token_s=state.first_token_s, total_s=time.perf_counter() - state.started),
+                timings=Timings(
+                    first_token_s=state.first_token_s, total_s=time.perf_counter() - state.started
+                ),
                 intermediate_steps=tuple(state.steps) if self.return_intermediate_steps else (),
             )
 
@@ -211,7 +213,11 @@ class Agent:
                     yield event  # type: ignore[misc]
             if done:
                 return
-            log.log(logging.INFO if self.verbose else logging.DEBUG, "iteration %d ended without an answer", iteration)
+            log.log(
+                logging.INFO if self.verbose else logging.DEBUG,
+                "iteration %d ended without an answer",
+                iteration,
+            )
         if self.early_stopping_method == "force" or not self.tools:
             yield state.answer_delta(FORCED_STOP_MESSAGE)
             return
@@ -300,10 +306,10 @@ class Agent:
                     elif chunk.text:
                         yield state.answer_delta(chunk.text)
                 elif isinstance(chunk, ToolCallChunk):
-                    call = calls.setdefault(chunk.index, {"id": "", "name": "", "arguments": ""})
-                    call["id"] = chunk.id or call["id"]
-                    call["name"] = chunk.name or call["name"]
-                    call["arguments"] += chunk.arguments
+                    parts = calls.setdefault(chunk.index, {"id": "", "name": "", "arguments": ""})
+                    parts["id"] = chunk.id or parts["id"]
+                    parts["name"] = chunk.name or parts["name"]
+                    parts["arguments"] += chunk.arguments
                 elif isinstance(chunk, FinishChunk):
                     if chunk.usage is not None:
                         state.usage = state.usage + chunk.usage
@@ -327,16 +333,24 @@ class Agent:
                 yield event
             messages.append(Message(role="tool", content=state.steps[-1][2], tool_call_id=call.id))
 
-    async def _call_tool(self, call_id: str, name: str, arguments: Any, state: _RunState) -> AsyncIterator[Event]:
+    async def _call_tool(
+        self, call_id: str, name: str, arguments: Any, state: _RunState
+    ) -> AsyncIterator[Event]:
         yield ToolCallStarted(call_id=call_id, name=name, arguments=arguments)
         tool = self._by_name.get(name)
         if tool is None:
             known = ", ".join(t.name for t in self.tools) or "none"
-            outcome = ToolOutcome(error=f"there is no tool named {name!r} (tools: {known}, or {FINAL_ANSWER})")
+            outcome = ToolOutcome(
+                error=f"there is no tool named {name!r} (tools: {known}, or {FINAL_ANSWER})"
+            )
         else:
             outcome = await tool.invoke(arguments, timeout_s=self.tool_timeout_s)
         log.log(
-            logging.INFO if self.verbose else logging.DEBUG, "tool %s(%r) -> %s", name, arguments, outcome.observation
+            logging.INFO if self.verbose else logging.DEBUG,
+            "tool %s(%r) -> %s",
+            name,
+            arguments,
+            outcome.observation,
         )
         state.steps.append((name, arguments, outcome.observation))
         yield ToolCallFinished(call_id=call_id, name=name, result=outcome.result, error=outcome.error)

@@ -34,7 +34,8 @@ def json_system_prompt(system: str | None, tools: Sequence[Tool], document: str 
     lines += [
         "RESPONSE FORMAT: always reply with one JSON object and nothing else.",
         '- To use a tool: {"action": "<tool name>", "action_input": <tool input>}',
-        f'- To answer the user directly: {{"action": "{FINAL_ANSWER}", "action_input": "<your full answer>"}}',
+        "- To answer the user directly: "
+        f'{{"action": "{FINAL_ANSWER}", "action_input": "<your full answer>"}}',
     ]
     if document:
         lines += ["", "DOCUMENT - the user attached this document; answer from it:", document]

@@ -90,5 +90,7 @@ def load_backend(model: str | None = None, settings: Settings | None = None) -> 
     factory = _REGISTRY.get(prefix)
     if factory is None:
         known = ", ".join(sorted(_REGISTRY))
-        raise ConfigError(f"unknown model backend {prefix!r} (known: {known}); e.g. 'llamacpp' or 'openai:gpt-4o-mini'")
+        raise ConfigError(
+            f"unknown model backend {prefix!r} (known: {known}); e.g. 'llamacpp' or 'openai:gpt-4o-mini'"
+        )
     return factory(arg, settings)

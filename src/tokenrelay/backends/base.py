@@ -13,7 +13,7 @@ stream of `ModelChunk`s. Invariants every backend keeps:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,12 +101,12 @@ class Backend(ABC):
         *,
         tools: Sequence[ToolSpec] | None = None,
         settings: GenerationSettings = GenerationSettings(),
-    ) -> AsyncIterator[ModelChunk]:
+    ) -> AsyncGenerator[ModelChunk, None]:
         """Generate a reply to `messages`, chunk by chunk."""
 
     def count_tokens(self, text: str) -> int:
         """An estimate of how many tokens `text` takes for this model."""
         return max(1, len(text.encode("utf-8")) // 4)
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release what the backend holds (models, connection pools)."""

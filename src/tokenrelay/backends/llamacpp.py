@@ -27,10 +27,10 @@ import queue
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tokenrelay.backends.base import Backend, FinishChunk, GenerationSettings, ModelChunk, TextChunk
 from tokenrelay.errors import BackendError, ConfigError
@@ -130,7 +130,7 @@ class _LoadedModel:
     def _grammar(self, settings: GenerationSettings) -> Any:
         if settings.grammar is None and settings.json_schema is None:
             return None
-        from llama_cpp import LlamaGrammar
+        from llama_cpp.llama_grammar import LlamaGrammar
 
         key = settings.grammar or json.dumps(settings.json_schema, sort_keys=False)
         grammar = self._grammars.get(key)
@@ -161,7 +161,7 @@ class _LoadedModel:
         return cached
 
     def tokenize_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        result = self.formatter(messages=messages)
+        result = self.formatter(messages=cast(Any, messages))
         tokens: list[int] = self.llama.tokenize(
             result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
         )
@@ -307,7 +307,7 @@ class LlamaCppBackend(Backend):
         *,
         tools: Sequence[ToolSpec] | None = None,
         settings: GenerationSettings = GenerationSettings(),
-    ) -> AsyncIterator[ModelChunk]:
+    ) -> AsyncGenerator[ModelChunk, None]:
         model = await self.load()
         job = _Job(
             messages=[_to_template(m) for m in messages],

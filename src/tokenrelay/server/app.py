@@ -34,7 +34,9 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0"
 
 
-def error_body(message: str, *, type_: str = "invalid_request_error", code: str | None = None, **extra: Any) -> dict[str, Any]:
+def error_body(
+    message: str, *, type_: str = "invalid_request_error", code: str | None = None, **extra: Any
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "code": code, **extra}}
 
 
@@ -76,7 +78,8 @@ class BodyLimit:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = JSONResponse(
-            error_body(f"request body is larger than {self.limit} bytes", code="body_too_large"), status_code=413
+            error_body(f"request body is larger than {self.limit} bytes", code="body_too_large"),
+            status_code=413,
         )
         await response(scope, receive, send)
 

@@ -105,25 +105,32 @@ def _history_out(turns: list[Turn]) -> list[HistoryMessage]:
 async def _chat(request: Request, body: ChatRequest, owner: str | None) -> Response:
     runner = _runner(request)
     prior: list[Turn] = []
-    if not body.stream and body.session_id is not None:
-        if await runner.store.get_session(body.session_id, owner=owner) is not None:
-            prior = await runner.store.history(body.session_id, limit=runner.settings.memory_k or None)
-    channel, session_id = await start_run(request, body.text, owner=owner, session_id=body.session_id, mode=body.mode)
+    known = body.session_id is not None and await runner.store.get_session(body.session_id, owner=owner)
+    if not body.stream and body.session_id is not None and known:
+        prior = await runner.store.history(body.session_id, limit=runner.settings.memory_k or None)
+    channel, session_id = await start_run(
+        request, body.text, owner=owner, session_id=body.session_id, mode=body.mode
+    )
     assert session_id is not None
     headers = {"X-Session-Id": session_id, "X-Run-Id": channel.run_id}
     if body.stream:
-        return FollowResponse(  # type: ignore[return-value]
-            channel, _encode_text, media_type="text/plain; charset=utf-8", headers=headers, abort_on_error=True
+        return FollowResponse(
+            channel,
+            _encode_text,
+            media_type="text/plain; charset=utf-8",
+            headers=headers,
+            abort_on_error=True,
         )
     await _wait(channel)
     last = channel.events[-1]
     if isinstance(last, RunError):
-        status = 499 if last.code == "cancelled" else 502
+        status = 409 if last.code == "cancelled" else 502
+        error = {"message": last.message, "type": "run_error", "code": last.code}
         return JSONResponse(
-            {"error": {"message": last.message, "type": "run_error", "code": last.code}, "output": last.answer,
-             "session_id": session_id, "run_id": channel.run_id},
-            status_code=status, headers=headers,
-        )  # fmt: skip
+            {"error": error, "output": last.answer, "session_id": session_id, "run_id": channel.run_id},
+            status_code=status,
+            headers=headers,
+        )
     assert isinstance(last, RunFinished)
     payload = ChatResponse(
         input=body.text,
@@ -153,7 +160,9 @@ _CHAT_DOC = (
 )
 
 
-@router.post("/chat", tags=["chat"], summary="Chat (streamed text)", description=_CHAT_DOC, response_model=None)
+@router.post(
+    "/chat", tags=["chat"], summary="Chat (streamed text)", description=_CHAT_DOC, response_model=None
+)
 async def chat_post(request: Request, body: ChatRequest, owner: Owner) -> Response:
     return await _chat(request, body, owner)
 
@@ -196,7 +205,9 @@ async def chat_events(
     return _sse_response(channel, {"X-Session-Id": session_id, "X-Run-Id": channel.run_id})
 
 
-@router.get("/runs/{run_id}/events", tags=["runs"], summary="Resume a run's event stream", response_model=None)
+@router.get(
+    "/runs/{run_id}/events", tags=["runs"], summary="Resume a run's event stream", response_model=None
+)
 async def run_events(
     request: Request,
     run_id: str,

@@ -56,7 +56,9 @@ def _split(messages: list[OpenAIMessage]) -> tuple[str, list[tuple[str, str]]]:
 async def models(request: Request, owner: Owner) -> dict[str, Any]:
     return {
         "object": "list",
-        "data": [{"id": _runner(request).backend.name, "object": "model", "created": 0, "owned_by": "tokenrelay"}],
+        "data": [
+            {"id": _runner(request).backend.name, "object": "model", "created": 0, "owned_by": "tokenrelay"}
+        ],
     }
 
 
@@ -65,10 +67,14 @@ class _ChunkEncoder:
 
     def __init__(self, completion_id: str, model: str, include_usage: bool) -> None:
         self.include_usage = include_usage
-        head = f'data: {{"id":"{completion_id}","object":"chat.completion.chunk","created":{int(time.time())},'
+        head = (
+            f'data: {{"id":"{completion_id}","object":"chat.completion.chunk","created":{int(time.time())},'
+        )
         self.head = head + f'"model":{_dumps(model)},"choices":[{{"index":0,'
         self.content_head = self.head + '"delta":{"content":'
-        self.prologue = (self.head + '"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n').encode()
+        self.prologue = (
+            self.head + '"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n'
+        ).encode()
 
     def __call__(self, events: Sequence[Event], first_id: int) -> bytes:
         text = "".join([e.text for e in events if type(e) is AnswerDelta])
@@ -87,7 +93,10 @@ class _ChunkEncoder:
                 "completion_tokens": last.usage.completion_tokens,
                 "total_tokens": last.usage.total_tokens,
             }
-            out += self.head.replace('"choices":[{"index":0,', '"choices":[],') + f'"usage":{_dumps(usage)}}}\n\n'
+            out += (
+                self.head.replace('"choices":[{"index":0,', '"choices":[],')
+                + f'"usage":{_dumps(usage)}}}\n\n'
+            )
         return (out + "data: [DONE]\n\n").encode()
 
 
@@ -100,12 +109,16 @@ def _finish(last: Event) -> str:
 @router.post("/chat/completions", summary="Chat Completions (OpenAI-compatible)", response_model=None)
 async def chat_completions(request: Request, body: OpenAIChatRequest, owner: Owner) -> Response:
     text, history = _split(body.messages)
-    channel, _ = await start_run(request, text, owner=owner, session_id=None, history=history, use_session=False)
+    channel, _ = await start_run(
+        request, text, owner=owner, session_id=None, history=history, use_session=False
+    )
     completion_id = "chatcmpl-" + channel.run_id.removeprefix("run_")
     model = body.model or _runner(request).backend.name
     headers = {"X-Run-Id": channel.run_id}
     if body.stream:
-        encoder = _ChunkEncoder(completion_id, model, bool(body.stream_options and body.stream_options.include_usage))
+        encoder = _ChunkEncoder(
+            completion_id, model, bool(body.stream_options and body.stream_options.include_usage)
+        )
         return FollowResponse(
             channel, encoder, media_type="text/event-stream; charset=utf-8", headers=headers,
             prologue=encoder.prologue, epilogue=encoder.epilogue, keepalive=b": keep-alive\n\n",
@@ -140,4 +153,3 @@ async def chat_completions(request: Request, body: OpenAIChatRequest, owner: Own
         },
         headers=headers,
     )
-

@@ -22,7 +22,10 @@ async def list_sessions(request: Request, owner: Owner, limit: int = 100) -> lis
     if not 1 <= limit <= 1000:
         raise HTTPException(422, "limit must be between 1 and 1000")
     sessions = await _runner(request).store.list_sessions(owner=owner, limit=limit)
-    return [SessionSummary(id=s.id, title=s.title, created_at=s.created_at, updated_at=s.updated_at) for s in sessions]
+    return [
+        SessionSummary(id=s.id, title=s.title, created_at=s.created_at, updated_at=s.updated_at)
+        for s in sessions
+    ]
 
 
 @router.post("", summary="Create a session", status_code=201)
@@ -47,8 +50,13 @@ async def get_session(request: Request, session_id: str, owner: Owner) -> Sessio
         updated_at=s.updated_at,
         turns=[
             TurnOut(
-                run_id=t.run_id, user_text=t.user_text, answer=t.answer, status=t.status,
-                error=t.error, created_at=t.created_at, finished_at=t.finished_at,
+                run_id=t.run_id,
+                user_text=t.user_text,
+                answer=t.answer,
+                status=t.status,
+                error=t.error,
+                created_at=t.created_at,
+                finished_at=t.finished_at,
             )  # fmt: skip
             for t in turns
         ],
@@ -71,5 +79,7 @@ async def delete_session(request: Request, session_id: str, owner: Owner) -> Res
 async def cancel_session_run(request: Request, session_id: str, owner: Owner) -> dict[str, Any]:
     if await _runner(request).store.get_session(session_id, owner=owner) is None:
         raise HTTPException(404, f"no session {session_id!r}")
-    cancelled = [c.run_id for c in _registry(request).active(owner=owner) if c.session_id == session_id and c.cancel()]
+    cancelled = [
+        c.run_id for c in _registry(request).active(owner=owner) if c.session_id == session_id and c.cancel()
+    ]
     return {"session_id": session_id, "cancelled": cancelled}

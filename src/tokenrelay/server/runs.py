@@ -120,7 +120,9 @@ class RunRegistry:
             # closing the generator runs the agent's cleanup (turn stored as interrupted)
             with contextlib.suppress(Exception):
                 await asyncio.shield(_aclose(events))
-            channel.publish(RunError(message="the run was cancelled", code="cancelled", answer=_answer(channel)))
+            channel.publish(
+                RunError(message="the run was cancelled", code="cancelled", answer=_answer(channel))
+            )
         except Exception as exc:  # the agent turns failures into events; this is a last resort
             channel.publish(RunError(message=f"internal error: {type(exc).__name__}", code="internal"))
         finally:

@@ -99,7 +99,9 @@ class FollowResponse(Response):
 
         listener = asyncio.create_task(listen())
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            await send(
+                {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+            )
             if self.prologue:
                 await send({"type": "http.response.body", "body": self.prologue, "more_body": True})
             index = self.start

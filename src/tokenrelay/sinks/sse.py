@@ -17,12 +17,13 @@ __all__ = ["KEEPALIVE", "encode_batch", "encode_event"]
 
 KEEPALIVE = b": keep-alive\n\n"
 
+_DELTA_HEAD = 'id: {}\nevent: answer_delta\ndata: {{"type":"answer_delta","text":'
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def encode_event(event: Event, event_id: int) -> str:
     if type(event) is AnswerDelta:
-        return f'id: {event_id}\nevent: answer_delta\ndata: {{"type":"answer_delta","text":{_dumps(event.text)}}}\n\n'
+        return _DELTA_HEAD.format(event_id) + _dumps(event.text) + "}\n\n"
     return f"id: {event_id}\nevent: {event.type}\ndata: {_dumps(event_to_dict(event))}\n\n"
 
 

@@ -899,7 +899,10 @@ def _format(value: Number) -> str:
             raise CalculatorError("result has too many digits to display") from None
     if value == 0:
         return "0"  # also turns -0.0 into "0"
-    return format(value, ".15g")
+    text = format(value, ".15g")
+    if math.isinf(float(text)):  # 15 digits can round past the largest float
+        text = repr(value)
+    return text
 
 
 def calculate(expression: str) -> str:

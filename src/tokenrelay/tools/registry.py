@@ -36,7 +36,7 @@ class ToolOutcome:
 
     @property
     def observation(self) -> str:
-        return self.result if self.error is None else f"Error: {self.error}"
+        return (self.result or "") if self.error is None else f"Error: {self.error}"
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,9 @@ class Tool:
         try:
             validated = self.model.model_validate(arguments)
         except pydantic.ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors())
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors()
+            )
             raise ValueError(f"invalid input for {self.name}: {problems}") from None
         return {name: getattr(validated, name) for name in self.model.model_fields}
 
@@ -139,7 +141,9 @@ class Tool:
 @overload
 def tool(function: Callable[..., Any], /) -> Tool: ...
 @overload
-def tool(*, name: str | None = None, description: str | None = None) -> Callable[[Callable[..., Any]], Tool]: ...
+def tool(
+    *, name: str | None = None, description: str | None = None
+) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(
     function: Callable[..., Any] | None = None, /, *, name: str | None = None, description: str | None = None
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:

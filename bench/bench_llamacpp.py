@@ -1,0 +1,260 @@
+"""Embedded llama.cpp backend vs calling llama-cpp-python directly, in the same process and run.
+
+Requirement: the backend's tokens/s is at least 95% of the direct call's on the same prompt and
+settings, and its time to first token within 5 ms of it. Three paths are timed, interleaved
+round by round (the order rotates each round so drift hits every path alike):
+
+* direct      `Llama.create_chat_completion(..., stream=True)` iterated in a plain loop;
+* backend     `LlamaCppBackend.stream(...)` consumed by the asyncio loop (worker thread + queue);
+* stream_chat `tokenrelay.run.stream_chat(...)` over the same backend (the full event path).
+
+Each path has the same model file, n_ctx, threads, prompt, max_tokens and sampling (greedy:
+temperature 0; top_k 40, top_p 0.95, min_p 0.05, repeat_penalty 1.0 as create_chat_completion
+defaults). Per call: TTFT = start to first non-empty text; decode tok/s = (chunks - 1) /
+(t_last - t_first) (one chunk per token for the plain English output, checked); overall tok/s =
+chunks / (t_last - start), prompt evaluation included.
+
+KV cache: `--prompt-cache cold` (default) clears each Llama's cache before every call, so every
+call evaluates the whole prompt; `warm` repeats one prompt, so every call reuses the cached
+prompt (llama-cpp-python then re-evaluates only its last token). Either way each path does the
+same work. Usage: python bench/bench_llamacpp.py [--rounds 7] [--max-tokens 128] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+from tokenrelay.backends.base import FinishChunk, GenerationSettings, TextChunk
+from tokenrelay.backends.llamacpp import LlamaCppBackend, default_model_path
+from tokenrelay.events import AnswerDelta, RunFinished
+from tokenrelay.messages import Message
+from tokenrelay.run import stream_chat
+
+PATHS = ("direct", "backend", "stream_chat")
+TOP_K, TOP_P, MIN_P, REPEAT_PENALTY = 40, 0.95, 0.05, 1.0
+
+
+@dataclass(frozen=True)
+class Sample:
+    ttft_ms: float
+    decode_tps: float
+    overall_tps: float
+    chunks: int
+    text: str
+
+
+def sample(start: float, times: Sequence[float], parts: Sequence[str]) -> Sample:
+    if not times:
+        return Sample(float("nan"), float("nan"), float("nan"), 0, "")
+    decode = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else float("nan")
+    return Sample(
+        ttft_ms=(times[0] - start) * 1000,
+        decode_tps=decode,
+        overall_tps=len(times) / (times[-1] - start),
+        chunks=len(times),
+        text="".join(parts),
+    )
+
+
+def prompt_for(round_no: int, cache: str) -> str:
+    if cache == "warm":
+        return "Write a short story about a lighthouse keeper and a storm."
+    return f"Write a short story about lighthouse keeper number {round_no + 1} and a storm."
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        from llama_cpp import Llama
+
+        self.args = args
+        path = default_model_path()
+        self.direct = Llama(
+            model_path=str(path),
+            n_ctx=args.n_ctx,
+            n_threads=args.threads,
+            n_threads_batch=args.threads,
+            verbose=False,
+        )
+        self.backend = LlamaCppBackend(n_ctx=args.n_ctx, n_threads=args.threads)
+        self.settings = GenerationSettings(max_tokens=args.max_tokens, temperature=0.0, top_p=TOP_P)
+        self.prompt_tokens = 0
+
+    async def ours(self) -> Any:
+        model = await self.backend.load()
+        for _ in range(1000):  # the last job posted its FinishChunk; let its worker settle (<1 s)
+            if not model.busy:
+                break
+            await asyncio.sleep(0.001)
+        return model.llama
+
+    def run_direct(self, prompt: str) -> Sample:
+        if self.args.prompt_cache == "cold":
+            self.direct.reset()
+        times: list[float] = []
+        parts: list[str] = []
+        start = time.perf_counter()
+        stream = self.direct.create_chat_completion(
+            [{"role": "user", "content": prompt}],
+            stream=True,
+            max_tokens=self.args.max_tokens,
+            temperature=0.0,
+            top_k=TOP_K,
+            top_p=TOP_P,
+            min_p=MIN_P,
+            repeat_penalty=REPEAT_PENALTY,
+        )
+        for chunk in stream:
+            content = chunk["choices"][0]["delta"].get("content")
+            if content:
+                times.append(time.perf_counter())
+                parts.append(content)
+        return sample(start, times, parts)
+
+    async def run_backend(self, prompt: str) -> Sample:
+        llama = await self.ours()
+        if self.args.prompt_cache == "cold":
+            llama.reset()
+        times: list[float] = []
+        parts: list[str] = []
+        start = time.perf_counter()
+        stream = self.backend.stream([Message.user(prompt)], settings=self.settings)
+        async with aclosing(stream):
+            async for chunk in stream:
+                if type(chunk) is TextChunk and chunk.text:
+                    times.append(time.perf_counter())
+                    parts.append(chunk.text)
+                elif isinstance(chunk, FinishChunk) and chunk.usage:
+                    self.prompt_tokens = chunk.usage.prompt_tokens
+        return sample(start, times, parts)
+
+    async def run_stream_chat(self, prompt: str) -> Sample:
+        llama = await self.ours()
+        if self.args.prompt_cache == "cold":
+            llama.reset()
+        times: list[float] = []
+        parts: list[str] = []
+        start = time.perf_counter()
+        events = stream_chat(self.backend, [Message.user(prompt)], settings=self.settings)
+        async with aclosing(events):
+            async for event in events:
+                if type(event) is AnswerDelta:
+                    times.append(time.perf_counter())
+                    parts.append(event.text)
+                elif type(event) is RunFinished:
+                    self.prompt_tokens = event.usage.prompt_tokens
+        return sample(start, times, parts)
+
+    async def run(self, path: str, prompt: str) -> Sample:
+        if path == "direct":
+            return self.run_direct(prompt)
+        if path == "backend":
+            return await self.run_backend(prompt)
+        return await self.run_stream_chat(prompt)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def paired(results: dict[str, list[Sample]], a: str, b: str, f: Callable[[Sample, Sample], float]) -> float:
+    """The median over rounds of f(a's sample, b's sample) from the same round."""
+    return median([f(x, y) for x, y in zip(results[a], results[b], strict=True)])
+
+
+async def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None, help="n_threads and n_threads_batch of both")
+    parser.add_argument("--n-ctx", type=int, default=4096)
+    parser.add_argument("--prompt-cache", choices=("cold", "warm"), default="cold")
+    args = parser.parse_args(argv)
+
+    bench = Bench(args)
+    llama = await bench.ours()
+    print("tokenrelay embedded llama.cpp backend vs llama-cpp-python direct (same process, interleaved)")
+    print(
+        f"model {default_model_path().name}  n_ctx={args.n_ctx}  n_threads={llama.n_threads}  "
+        f"n_threads_batch={llama.n_threads_batch} (both paths)  max_tokens={args.max_tokens}  "
+        f"temperature=0 (greedy)  rounds={args.rounds}"
+    )
+
+    for path in PATHS:  # warm-up: first-eval allocations, page faults, grammar-free caches
+        await bench.run(path, "Say hello.")
+
+    results: dict[str, list[Sample]] = {p: [] for p in PATHS}
+    for r in range(args.rounds):
+        prompt = prompt_for(r, args.prompt_cache)
+        order = PATHS[r % 3 :] + PATHS[: r % 3]
+        if r % 2:
+            order = order[::-1]
+        for path in order:
+            results[path].append(await bench.run(path, prompt))
+
+    if args.prompt_cache == "cold":
+        cache = "cold: KV cache cleared before every call, each call evaluates its whole prompt"
+    else:
+        cache = "warm: one prompt repeated, each call reuses its cached prompt"
+    print(f"prompt cache {cache} (prompt {bench.prompt_tokens} tokens)\n")
+
+    header = f"{'path':<34}{'TTFT ms':>10}{'decode tok/s':>15}{'overall tok/s':>16}{'chunks':>9}"
+    print(header)
+    print("-" * len(header))
+    labels = {
+        "direct": "llama-cpp-python direct",
+        "backend": "LlamaCppBackend.stream",
+        "stream_chat": "stream_chat (full event path)",
+    }
+    for path in PATHS:
+        rs = results[path]
+        print(
+            f"{labels[path]:<34}{median([s.ttft_ms for s in rs]):>10.1f}"
+            f"{median([s.decode_tps for s in rs]):>15.1f}{median([s.overall_tps for s in rs]):>16.1f}"
+            f"{median([s.chunks for s in rs]):>9.0f}"
+        )
+    print(f"(medians over {args.rounds} rounds)\n")
+
+    def tps_ratio(x: Sample, y: Sample) -> float:
+        return x.decode_tps / y.decode_tps
+
+    def overall_ratio(x: Sample, y: Sample) -> float:
+        return x.overall_tps / y.overall_tps
+
+    def ttft_diff(x: Sample, y: Sample) -> float:
+        return x.ttft_ms - y.ttft_ms
+
+    ratio = paired(results, "backend", "direct", tps_ratio)
+    diff = paired(results, "backend", "direct", ttft_diff)
+    print("paired per round, median:")
+    print(
+        f"  backend / direct       decode tok/s {ratio:.3f}  overall tok/s "
+        f"{paired(results, 'backend', 'direct', overall_ratio):.3f}  TTFT {diff:+.1f} ms"
+    )
+    print(
+        f"  stream_chat / backend  decode tok/s {paired(results, 'stream_chat', 'backend', tps_ratio):.3f}  "
+        f"overall tok/s {paired(results, 'stream_chat', 'backend', overall_ratio):.3f}  "
+        f"TTFT {paired(results, 'stream_chat', 'backend', ttft_diff):+.1f} ms"
+    )
+    print(
+        f"requirement: tok/s ratio >= 0.95: {'PASS' if ratio >= 0.95 else 'FAIL'}; "
+        f"TTFT within 5 ms: {'PASS' if diff <= 5 else 'FAIL'}"
+    )
+    same = all(
+        len({results[p][r].text for p in PATHS}) == 1
+        and results["direct"][r].chunks == results["backend"][r].chunks
+        for r in range(args.rounds)
+    )
+    print(f"same output text and chunk count on every path in every round: {'yes' if same else 'NO'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
