@@ -456,6 +456,7 @@ def test_payloads_have_no_side_effects(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_module_has_no_code_execution_paths() -> None:
     """Static guard: the calculator source never calls or imports an executor."""
+    assert calculator.__file__ is not None
     source = Path(calculator.__file__).read_text(encoding="utf-8")
     tree = ast.parse(source)
     banned_calls = {"eval", "exec", "compile", "__import__", "getattr", "setattr", "open"}
@@ -545,7 +546,7 @@ def test_power_is_refused_before_computing() -> None:
     start = time.perf_counter()
     with pytest.raises(CalculatorError, match="result too large"):
         calculate("10**10**10")
-    assert time.perf_counter() - start < 0.05
+    assert time.perf_counter() - start < TIME_BOUND_S
 
 
 # --------------------------------------------------------------------------

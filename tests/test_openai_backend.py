@@ -250,6 +250,8 @@ def test_backend_attributes_and_config_errors() -> None:
     with pytest.raises(ConfigError):
         OpenAIBackend("m", base_url="localhost:8000/v1")
     with pytest.raises(ConfigError):
+        OpenAIBackend("m", base_url="http://")
+    with pytest.raises(ConfigError):
         OpenAIBackend("m", base_url="http://x/v1", idle_timeout_s=0)
     with pytest.raises(ConfigError):
         OpenAIBackend("", base_url="http://x/v1")
@@ -599,8 +601,18 @@ async def test_first_token_timeout(
     server.enqueue(Reply(parts=[sse(chunk({"role": "assistant"})), Sleep(10), DONE]))
     start = time.monotonic()
     error = await stream_error(make_backend(first_token_timeout_s=0.3))
-    assert str(error) == "no data from server for 0.3 s (waiting for the first token)"
+    assert str(error) == "no first token from server within 0.3 s"
     assert time.monotonic() - start < 2
+
+
+async def test_keep_alive_comments_do_not_extend_the_first_token_deadline(
+    server: FakeOpenAIServer, make_backend: Callable[..., OpenAIBackend]
+) -> None:
+    server.enqueue(Reply(parts=[b": ping\n\n"] * 50, delay=0.05))
+    start = time.monotonic()
+    error = await stream_error(make_backend(first_token_timeout_s=0.4))
+    assert str(error) == "no first token from server within 0.4 s"
+    assert time.monotonic() - start < 1.5
 
 
 async def test_slow_prompt_then_idle_timeout(

@@ -111,6 +111,8 @@ class _TerminalPrinter:
         if self.as_json:
             self.out.write(json.dumps(event_to_dict(event), ensure_ascii=False) + "\n")
             self.out.flush()
+            if isinstance(event, RunError):
+                print(f"tokenrelay: error: {event.message}", file=self.err, flush=True)
             return
         if type(event) is AnswerDelta:
             self.out.write(event.text)
@@ -210,6 +212,10 @@ def _stream(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 terminal gets '?' rather than a crash
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="replace")
     args = build_parser().parse_args(argv)
     try:
         settings = _settings(args) if args.command != "stream" else None

@@ -61,7 +61,7 @@ class Settings:
     max_text_chars: int = 32_000
     max_body_bytes: int = 1_000_000
     keepalive_s: float = 15.0
-    max_queued_events: int = 4096
+    presets_file: str | None = None
     #: extra keys (presets, documents...) set by later layers without changing this class
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -91,6 +91,7 @@ class ScriptedBackend(Backend):
         interval = 1.0 / self.tokens_per_second if self.tokens_per_second else 0.0
         start = time.monotonic()
         saw_tool_call = False
+        scripted_finish: FinishChunk | None = None
         try:
             for i, piece in enumerate(pieces):
                 if self.fail_after is not None and i >= self.fail_after:
@@ -100,6 +101,7 @@ class ScriptedBackend(Backend):
                     await asyncio.sleep(delay if delay > 0 else 0)
                 chunk = TextChunk(piece) if isinstance(piece, str) else piece
                 if isinstance(chunk, FinishChunk):
+                    scripted_finish = chunk
                     break
                 saw_tool_call = saw_tool_call or isinstance(chunk, ToolCallChunk)
                 call.chunks_sent += 1
@@ -108,10 +110,11 @@ class ScriptedBackend(Backend):
                 raise BackendError(self.failure_message)
             call.finished = True
             prompt_tokens = sum(len(m.content) for m in messages) // self.token_size
-            yield FinishChunk(
-                "tool_calls" if saw_tool_call else "stop",
-                Usage(prompt_tokens=prompt_tokens, completion_tokens=call.chunks_sent),
-            )
+            usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=call.chunks_sent)
+            if scripted_finish is not None:
+                yield FinishChunk(scripted_finish.reason, scripted_finish.usage or usage)
+            else:
+                yield FinishChunk("tool_calls" if saw_tool_call else "stop", usage)
         finally:
             if not call.finished:
                 call.abandoned = True

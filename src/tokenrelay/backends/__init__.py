@@ -75,7 +75,7 @@ _REGISTRY: dict[str, BackendFactory] = {
 
 def register_backend(prefix: str, factory: BackendFactory) -> None:
     """Make `prefix:<arg>` model strings build backends with `factory`."""
-    _REGISTRY[prefix] = factory
+    _REGISTRY[prefix.strip().lower()] = factory
 
 
 def parse_model_string(model: str) -> tuple[str, str]:

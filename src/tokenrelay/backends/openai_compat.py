@@ -140,9 +140,13 @@ class OpenAIBackend(Backend):
             if value is not None and not value > 0:
                 raise ConfigError(f"{label} must be a positive number of seconds, not {value!r}")
         base = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-        if not base.startswith(("http://", "https://")):
+        try:
+            valid = base.startswith(("http://", "https://")) and bool(httpx.URL(base).host)
+        except (httpx.InvalidURL, ValueError, TypeError):
+            valid = False
+        if not valid:
             raise ConfigError(
-                f"the OpenAI base URL must start with http:// or https://, not {_redact_url(base)!r}"
+                f"the OpenAI base URL must be an http:// or https:// URL, not {_redact_url(base)!r}"
             )
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
 
@@ -248,8 +252,9 @@ class OpenAIBackend(Backend):
             timeout=self._stream_timeout,
         )
         loop = asyncio.get_running_loop()
-        # Only an explicit first-token timeout shorter than httpx's read timeout needs a deadline.
-        first_deadline = loop.time() + self._first_s if self._first_s < self._read_s else None
+        # An explicit first-token timeout is a deadline for the whole wait (keep-alive comments
+        # do not extend it); otherwise httpx's per-read timeout is enough.
+        first_deadline = loop.time() + self._first_s if self.first_token_timeout_s is not None else None
         idle_s = self._idle_s if self._idle_s < self._read_s else None
         state = _StreamState()
         decode = codecs.getincrementaldecoder("utf-8-sig")("replace").decode  # SSE may start with a BOM
@@ -557,7 +562,7 @@ class OpenAIBackend(Backend):
     def _timeout_error(self, state: _StreamState | None) -> BackendError:
         if state is not None and not state.produced and self.first_token_timeout_s is not None:
             return BackendError(
-                f"no data from server for {_seconds(self._first_s)} s (waiting for the first token)",
+                f"no first token from server within {_seconds(self._first_s)} s",
                 retryable=True,
             )
         seconds = self._idle_s if state is not None and state.produced else self._read_s

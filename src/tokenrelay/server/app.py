@@ -11,11 +11,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -149,9 +151,29 @@ def create_app(
         message = "; ".join(problems) or "invalid request"
         return JSONResponse(error_body(message, code="invalid_request"), status_code=422)
 
-    from tokenrelay.server import routes_chat, routes_openai, routes_sessions
+    from tokenrelay.server import routes_chat, routes_documents, routes_openai, routes_sessions
 
     app.include_router(routes_chat.router)
     app.include_router(routes_sessions.router)
+    app.include_router(routes_documents.router)
     app.include_router(routes_openai.router)
+    _mount_page(app)
     return app
+
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def _mount_page(app: FastAPI) -> None:
+    """The web chat page at `/`, its files under `/static` (shipped inside the package)."""
+    index = STATIC_DIR / "index.html"
+    if not index.is_file():
+        return
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(
+            index, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"}
+        )
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

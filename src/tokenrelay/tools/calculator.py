@@ -227,13 +227,10 @@ def _round(evaluator: _Evaluator, args: Sequence[Number]) -> Number:
         return round(x)
     ndigits = _whole(args[1], "round")
     if abs(ndigits) > MAX_ROUND_DIGITS:
-        raise CalculatorError(
-            f"round() digits must be between -{MAX_ROUND_DIGITS} and {MAX_ROUND_DIGITS}"
-        )
+        raise CalculatorError(f"round() digits must be between -{MAX_ROUND_DIGITS} and {MAX_ROUND_DIGITS}")
     if isinstance(x, int):
-        # Rounding an int to -n digits divides by 10**n.
+        # Rounding an int to -n digits divides it by 10**n.
         evaluator.charge(_limbs(x) * (abs(ndigits) // 9 + 1))
-        return round(x, ndigits)
     return round(x, ndigits)
 
 
@@ -242,9 +239,7 @@ def _factorial(evaluator: _Evaluator, args: Sequence[Number]) -> Number:
     if n < 0:
         raise CalculatorError("math domain error: factorial of a negative number")
     if n > MAX_FACTORIAL:
-        raise CalculatorError(
-            f"factorial() argument too large: {_show(n)} (the limit is {MAX_FACTORIAL:,})"
-        )
+        raise CalculatorError(f"factorial() argument too large: {_show(n)} (the limit is {MAX_FACTORIAL:,})")
     evaluator.charge(n)
     return math.factorial(n)
 
@@ -359,17 +354,13 @@ _FUNCTIONS: Final[dict[str, _Function]] = {
     "cos": _unary(math.cos, "cos"),
     "tan": _unary(math.tan, "tan"),
     "asin": _Function(
-        _real_function(
-            math.asin, _unit_interval, "math domain error: asin() needs a value between -1 and 1"
-        ),
+        _real_function(math.asin, _unit_interval, "math domain error: asin() needs a value between -1 and 1"),
         1,
         1,
         "asin(x)",
     ),
     "acos": _Function(
-        _real_function(
-            math.acos, _unit_interval, "math domain error: acos() needs a value between -1 and 1"
-        ),
+        _real_function(math.acos, _unit_interval, "math domain error: acos() needs a value between -1 and 1"),
         1,
         1,
         "acos(x)",
@@ -430,9 +421,7 @@ CALCULATOR_DESCRIPTION: Final[str] = (
 
 _OPERATOR_TRANSLATION: Final = str.maketrans({"\u00d7": "*", "\u00f7": "/", "\u2212": "-"})
 _WHITESPACE: Final = " \t\r\n"  # only ASCII whitespace; str.strip() would also eat U+2028 etc.
-_ALLOWED_CHARS: Final = frozenset(
-    string.ascii_letters + string.digits + _WHITESPACE + "+-*/%^().,_"
-)
+_ALLOWED_CHARS: Final = frozenset(string.ascii_letters + string.digits + _WHITESPACE + "+-*/%^().,_")
 _FENCE_TAGS: Final = frozenset({"", "python", "py", "math", "text", "plaintext", "calc"})
 # A comma followed by a group starting with 0 ("1,000", "2,050") is a thousands
 # separator; as Python it is either a syntax error or a silently wrong tuple.
@@ -449,9 +438,7 @@ _NUMBER_THEN_LETTER: Final = re.compile(
     r"[A-Za-z_]"
 )
 
-_NO_BRACKETS: Final = (
-    "square brackets are not allowed (no lists or indexing); use parentheses for grouping"
-)
+_NO_BRACKETS: Final = "square brackets are not allowed (no lists or indexing); use parentheses for grouping"
 _CHAR_HINTS: Final[dict[str, str]] = {
     "'": "strings are not allowed",
     '"': "strings are not allowed",
@@ -460,8 +447,7 @@ _CHAR_HINTS: Final[dict[str, str]] = {
     "]": _NO_BRACKETS,
     "{": "braces are not allowed",
     "}": "braces are not allowed",
-    "=": "no assignments, comparisons or keyword arguments; pass arguments by "
-    "position, e.g. round(2.567, 2)",
+    "=": "no assignments, comparisons or keyword arguments; pass arguments by position, e.g. round(2.567, 2)",
     "<": "comparisons are not allowed",
     ">": "comparisons are not allowed",
     "!": "comparisons and factorial signs are not allowed; use factorial(n)",
@@ -507,9 +493,7 @@ def _describe_char(char: str, position: int) -> str:
             f"non-ASCII character U+{code:04X} ({name}) at position {position} is not "
             "allowed; use plain ASCII digits, operators and function names like sqrt(2)"
         )
-    hint = _CHAR_HINTS.get(
-        char, "use numbers, + - * / // % ** ^, parentheses and functions like sqrt(2)"
-    )
+    hint = _CHAR_HINTS.get(char, "use numbers, + - * / // % ** ^, parentheses and functions like sqrt(2)")
     return f"character {char!r} at position {position} is not allowed: {hint}"
 
 
@@ -563,9 +547,7 @@ def _parse(text: str) -> ast.Expression:
             f"invalid expression: {detail}{where}; send one math expression such as {_EXAMPLE}"
         ) from None
     except (ValueError, MemoryError, RecursionError):
-        raise CalculatorError(
-            f"invalid expression; send one math expression such as {_EXAMPLE}"
-        ) from None
+        raise CalculatorError(f"invalid expression; send one math expression such as {_EXAMPLE}") from None
 
 
 _BINOP_SYMBOLS: Final[dict[type[ast.operator], str]] = {
@@ -668,9 +650,7 @@ def _check_call(node: ast.Call) -> None:
     if spec is None:
         raise _name_error(name, as_function=True)
     if node.keywords:
-        raise CalculatorError(
-            f"keyword arguments are not allowed; pass arguments by position: {spec.usage}"
-        )
+        raise CalculatorError(f"keyword arguments are not allowed; pass arguments by position: {spec.usage}")
     count = len(node.args)
     if count < spec.min_args or (spec.max_args is not None and count > spec.max_args):
         if spec.max_args is None:
@@ -705,8 +685,7 @@ def _children(node: ast.expr) -> list[ast.expr]:
         if type(node.op) not in _BINOP_SYMBOLS:
             symbol = _FORBIDDEN_OPERATORS.get(type(node.op), type(node.op).__name__)
             raise CalculatorError(
-                f"operator '{symbol}' is not allowed; allowed operators: "
-                "+ - * / // % ** (^ also means power)"
+                f"operator '{symbol}' is not allowed; allowed operators: + - * / // % ** (^ also means power)"
             )
         return [node.left, node.right]
     if isinstance(node, ast.Call):
@@ -734,8 +713,7 @@ def _validate(tree: ast.Expression) -> None:
         nodes += 1
         if nodes > MAX_NODES:
             raise CalculatorError(
-                f"expression is too complex (more than {MAX_NODES} terms); "
-                "split it into smaller calculations"
+                f"expression is too complex (more than {MAX_NODES} terms); split it into smaller calculations"
             )
         if depth > MAX_DEPTH:
             raise CalculatorError(
@@ -778,9 +756,7 @@ def _checked(value: object) -> Number:
         if math.isnan(value):
             raise CalculatorError("math domain error: the result is undefined (NaN)")
         if math.isinf(value):
-            raise CalculatorError(
-                "result too large (floating-point overflow; the limit is about 1.8e308)"
-            )
+            raise CalculatorError("result too large (floating-point overflow; the limit is about 1.8e308)")
         return value
     raise CalculatorError("math domain error: the result is not a real number")
 

@@ -54,6 +54,11 @@ class Tool:
         for param in inspect.signature(function).parameters.values():
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 raise TypeError(f"tool {function.__name__}: *args/**kwargs are not supported")
+            if param.name.startswith("_"):
+                raise TypeError(
+                    f"tool {function.__name__}: parameter {param.name!r} starts with an underscore; "
+                    "tool parameters need public names"
+                )
             annotation = Any if param.annotation is param.empty else param.annotation
             default = ... if param.default is param.empty else param.default
             fields[param.name] = (annotation, default)

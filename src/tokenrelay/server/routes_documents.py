@@ -1,0 +1,60 @@
+"""Document Q&A: attach a document to a session; list the preset questions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, Field
+
+from tokenrelay.documents import extract_text, fit_document
+from tokenrelay.presets import load_presets
+from tokenrelay.server.routes_chat import Owner, _runner
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["documents"])
+
+
+class DocumentIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200, description="file name, e.g. notes.md or talk.ipynb")
+    content: str = Field(description="the file's text (a notebook's JSON for .ipynb)")
+
+
+class DocumentOut(BaseModel):
+    name: str
+    total_chars: int
+    kept_chars: int
+    truncated: bool
+    notice: str | None = Field(description="what was left out to fit the context window, in words")
+
+
+@router.get("/presets", summary="Preset questions for an attached document")
+async def presets(request: Request) -> list[dict[str, Any]]:
+    return load_presets(request.app.state.settings.presets_file)
+
+
+@router.put("/sessions/{session_id}/document", summary="Attach a document to a session")
+async def attach_document(request: Request, session_id: str, body: DocumentIn, owner: Owner) -> DocumentOut:
+    """The document's text becomes context for every question in the session. When it does
+    not fit the model's context window the response says plainly what was left out."""
+    runner = _runner(request)
+    if await runner.store.get_session(session_id, owner=owner) is None:
+        raise HTTPException(404, f"no session {session_id!r}")
+    if "\x00" in body.content:
+        raise HTTPException(422, "the document contains NUL characters; attach a text file")
+    try:
+        text = extract_text(body.name, body.content)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    if not text.strip():
+        raise HTTPException(422, f"{body.name} has no text")
+    fitted = fit_document(body.name, text, runner.backend, max_tokens=runner.settings.max_tokens)
+    await runner.store.set_document(session_id, name=body.name, text=fitted.text)
+    return DocumentOut(
+        name=body.name,
+        total_chars=fitted.total_chars,
+        kept_chars=fitted.kept_chars,
+        truncated=fitted.truncated,
+        notice=fitted.notice(),
+    )

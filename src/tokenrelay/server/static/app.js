@@ -1,0 +1,1073 @@
+// The tokenrelay chat page: no build step, no CDN. An ES module that talks to the server's
+// typed SSE endpoint with fetch + a stream reader.
+//
+// Invariants:
+// * model output is untrusted: every piece of HTML made from it goes through DOMPurify, and
+//   text (tool input/output, reasoning, errors, diagram sources) is only ever set as text;
+// * the streaming answer is re-rendered at most once per animation frame, block by block:
+//   a Markdown block whose HTML did not change keeps its DOM node, so finished paragraphs,
+//   code and diagrams never flicker while the rest of the answer streams;
+// * a ```mermaid block is drawn once its closing fence has arrived (or the answer ended), once
+//   per distinct source (the SVG, or the parse error, is cached by source text);
+// * every event of a run is applied once, in order: events carry their index (`id:`), and a
+//   resumed stream (GET /runs/{id}/events with Last-Event-ID) skips what was seen.
+
+import { Marked } from "./vendor/marked/marked.esm.js";
+import { LANGUAGES, applyLanguage, detectLanguage, translate } from "./i18n.js";
+
+const DOMPurify = window.DOMPurify;
+const KEY_STORAGE = "tokenrelay.apiKey";
+const LANG_STORAGE = "tokenrelay.lang";
+const MAX_RESUMES = 3;
+const CANCEL_GRACE_MS = 5000;
+
+// -- state ------------------------------------------------------------------------------
+
+const state = {
+  lang: detectLanguage(storageGet(LANG_STORAGE), navigator.languages || [navigator.language]),
+  apiKey: storageGet(KEY_STORAGE),
+  sessionId: null,
+  sessions: [],
+  presets: [],
+  documentName: null,
+  run: null, // the run in progress, if any
+  loadToken: 0, // bumps when the view changes, so late responses for an old view are ignored
+};
+
+const $ = (id) => document.getElementById(id);
+const els = {
+  messages: $("messages"),
+  empty: $("empty"),
+  status: $("status"),
+  input: $("input"),
+  send: $("send"),
+  stop: $("stop"),
+  composer: $("composer"),
+  newChat: $("new-chat"),
+  sessionList: $("session-list"),
+  noSessions: $("no-sessions"),
+  language: $("language"),
+  keyButton: $("key-button"),
+  keyForm: $("key-form"),
+  keyInput: $("key-input"),
+  keyMessage: $("key-message"),
+  keyCancel: $("key-cancel"),
+  attach: $("attach"),
+  documentName: $("document-name"),
+  documentNotice: $("document-notice"),
+  presets: $("presets"),
+};
+
+function t(key, args) {
+  return translate(state.lang, key, args);
+}
+
+function storageGet(key) {
+  try {
+    return window.localStorage.getItem(key);
+  } catch {
+    return null;
+  }
+}
+
+function storageSet(key, value) {
+  try {
+    if (value === null) window.localStorage.removeItem(key);
+    else window.localStorage.setItem(key, value);
+  } catch {
+    // private mode: the setting lasts for this page only
+  }
+}
+
+/** An element with attributes and children; `i18n` labels it through data-i18n. */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name === "i18n") {
+      el.dataset.i18n = value;
+      el.textContent = t(value, attrs.i18nArgs);
+    } else if (name === "i18nArgs") {
+      el.dataset.i18nArgs = JSON.stringify(value);
+    } else if (name === "i18nAria") {
+      el.dataset.i18nAria = value;
+      el.setAttribute("aria-label", t(value, attrs.i18nArgs));
+    } else if (name === "text") {
+      el.textContent = value;
+    } else if (name.startsWith("on")) {
+      el.addEventListener(name.slice(2), value);
+    } else {
+      el.setAttribute(name, value === true ? "" : value);
+    }
+  }
+  for (const child of children) if (child != null) el.append(child);
+  return el;
+}
+
+/** Set an element's translatable text (it follows later language switches). */
+function setText(el, key, args) {
+  el.dataset.i18n = key;
+  if (args) el.dataset.i18nArgs = JSON.stringify(args);
+  else delete el.dataset.i18nArgs;
+  el.textContent = t(key, args);
+}
+
+function announce(text) {
+  els.status.textContent = text;
+}
+
+// -- HTTP -------------------------------------------------------------------------------
+
+class HttpError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function api(path, options = {}) {
+  const headers = new Headers(options.headers || {});
+  if (state.apiKey) headers.set("Authorization", `Bearer ${state.apiKey}`);
+  const response = await fetch(path, { ...options, headers });
+  if (response.status === 401) showKeyForm(Boolean(state.apiKey));
+  return response;
+}
+
+async function errorMessage(response) {
+  try {
+    const body = await response.json();
+    return body?.error?.message || body?.detail || `HTTP ${response.status}`;
+  } catch {
+    return `HTTP ${response.status}`;
+  }
+}
+
+async function apiJson(path, options = {}) {
+  const response = await api(path, options);
+  if (!response.ok) throw new HttpError(response.status, await errorMessage(response));
+  return response.status === 204 ? null : response.json();
+}
+
+function jsonBody(value) {
+  return { body: JSON.stringify(value), headers: { "Content-Type": "application/json" } };
+}
+
+/** Server-sent events from a fetch response: {event, data, id}, parsed as they arrive. */
+async function* readEvents(response) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      if (buffer.includes("\r")) buffer = buffer.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const frame = parseFrame(buffer.slice(0, end));
+        buffer = buffer.slice(end + 2);
+        if (frame) yield frame;
+      }
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+}
+
+function parseFrame(block) {
+  let event = "message";
+  let id = null;
+  const data = [];
+  for (const line of block.split("\n")) {
+    if (!line || line.startsWith(":")) continue; // keep-alive comments
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    let value = colon < 0 ? "" : line.slice(colon + 1);
+    if (value.startsWith(" ")) value = value.slice(1);
+    if (field === "event") event = value;
+    else if (field === "data") data.push(value);
+    else if (field === "id") id = value;
+  }
+  if (!data.length) return null;
+  let payload;
+  try {
+    payload = JSON.parse(data.join("\n"));
+  } catch {
+    return null;
+  }
+  return { event, data: payload, id: id === null || id === "" ? null : Number(id) };
+}
+
+// -- Markdown, sanitised, rendered block by block ----------------------------------------
+
+const diagramKeys = new Map(); // mermaid source -> short key used in placeholders
+const diagramSources = new Map(); // key -> source
+const render = { lastOpen: false }; // set while the streaming answer's last block renders
+
+const md = new Marked({
+  gfm: true,
+  breaks: false,
+  renderer: {
+    code(token) {
+      const lang = (token.lang || "").trim().split(/\s+/)[0].toLowerCase();
+      if (lang !== "mermaid") return false; // marked's own code block
+      const source = token.text;
+      const closed = !render.lastOpen || fenceClosed(token.raw);
+      return (
+        `<div class="mermaid-block" data-diagram="${diagramKey(source)}" data-closed="${closed ? 1 : 0}">` +
+        `<div class="diagram-caption"></div>` +
+        `<pre class="mermaid-source"><code class="language-mermaid">${escapeHtml(source)}</code></pre></div>`
+      );
+    },
+  },
+});
+
+function escapeHtml(text) {
+  return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+function diagramKey(source) {
+  let key = diagramKeys.get(source);
+  if (!key) {
+    key = `d${diagramKeys.size + 1}`;
+    diagramKeys.set(source, key);
+    diagramSources.set(key, source);
+  }
+  return key;
+}
+
+/** Whether a fenced code block's raw text ends with its closing fence. */
+function fenceClosed(raw) {
+  const open = /^ {0,3}(`{3,}|~{3,})/.exec(raw);
+  if (!open) return true; // an indented code block: nothing to wait for
+  const lines = raw.replace(/\n+$/, "").split("\n");
+  if (lines.length < 2) return false;
+  const fence = open[1][0] === "`" ? "`" : "~";
+  return new RegExp(`^ {0,3}\\${fence}{${open[1].length},}[ \\t]*$`).test(lines[lines.length - 1]);
+}
+
+DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+  if (node.tagName === "A" && node.hasAttribute("href")) {
+    node.setAttribute("target", "_blank");
+    node.setAttribute("rel", "noopener noreferrer nofollow");
+  }
+});
+
+const PURIFY_MARKDOWN = {
+  FORBID_TAGS: ["style", "form", "button", "textarea", "select", "dialog"],
+  FORBID_ATTR: ["style"],
+  SANITIZE_NAMED_PROPS: true, // ids and names from an answer cannot clobber page globals
+  RETURN_DOM_FRAGMENT: true,
+};
+
+/**
+ * Render `text` into `view.el`, reusing the DOM of every block whose HTML is unchanged.
+ * `final` is false while the answer still streams: then an unfinished fence at the end stays
+ * a code block (and a mermaid one is not drawn yet).
+ */
+function renderMarkdown(view, text, final) {
+  const tokens = md.lexer(text);
+  let last = tokens.length - 1;
+  while (last >= 0 && tokens[last].type === "space") last--;
+  const htmls = [];
+  for (let i = 0; i <= last; i++) {
+    if (tokens[i].type === "space") continue;
+    render.lastOpen = !final && i === last;
+    try {
+      htmls.push(md.parser([tokens[i]]));
+    } finally {
+      render.lastOpen = false;
+    }
+  }
+  const blocks = view.blocks;
+  let i = 0;
+  for (; i < htmls.length; i++) {
+    if (blocks[i] && blocks[i].html === htmls[i]) continue;
+    const node = makeBlock(htmls[i]);
+    if (blocks[i]) blocks[i].node.replaceWith(node);
+    else view.el.append(node);
+    blocks[i] = { html: htmls[i], node };
+  }
+  for (let j = blocks.length - 1; j >= i; j--) blocks[j].node.remove();
+  blocks.length = htmls.length;
+}
+
+function makeBlock(html) {
+  const node = document.createElement("div");
+  node.className = "md-block";
+  node.append(DOMPurify.sanitize(html, PURIFY_MARKDOWN));
+  for (const pre of node.querySelectorAll("pre > code")) {
+    if (!pre.closest(".mermaid-block")) pre.parentElement.classList.add("code");
+  }
+  for (const block of node.querySelectorAll(".mermaid-block")) showDiagram(block);
+  return node;
+}
+
+// -- Mermaid ------------------------------------------------------------------------------
+
+const diagrams = new Map(); // source -> {status: "pending"|"ok"|"error", svg?, error?}
+let mermaidReady = null;
+let renderQueue = Promise.resolve();
+let diagramCounter = 0;
+
+function loadMermaid() {
+  if (!mermaidReady) {
+    mermaidReady = import("./vendor/mermaid/mermaid.esm.min.mjs").then(({ default: mermaid }) => {
+      const dark = window.matchMedia?.("(prefers-color-scheme: dark)").matches;
+      mermaid.initialize({
+        startOnLoad: false,
+        securityLevel: "strict",
+        suppressErrorRendering: true,
+        theme: dark ? "dark" : "neutral",
+        fontFamily: getComputedStyle(document.body).fontFamily,
+      });
+      return mermaid;
+    });
+    mermaidReady.catch(() => {
+      mermaidReady = null; // try again for the next diagram
+    });
+  }
+  return mermaidReady;
+}
+
+function diagramFor(source) {
+  let diagram = diagrams.get(source);
+  if (!diagram) {
+    diagram = { status: "pending" };
+    diagrams.set(source, diagram);
+    // one render at a time: mermaid measures text in a shared scratch element
+    renderQueue = renderQueue.then(() => drawDiagram(source, diagram));
+  }
+  return diagram;
+}
+
+async function drawDiagram(source, diagram) {
+  const id = `mermaid-${++diagramCounter}`;
+  try {
+    const mermaid = await loadMermaid();
+    await mermaid.parse(source); // throws the parser's message for invalid input
+    const { svg } = await mermaid.render(id, source);
+    diagram.svg = sanitizeSvg(svg);
+    diagram.status = "ok";
+  } catch (err) {
+    diagram.status = "error";
+    diagram.error = (err && (err.message || err.str)) || String(err);
+  } finally {
+    // mermaid can leave its scratch elements behind when it fails
+    for (const stray of document.querySelectorAll(`#${id}, #d${id}, #i${id}`)) {
+      if (!stray.closest(".mermaid-block")) stray.remove();
+    }
+  }
+  const key = diagramKeys.get(source);
+  for (const block of document.querySelectorAll(`.mermaid-block[data-diagram="${key}"]`)) {
+    showDiagram(block);
+  }
+}
+
+function sanitizeSvg(svg) {
+  return DOMPurify.sanitize(svg, {
+    USE_PROFILES: { svg: true, svgFilters: true, html: true },
+    ADD_TAGS: ["foreignObject", "style"],
+    ADD_ATTR: ["dominant-baseline", "text-anchor"],
+    HTML_INTEGRATION_POINTS: { foreignobject: true },
+  });
+}
+
+/** Fill a placeholder from the diagram cache (drawing it first if needed). */
+function showDiagram(block) {
+  const source = diagramSources.get(block.dataset.diagram);
+  const caption = block.querySelector(".diagram-caption");
+  if (source === undefined) return;
+  if (block.dataset.closed !== "1") {
+    if (caption) setText(caption, "diagramStreaming");
+    return;
+  }
+  const diagram = diagramFor(source);
+  if (diagram.status === "pending") {
+    block.dataset.state = "pending";
+    if (caption) setText(caption, "diagramPending");
+    return;
+  }
+  if (block.dataset.state === diagram.status) return;
+  block.dataset.state = diagram.status;
+  block.replaceChildren();
+  if (diagram.status === "ok") {
+    const figure = h("figure", { class: "diagram", role: "img", i18nAria: "diagramLabel" });
+    figure.innerHTML = diagram.svg; // sanitised in sanitizeSvg
+    block.append(figure);
+  } else {
+    block.append(
+      h(
+        "div",
+        { class: "error-box diagram-error", role: "alert", "data-testid": "error-box", "data-kind": "diagram" },
+        h("p", { class: "error-title", i18n: "diagramError" }),
+        h("pre", { class: "error-message", text: diagram.error }),
+        h("pre", { class: "mermaid-source" }, h("code", { text: source })),
+      ),
+    );
+  }
+}
+
+// -- the conversation view -----------------------------------------------------------------
+
+let turnCounter = 0;
+
+/** One question and its answer: the DOM and the render state of its answer. */
+function createTurn(userText) {
+  const n = ++turnCounter;
+  const answer = h("div", { class: "answer markdown", "data-testid": "answer" });
+  const reasoningText = h("pre", { class: "reasoning-text", id: `reasoning-${n}`, hidden: true });
+  const reasoningToggle = h("button", {
+    type: "button",
+    class: "link-button",
+    "data-testid": "reasoning-toggle",
+    "aria-expanded": "false",
+    "aria-controls": `reasoning-${n}`,
+    i18n: "showReasoning",
+  });
+  const reasoning = h("div", { class: "reasoning", hidden: true }, reasoningToggle, reasoningText);
+  reasoningToggle.addEventListener("click", () => {
+    const open = reasoningText.hidden;
+    reasoningText.hidden = !open;
+    reasoningToggle.setAttribute("aria-expanded", String(open));
+    setText(reasoningToggle, open ? "hideReasoning" : "showReasoning");
+  });
+  const steps = h("div", { class: "steps" });
+  const status = h("span", { class: "run-status muted", "data-testid": "run-status" });
+  const copy = h("button", {
+    type: "button",
+    class: "button ghost small",
+    "data-testid": "copy-answer",
+    i18n: "copy",
+    i18nAria: "copyLabel",
+  });
+  const retry = h("button", {
+    type: "button",
+    class: "button small",
+    "data-testid": "retry",
+    i18n: "retry",
+    i18nAria: "retryLabel",
+    hidden: true,
+  });
+  const errors = h("div", { class: "run-errors" });
+  const footer = h("div", { class: "turn-footer" }, status, copy, retry);
+  const el = h(
+    "article",
+    { class: "turn", "data-testid": "turn" },
+    h("div", { class: "user" }, h("div", { class: "role", i18n: "you" }), h("div", { class: "bubble", text: userText })),
+    h(
+      "div",
+      { class: "assistant" },
+      h("div", { class: "role", i18n: "assistant" }),
+      steps,
+      reasoning,
+      answer,
+      errors,
+      footer,
+    ),
+  );
+  const turn = {
+    el,
+    userText,
+    answerText: "",
+    view: { el: answer, blocks: [] },
+    answer,
+    reasoning,
+    reasoningText,
+    steps,
+    toolSteps: new Map(),
+    status,
+    errors,
+    retry,
+  };
+  copy.addEventListener("click", () => copyAnswer(turn, copy));
+  retry.addEventListener("click", () => {
+    retry.hidden = true;
+    startRun(turn.userText);
+  });
+  els.empty.hidden = true;
+  els.messages.append(el);
+  return turn;
+}
+
+function setAnswer(turn, text, final) {
+  turn.answerText = text;
+  renderMarkdown(turn.view, text, final);
+  turn.answer.classList.toggle("streaming", !final);
+}
+
+function showError(turn, key, args, { retry = false } = {}) {
+  turn.errors.append(
+    h(
+      "div",
+      { class: "error-box", role: "alert", "data-testid": "error-box", "data-kind": "run" },
+      h("p", { i18n: key, i18nArgs: args }),
+    ),
+  );
+  turn.retry.hidden = !retry;
+}
+
+async function copyAnswer(turn, button) {
+  const text = turn.answerText;
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    const scratch = h("textarea", { class: "visually-hidden" });
+    scratch.value = text;
+    document.body.append(scratch);
+    scratch.select();
+    document.execCommand("copy");
+    scratch.remove();
+  }
+  setText(button, "copied");
+  announce(t("copied"));
+  setTimeout(() => setText(button, "copy"), 1500);
+}
+
+function addToolStep(turn, data) {
+  const status = h("span", { class: "tool-state", i18n: "toolRunning" });
+  const result = h("pre", { class: "tool-result" });
+  const resultLabel = h("div", { class: "tool-label", i18n: "toolResult", hidden: true });
+  const step = h(
+    "details",
+    { class: "tool-step", "data-testid": "tool-step", "data-state": "running" },
+    h("summary", {}, h("span", { class: "tool-name", i18n: "tool", i18nArgs: { name: data.name } }), " ", status),
+    h("div", { class: "tool-label", i18n: "toolInput" }),
+    h("pre", { class: "tool-input", text: formatArguments(data.arguments) }),
+    resultLabel,
+    result,
+  );
+  step.open = true; // open while it runs, so the user sees what is happening
+  turn.steps.append(step);
+  turn.toolSteps.set(data.call_id, { step, status, result, resultLabel });
+}
+
+function finishToolStep(turn, data) {
+  let entry = turn.toolSteps.get(data.call_id);
+  if (!entry) {
+    addToolStep(turn, { call_id: data.call_id, name: data.name, arguments: "" });
+    entry = turn.toolSteps.get(data.call_id);
+  }
+  const failed = data.error !== null && data.error !== undefined;
+  entry.step.dataset.state = failed ? "error" : "done";
+  setText(entry.status, failed ? "toolFailed" : "toolDone");
+  setText(entry.resultLabel, failed ? "toolError" : "toolResult");
+  entry.resultLabel.hidden = false;
+  entry.result.textContent = failed ? data.error : data.result;
+  entry.step.open = false;
+}
+
+function formatArguments(value) {
+  if (typeof value === "string") return value;
+  try {
+    return JSON.stringify(value, null, 2);
+  } catch {
+    return String(value);
+  }
+}
+
+function scrollToEnd(force = false) {
+  const box = els.messages;
+  if (force || box.scrollHeight - box.scrollTop - box.clientHeight < 120) box.scrollTop = box.scrollHeight;
+}
+
+function clearMessages() {
+  for (const el of [...els.messages.children]) if (el !== els.empty) el.remove();
+  els.empty.hidden = false;
+}
+
+// -- a run --------------------------------------------------------------------------------
+
+function setRunning(running) {
+  els.send.disabled = running;
+  els.stop.hidden = !running;
+  els.stop.disabled = false;
+  setText(els.stop, "stop");
+  els.messages.setAttribute("aria-busy", String(running));
+  for (const button of els.presets.querySelectorAll("button")) button.disabled = running;
+}
+
+async function startRun(text) {
+  text = text.trim();
+  if (!text || state.run) return;
+  const turn = createTurn(text);
+  scrollToEnd(true);
+  const run = {
+    turn,
+    text,
+    runId: null,
+    lastId: null,
+    answer: "",
+    reasoning: "",
+    frame: 0,
+    finished: false,
+    abandoned: false,
+    stopRequested: false,
+    controller: new AbortController(),
+  };
+  state.run = run;
+  setRunning(true);
+  turn.answer.classList.add("streaming");
+  try {
+    let response = null;
+    try {
+      const body = { text, mode: "full" };
+      if (state.sessionId) body.session_id = state.sessionId;
+      response = await api("chat/events", {
+        method: "POST",
+        ...jsonBody(body),
+        headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+        signal: run.controller.signal,
+      });
+    } catch (err) {
+      if (!run.abandoned) connectionLost(run);
+      return;
+    }
+    if (!response.ok) {
+      finishRun(run);
+      showError(turn, "requestFailed", { message: await errorMessage(response) }, {
+        retry: response.status >= 500 || response.status === 401,
+      });
+      return;
+    }
+    run.runId = response.headers.get("X-Run-Id");
+    const sessionId = response.headers.get("X-Session-Id");
+    if (sessionId && sessionId !== state.sessionId) {
+      state.sessionId = sessionId;
+      loadSessions();
+    }
+    if (run.stopRequested) cancelOnServer(run);
+    await follow(run, response);
+  } finally {
+    if (state.run === run && (run.finished || run.abandoned)) {
+      state.run = null;
+      setRunning(false);
+    }
+  }
+}
+
+/** Read a run's events until its terminal event, resuming after a broken connection. */
+async function follow(run, response) {
+  let attempts = 0;
+  for (;;) {
+    if (response) {
+      try {
+        for await (const frame of readEvents(response)) {
+          attempts = 0;
+          handleEvent(run, frame);
+          if (run.finished || run.abandoned) return;
+        }
+      } catch {
+        // the connection broke: resume below
+      }
+      if (run.finished || run.abandoned) return;
+    }
+    if (!run.runId || attempts >= MAX_RESUMES) return connectionLost(run);
+    attempts += 1;
+    setText(run.turn.status, "reconnecting");
+    await new Promise((resolve) => setTimeout(resolve, 250 * attempts));
+    if (run.abandoned) return;
+    response = null;
+    try {
+      const headers = { Accept: "text/event-stream" };
+      if (run.lastId !== null) headers["Last-Event-ID"] = String(run.lastId);
+      const resumed = await api(`runs/${encodeURIComponent(run.runId)}/events`, {
+        headers,
+        signal: run.controller.signal,
+      });
+      if (resumed.ok) response = resumed;
+      else if (resumed.status < 500) return connectionLost(run);
+    } catch {
+      if (run.abandoned) return;
+    }
+  }
+}
+
+function handleEvent(run, { event, data, id }) {
+  if (id !== null && !Number.isNaN(id)) {
+    if (run.lastId !== null && id <= run.lastId) return; // already applied (a resumed stream)
+    run.lastId = id;
+  }
+  const turn = run.turn;
+  switch (event) {
+    case "run_started":
+      run.runId = run.runId || data.run_id;
+      if (turn.status.dataset.i18n === "reconnecting") turn.status.textContent = "";
+      break;
+    case "answer_delta":
+      run.answer += data.text;
+      scheduleFrame(run);
+      break;
+    case "reasoning_delta":
+      run.reasoning += data.text;
+      turn.reasoning.hidden = false;
+      scheduleFrame(run);
+      break;
+    case "tool_call_started":
+      addToolStep(turn, data);
+      scrollToEnd();
+      break;
+    case "tool_call_finished":
+      finishToolStep(turn, data);
+      break;
+    case "run_finished":
+      run.answer = typeof data.answer === "string" ? data.answer : run.answer;
+      finishRun(run);
+      if (data.timings && typeof data.timings.total_s === "number") {
+        setText(turn.status, "finishedIn", { seconds: data.timings.total_s.toFixed(1) });
+      }
+      announce(t("assistant"));
+      loadSessions();
+      break;
+    case "error":
+      if (typeof data.answer === "string" && data.answer.length >= run.answer.length) run.answer = data.answer;
+      finishRun(run);
+      if (data.code === "cancelled" && run.stopRequested) {
+        setText(turn.status, "stopped");
+        announce(t("stopped"));
+      } else if (data.code === "cancelled") {
+        showError(turn, "connectionLost", undefined, { retry: true }); // the server lost us
+      } else {
+        showError(turn, "runFailed", { message: data.message || data.code || "error" }, { retry: true });
+      }
+      loadSessions();
+      break;
+    default:
+      break; // an event type this page does not know yet
+  }
+}
+
+function scheduleFrame(run) {
+  if (run.frame) return;
+  run.frame = requestAnimationFrame(() => {
+    run.frame = 0;
+    paint(run, false);
+  });
+}
+
+function paint(run, final) {
+  const turn = run.turn;
+  if (run.answer !== turn.answerText || final) setAnswer(turn, run.answer, final);
+  if (turn.reasoningText.textContent.length !== run.reasoning.length) turn.reasoningText.textContent = run.reasoning;
+  if (turn.status.dataset.i18n === "reconnecting") turn.status.textContent = "";
+  scrollToEnd();
+}
+
+function finishRun(run) {
+  if (run.frame) cancelAnimationFrame(run.frame);
+  run.frame = 0;
+  run.finished = true;
+  paint(run, true);
+  if (state.run === run) {
+    state.run = null;
+    setRunning(false);
+  }
+}
+
+function connectionLost(run) {
+  if (run.finished) return;
+  finishRun(run);
+  run.turn.status.textContent = "";
+  showError(run.turn, "connectionLost", undefined, { retry: true });
+}
+
+async function stopRun() {
+  const run = state.run;
+  if (!run || run.stopRequested) return;
+  run.stopRequested = true;
+  els.stop.disabled = true;
+  setText(els.stop, "stopping");
+  if (run.runId) await cancelOnServer(run);
+  // otherwise startRun cancels as soon as the server has told us the run's id
+}
+
+/** Cancel on the server (the model stops generating); the stream then ends with `error`. */
+async function cancelOnServer(run) {
+  const giveUp = () => {
+    if (run.finished) return;
+    run.abandoned = true;
+    run.controller.abort(); // disconnecting cancels the run server-side too
+    finishRun(run);
+    setText(run.turn.status, "stopped");
+  };
+  setTimeout(giveUp, CANCEL_GRACE_MS);
+  try {
+    const response = await api(`runs/${encodeURIComponent(run.runId)}/cancel`, { method: "POST" });
+    if (!response.ok && response.status !== 404) giveUp();
+  } catch {
+    giveUp();
+  }
+}
+
+/** Stop following the current run locally (switching chats); the server cancels it. */
+function abandonRun() {
+  const run = state.run;
+  if (!run) return;
+  run.abandoned = true;
+  run.controller.abort();
+  if (run.frame) cancelAnimationFrame(run.frame);
+  state.run = null;
+  setRunning(false);
+}
+
+// -- sessions -------------------------------------------------------------------------------
+
+async function loadSessions() {
+  try {
+    state.sessions = await apiJson("sessions?limit=100");
+  } catch {
+    return; // the list is a convenience; a failure here must not disturb the chat
+  }
+  renderSessions();
+}
+
+function renderSessions() {
+  els.sessionList.replaceChildren(
+    ...state.sessions.map((session) => {
+      const title = session.title || t("untitled");
+      const open = h(
+        "button",
+        {
+          type: "button",
+          class: "session",
+          "data-testid": "session-item",
+          "data-session-id": session.id,
+          "aria-current": session.id === state.sessionId ? "page" : null,
+          title: new Date(session.updated_at * 1000).toLocaleString(state.lang),
+          onclick: () => openSession(session.id),
+        },
+        h("span", { class: "session-title", text: title }),
+      );
+      const remove = h("button", {
+        type: "button",
+        class: "icon-button",
+        "data-testid": "delete-session",
+        i18nAria: "deleteSession",
+        "data-i18n-title": "deleteSession",
+        title: t("deleteSession"),
+        text: "×",
+        onclick: () => deleteSession(session.id),
+      });
+      return h("li", {}, open, remove);
+    }),
+  );
+  els.noSessions.hidden = state.sessions.length > 0;
+}
+
+function newChat() {
+  abandonRun();
+  state.loadToken++;
+  state.sessionId = null;
+  setDocument(null);
+  clearMessages();
+  renderSessions();
+  els.input.focus();
+}
+
+async function openSession(sessionId) {
+  abandonRun();
+  const token = ++state.loadToken;
+  let session;
+  try {
+    session = await apiJson(`sessions/${encodeURIComponent(sessionId)}`);
+  } catch (err) {
+    announce(t("loadFailed", { message: err.message }));
+    return;
+  }
+  if (token !== state.loadToken) return;
+  state.sessionId = session.id;
+  clearMessages();
+  setDocument(session.document ? { name: session.document } : null);
+  renderSessions();
+  for (const past of session.turns) {
+    if (past.run_id && past.run_id === session.active_run_id) continue;
+    const turn = createTurn(past.user_text);
+    setAnswer(turn, past.answer || "", true);
+    if (past.status === "interrupted" || past.status === "failed") {
+      turn.status.classList.add("badge");
+      setText(turn.status, past.status);
+      if (past.error) showError(turn, "runFailed", { message: past.error });
+    }
+  }
+  if (session.active_run_id) {
+    const active = session.turns.find((turn) => turn.run_id === session.active_run_id);
+    reattach(session.active_run_id, active ? active.user_text : "");
+  }
+  scrollToEnd(true);
+}
+
+/** Follow a run that is still going (a reopened chat), from its first event. */
+async function reattach(runId, userText) {
+  const turn = createTurn(userText);
+  const run = {
+    turn,
+    text: userText,
+    runId,
+    lastId: null,
+    answer: "",
+    reasoning: "",
+    frame: 0,
+    finished: false,
+    abandoned: false,
+    stopRequested: false,
+    controller: new AbortController(),
+  };
+  state.run = run;
+  setRunning(true);
+  setText(turn.status, "running");
+  await follow(run, null);
+}
+
+async function deleteSession(sessionId) {
+  if (!window.confirm(t("deleteConfirm"))) return;
+  try {
+    await apiJson(`sessions/${encodeURIComponent(sessionId)}`, { method: "DELETE" });
+  } catch (err) {
+    announce(t("loadFailed", { message: err.message }));
+  }
+  if (sessionId === state.sessionId) newChat();
+  loadSessions();
+}
+
+// -- documents and presets --------------------------------------------------------------------
+
+function setDocument(doc) {
+  state.documentName = doc ? doc.name : null;
+  els.documentNotice.hidden = true;
+  els.documentNotice.textContent = "";
+  if (!doc) {
+    els.documentName.textContent = "";
+    delete els.documentName.dataset.i18n;
+  } else if (doc.total_chars !== undefined) {
+    setText(els.documentName, "attached", { name: doc.name, chars: doc.total_chars.toLocaleString() });
+  } else {
+    setText(els.documentName, "attachedName", { name: doc.name });
+  }
+  renderPresets();
+}
+
+async function attachDocument(file) {
+  if (!file) return;
+  setText(els.documentName, "attaching", { name: file.name });
+  els.documentNotice.hidden = true;
+  try {
+    const content = await file.text();
+    if (!state.sessionId) {
+      const session = await apiJson("sessions", { method: "POST" });
+      state.sessionId = session.id;
+    }
+    const result = await apiJson(`sessions/${encodeURIComponent(state.sessionId)}/document`, {
+      method: "PUT",
+      ...jsonBody({ name: file.name, content }),
+    });
+    setDocument(result);
+    if (result.truncated) {
+      const pct = Math.floor((100 * result.kept_chars) / Math.max(1, result.total_chars));
+      const args = { name: result.name, kept: result.kept_chars, total: result.total_chars, pct };
+      els.documentNotice.replaceChildren(
+        h("span", { i18n: "truncated", i18nArgs: args }),
+        result.notice ? h("span", { class: "server-notice", text: ` (${result.notice})` }) : null,
+      );
+      els.documentNotice.hidden = false;
+    }
+    loadSessions();
+  } catch (err) {
+    setDocument(null);
+    els.documentNotice.replaceChildren(h("span", { i18n: "attachFailed", i18nArgs: { name: file.name, message: err.message } }));
+    els.documentNotice.hidden = false;
+  } finally {
+    els.attach.value = "";
+  }
+}
+
+async function loadPresets() {
+  try {
+    state.presets = await apiJson("presets");
+  } catch {
+    state.presets = [];
+  }
+  renderPresets();
+}
+
+function pick(localized) {
+  if (typeof localized === "string") return localized;
+  return (localized && (localized[state.lang] || localized.en || Object.values(localized)[0])) || "";
+}
+
+function renderPresets() {
+  const show = Boolean(state.documentName) && state.presets.length > 0;
+  els.presets.hidden = !show;
+  els.presets.replaceChildren(
+    ...(show ? state.presets : []).map((preset) =>
+      h("button", {
+        type: "button",
+        class: "button chip",
+        "data-testid": "preset-button",
+        "data-preset-id": preset.id,
+        disabled: Boolean(state.run),
+        text: pick(preset.label),
+        onclick: () => startRun(pick(preset.question)),
+      }),
+    ),
+  );
+}
+
+// -- language and API key ------------------------------------------------------------------------
+
+function setLanguage(lang) {
+  state.lang = lang in LANGUAGES ? lang : "en";
+  document.documentElement.lang = state.lang;
+  els.language.value = state.lang;
+  applyLanguage(state.lang);
+  renderPresets();
+  renderSessions();
+}
+
+function showKeyForm(rejected) {
+  setText(els.keyMessage, rejected ? "apiKeyInvalid" : "apiKeyPrompt");
+  els.keyForm.hidden = false;
+  els.keyInput.focus();
+}
+
+// -- wiring --------------------------------------------------------------------------------------
+
+els.composer.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = els.input.value;
+  if (!text.trim() || state.run) return;
+  els.input.value = "";
+  startRun(text);
+});
+els.input.addEventListener("keydown", (event) => {
+  // Enter sends; Shift+Enter is a new line; Enter that confirms an IME conversion does neither
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing && event.keyCode !== 229) {
+    event.preventDefault();
+    els.composer.requestSubmit();
+  }
+});
+els.stop.addEventListener("click", stopRun);
+els.newChat.addEventListener("click", newChat);
+els.language.addEventListener("change", () => {
+  storageSet(LANG_STORAGE, els.language.value);
+  setLanguage(els.language.value);
+});
+els.attach.addEventListener("change", () => attachDocument(els.attach.files[0]));
+els.keyButton.addEventListener("click", () => showKeyForm(false));
+els.keyCancel.addEventListener("click", () => {
+  els.keyForm.hidden = true;
+});
+els.keyForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  state.apiKey = els.keyInput.value.trim() || null;
+  storageSet(KEY_STORAGE, state.apiKey);
+  els.keyInput.value = "";
+  els.keyForm.hidden = true;
+  loadSessions();
+  loadPresets();
+});
+
+setLanguage(state.lang);
+loadPresets();
+loadSessions();
+document.body.dataset.ready = "1"; // for tests: the page's script has run

@@ -1,0 +1,448 @@
+"""The `tokenrelay` command, run as a real subprocess: answer on stdout, diagnostics on stderr,
+one-line errors with a non-zero exit, Ctrl-C, sessions. Multi-step agent output (tool calls
+with `--steps`) is checked in-process, since a `scripted:` model string holds one reply."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+import tokenrelay.backends as backends
+from tokenrelay.agent.loop import Agent
+from tokenrelay.cli import _TerminalPrinter, main
+from tokenrelay.events import AnswerDelta, Event, RunError, RunStarted
+from tokenrelay.memory import open_store
+from tokenrelay.memory.base import Turn
+from tokenrelay.testing import ScriptedBackend
+
+ERROR_PREFIX = "tokenrelay: error:"
+
+
+def final(answer: str) -> str:
+    """A scripted model string whose reply is the agent's final-answer action."""
+    return "scripted:" + json.dumps({"action": "Final Answer", "action_input": answer}, ensure_ascii=False)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The environment for CLI subprocesses: no TOKENRELAY_*/OPENAI_* settings from the
+    developer's shell, and all data under tmp_path (never the real home)."""
+    out = {k: v for k, v in os.environ.items() if not k.startswith(("TOKENRELAY_", "OPENAI_"))}
+    out["XDG_DATA_HOME"] = str(tmp_path / "xdg")
+    out["HOME"] = str(tmp_path / "home")
+    return out
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """The same environment for in-process runs of `main`."""
+    for name in list(os.environ):
+        if name.startswith(("TOKENRELAY_", "OPENAI_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_DATA_HOME", env["XDG_DATA_HOME"])
+
+
+def cli(
+    env: dict[str, str], *args: str, stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tokenrelay.cli", *args],
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=env,
+        cwd=Path(env["XDG_DATA_HOME"]).parent,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *, contains: str = "") -> str:
+    assert result.returncode != 0, result
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(ERROR_PREFIX), result.stderr
+    assert contains in lines[0]
+    assert result.stdout == ""
+    return lines[0]
+
+
+def history(db: Path, session_id: str) -> list[Turn]:
+    async def read() -> list[Turn]:
+        store = open_store(str(db))
+        try:
+            return await store.history(session_id)
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+# --------------------------------------------------------------------- answers
+
+
+def test_plain_prints_exactly_the_model_text(env: dict[str, str]) -> None:
+    result = cli(env, "ask", "--plain", "--model", "scripted:Hello", "hi")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Hello\n"
+    assert result.stderr == ""
+
+
+def test_agent_prints_only_the_final_answer(env: dict[str, str]) -> None:
+    result = cli(env, "ask", "--model", final("The capital of France is Paris."), "capital of France?")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "The capital of France is Paris.\n"
+    assert result.stderr == ""
+    assert "action" not in result.stdout
+
+
+def test_japanese_answer_is_printed_intact(env: dict[str, str]) -> None:
+    result = cli(env, "ask", "--model", final("東京は日本の首都です。🗼"), "日本の首都は？")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "東京は日本の首都です。🗼\n"
+
+
+def test_json_prints_one_event_per_line(env: dict[str, str]) -> None:
+    result = cli(env, "ask", "--json", "--model", final("hi there, 世界"), "greet me")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("\n")
+    lines = result.stdout.splitlines()
+    events = [json.loads(line) for line in lines]
+    assert all(isinstance(e, dict) for e in events)
+    assert events[0]["type"] == "run_started"
+    assert events[-1]["type"] == "run_finished"
+    assert [e["type"] for e in events].count("run_started") == 1
+    assert [e["type"] for e in events].count("run_finished") == 1
+    deltas = "".join(e["text"] for e in events if e["type"] == "answer_delta")
+    assert deltas == events[-1]["answer"] == "hi there, 世界"
+    assert "世界" in result.stdout  # not \u-escaped
+    assert result.stderr == ""
+
+
+def test_json_plain_run(env: dict[str, str]) -> None:
+    result = cli(env, "ask", "--json", "--plain", "--model", "scripted:abcdefgh", "x")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [e["type"] for e in events] == ["run_started", "answer_delta", "answer_delta", "run_finished"]
+    assert events[0]["model"] == "scripted"
+    assert events[-1]["answer"] == "abcdefgh"
+
+
+def test_json_failed_run_ends_with_an_error_event(env: dict[str, str]) -> None:
+    result = cli(
+        env, "ask", "--json", "--plain", "--model", "openai:x", "--base-url", "http://127.0.0.1:9/v1", "x"
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert events[0]["type"] == "run_started"
+    assert events[-1]["type"] == "error"
+    assert events[-1]["code"] == "backend"
+
+
+def test_prompt_from_stdin(env: dict[str, str], tmp_path: Path) -> None:
+    result = cli(env, "ask", "-", "--plain", "--model", "scripted:from stdin", stdin="what is up?\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "from stdin\n"
+    # the question really came from stdin: it is what the session stored
+    db = tmp_path / "stdin.db"
+    question = "二つの質問\nsecond line\n"
+    result = cli(env, "ask", "-", "--session", "s", "--db", str(db), "--model", final("ok"), stdin=question)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ok\n"
+    (turn,) = history(db, "s")
+    assert turn.user_text.strip() == question.strip()
+
+
+# --------------------------------------------------------------------- sessions
+
+
+def test_session_continues_across_invocations(env: dict[str, str], tmp_path: Path) -> None:
+    db = tmp_path / "data" / "sessions.db"
+    first = cli(
+        env,
+        "ask",
+        "--session",
+        "trip",
+        "--db",
+        str(db),
+        "--model",
+        final("Noted: Kyoto."),
+        "I am going to Kyoto.",
+    )
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == "Noted: Kyoto.\n"
+    second = cli(
+        env,
+        "ask",
+        "-s",
+        "trip",
+        "--db",
+        str(db),
+        "--model",
+        final("You are going to Kyoto."),
+        "Where am I going?",
+    )
+    assert second.returncode == 0, second.stderr
+    turns = history(db, "trip")
+    assert [(t.user_text, t.answer, t.status) for t in turns] == [
+        ("I am going to Kyoto.", "Noted: Kyoto.", "complete"),
+        ("Where am I going?", "You are going to Kyoto.", "complete"),
+    ]
+    assert not (tmp_path / "xdg" / "tokenrelay").exists()  # --db was used, not the default
+
+
+def test_without_session_nothing_is_stored(env: dict[str, str], tmp_path: Path) -> None:
+    result = cli(env, "ask", "--model", final("ok"), "hello")
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "xdg" / "tokenrelay" / "tokenrelay.db").exists()
+
+
+def test_second_run_sends_the_first_turn_to_the_model(
+    clean_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In process, with a recording backend: the model's second call sees the first turn."""
+    recorder = ScriptedBackend(
+        replies=[
+            json.dumps({"action": "Final Answer", "action_input": "Nice to meet you, Aiko."}),
+            json.dumps({"action": "Final Answer", "action_input": "Your name is Aiko."}),
+        ]
+    )
+    monkeypatch.setattr(backends, "_REGISTRY", {**backends._REGISTRY, "rec": lambda arg, s: recorder})
+    db = str(tmp_path / "mem.db")
+    assert main(["ask", "--session", "s1", "--db", db, "--model", "rec", "My name is Aiko."]) == 0
+    assert main(["ask", "--session", "s1", "--db", db, "--model", "rec", "What is my name?"]) == 0
+    out = capsys.readouterr().out
+    assert out == "Nice to meet you, Aiko.\nYour name is Aiko.\n"
+    second_call = [(m.role, m.content) for m in recorder.calls[1].messages]
+    assert ("user", "My name is Aiko.") in second_call
+    assert ("assistant", "Nice to meet you, Aiko.") in second_call
+    assert second_call[-1] == ("user", "What is my name?")
+    first_call = [(m.role, m.content) for m in recorder.calls[0].messages]
+    assert ("user", "What is my name?") not in first_call
+
+
+# --------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("args", "contains", "code"),
+    [
+        (["ask", "q", "--model", "nope:x"], "unknown model backend 'nope'", 1),
+        (["ask", "q", "--model", "openai:x", "--base-url", "http://127.0.0.1:9/v1"], "127.0.0.1:9", 1),
+        (
+            ["ask", "q", "--plain", "--model", "openai:x", "--base-url", "http://127.0.0.1:9/v1"],
+            "127.0.0.1:9",
+            1,
+        ),
+        (["ask", "q", "--model", "openai:x", "--base-url", "not a url"], "base URL", 1),
+        (["ask", "q", "--model", "scripted:x", "--temperature", "9"], "temperature", 1),
+        (["ask", "q", "--model", "scripted:x", "--temperature", "nan"], "temperature", 1),
+        (["ask", "q", "--model", "scripted:x", "--max-tokens", "0"], "max_tokens", 1),
+        (["ask", "q", "--model", "scripted:x", "--max-tokens", "lots"], "--max-tokens", 2),
+        (["ask", "q", "--model", "scripted:x", "--tool-protocol", "magic"], "--tool-protocol", 2),
+        (["ask", "", "--model", "scripted:x"], "empty", 1),
+        (["ask", "   \n", "--model", "scripted:x"], "empty", 1),
+        (["ask", "--model", "scripted:x"], "prompt", 2),
+        (
+            ["ask", "q", "--model", "scripted:x", "--session", "s", "--db", "redis://localhost/0"],
+            "database",
+            1,
+        ),
+        (["frobnicate"], "", 2),
+        ([], "command", 2),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
+def test_bad_input_is_one_line_on_stderr(
+    env: dict[str, str], args: list[str], contains: str, code: int
+) -> None:
+    result = cli(env, *args)
+    assert_one_line_error(result, contains=contains)
+    assert result.returncode == code
+
+
+def test_missing_gguf_names_the_path(env: dict[str, str], tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "model.gguf"
+    assert_one_line_error(cli(env, "ask", "q", "--model", f"llamacpp:{missing}"), contains=str(missing))
+    assert_one_line_error(
+        cli(env, "ask", "q", "--plain", "--model", "llamacpp:/missing.gguf"), contains="/missing.gguf"
+    )
+
+
+def test_empty_prompt_on_stdin(env: dict[str, str]) -> None:
+    assert_one_line_error(cli(env, "ask", "-", "--model", "scripted:x", stdin=""), contains="empty")
+
+
+def test_unknown_backend_from_the_environment(env: dict[str, str]) -> None:
+    result = cli({**env, "TOKENRELAY_MODEL": "bogus"}, "ask", "q")
+    assert_one_line_error(result, contains="bogus")
+
+
+def test_invalid_environment_value(env: dict[str, str]) -> None:
+    result = cli({**env, "TOKENRELAY_MAX_TOKENS": "many"}, "ask", "q", "--model", "scripted:x")
+    assert_one_line_error(result, contains="TOKENRELAY_MAX_TOKENS")
+
+
+def test_api_key_never_appears_in_errors(env: dict[str, str]) -> None:
+    secret = "sk-test-should-never-leak-42"
+    result = cli(
+        {**env, "OPENAI_API_KEY": secret},
+        "ask",
+        "q",
+        "--model",
+        "openai:x",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+    )
+    assert_one_line_error(result)
+    assert secret not in result.stderr + result.stdout
+
+
+def test_failed_run_after_partial_answer_keeps_stdout_clean() -> None:
+    """In process: the partial answer ends with a newline on stdout; the error is one line on stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    printer = _TerminalPrinter(out, err, steps=False, verbose=False, as_json=False)
+    for event in (
+        RunStarted(run_id="r"),
+        AnswerDelta(text="partial"),
+        RunError(message="link lost", code="backend"),
+    ):
+        printer(event)
+    assert out.getvalue() == "partial\n"
+    assert err.getvalue() == f"{ERROR_PREFIX} link lost\n"
+
+
+# --------------------------------------------------------------------- --steps (in process)
+
+
+def agent_events() -> list[Event]:
+    backend = ScriptedBackend(
+        replies=[
+            '{"action": "Calculator", "action_input": "2+3"}',
+            '{"action": "Final Answer", "action_input": "It is 5."}',
+        ]
+    )
+
+    async def run() -> list[Event]:
+        return [e async for e in Agent(backend).run("what is 2+3?")]
+
+    return asyncio.run(run())
+
+
+def render(events: Sequence[Event], **flags: bool) -> tuple[str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    printer = _TerminalPrinter(out, err, **{"steps": False, "verbose": False, "as_json": False, **flags})
+    for event in events:
+        printer(event)
+    return out.getvalue(), err.getvalue()
+
+
+def test_steps_show_tool_calls_on_stderr_only() -> None:
+    out, err = render(agent_events(), steps=True)
+    assert out == "It is 5.\n"
+    assert "→ Calculator(2+3)" in err
+    assert "← Calculator: 5" in err
+    assert err.index("→ Calculator") < err.index("← Calculator")
+
+
+def test_without_steps_tool_calls_are_silent() -> None:
+    out, err = render(agent_events())
+    assert out == "It is 5.\n"
+    assert err == ""
+
+
+def test_steps_show_tool_errors() -> None:
+    from tokenrelay.events import ToolCallFinished, ToolCallStarted
+
+    events: list[Event] = [
+        ToolCallStarted(call_id="c", name="Calculator", arguments={"expression": "1/0"}),
+        ToolCallFinished(call_id="c", name="Calculator", error="division by zero"),
+    ]
+    out, err = render(events, steps=True)
+    assert out == ""
+    assert '→ Calculator({"expression": "1/0"})' in err
+    assert "← Calculator: error: division by zero" in err
+
+
+def test_verbose_shows_raw_model_output_on_stderr() -> None:
+    from tokenrelay.events import ReasoningDelta
+
+    out, err = render([ReasoningDelta(text='{"action": '), AnswerDelta(text="hi")], verbose=True)
+    assert out == "hi"
+    assert err == '{"action": '
+    assert render([ReasoningDelta(text="hidden")])[1] == ""
+
+
+def test_steps_flag_through_the_real_cli(env: dict[str, str]) -> None:
+    """With one scripted reply there is no tool call, but --steps must not change stdout."""
+    result = cli(env, "ask", "--steps", "--model", final("done"), "x")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "done\n"
+
+
+# --------------------------------------------------------------------- the real model
+
+
+@pytest.mark.model
+def test_real_model_smoke(env: dict[str, str]) -> None:
+    result = cli(env, "ask", "--plain", "Say hello", "--max-tokens", "8", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    assert result.stdout.endswith("\n")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.model
+def test_ctrl_c_stops_generation_and_exits_130(env: dict[str, str]) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tokenrelay.cli",
+            "ask",
+            "--plain",
+            "--max-tokens",
+            "400",
+            "Write a very long story about a dragon who learns to bake bread, with many chapters.",
+        ],  # fmt: skip
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        assert ready, "no output from the model within 120 s"
+        first = os.read(proc.stdout.fileno(), 4096)
+        assert first, "stdout closed before any answer text"
+        assert proc.poll() is None, "the run ended before Ctrl-C could be tested"
+        proc.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        rest, stderr = proc.communicate(timeout=15)
+        elapsed = time.monotonic() - interrupted
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    text = stderr.decode("utf-8", "replace")
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text
+    assert "interrupted" in text
+    assert elapsed < 5, f"took {elapsed:.1f}s to stop after Ctrl-C"
+    # generation stopped: nowhere near the 400 tokens asked for came out after the signal
+    assert len((first + rest).decode("utf-8", "replace")) < 1200
