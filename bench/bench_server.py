@@ -192,7 +192,10 @@ def build_bare(tokens: list[str], rate: list[float | None], stats: GCStats) -> A
     return Starlette(routes=routes)
 
 
-def build_tokenrelay(mode: str, tokens: list[str], tps: float | None, store: str, gc_tune: str, stats: GCStats) -> Any:
+def build_tokenrelay(
+    mode: str, tokens: list[str], tps: float | None, store: str, gc_tune: str, stats: GCStats, str_pieces: bool
+) -> Any:
+    from tokenrelay.backends.base import TextChunk
     from tokenrelay.config import Settings
     from tokenrelay.memory import InMemorySessionStore, SQLiteSessionStore
     from tokenrelay.server.app import create_app
@@ -205,7 +208,9 @@ def build_tokenrelay(mode: str, tokens: list[str], tps: float | None, store: str
             pass
 
     plain = mode == "tokenrelay-plain"
-    pieces = list(tokens) if plain else json_action_pieces(tokens)
+    pieces: list[Any] = list(tokens) if plain else json_action_pieces(tokens)
+    if not str_pieces:  # prebuilt (immutable) chunks: the backend allocates nothing per token, as bare
+        pieces = [TextChunk(p) for p in pieces]
     backend = ScriptedBackend(replies=[pieces], tokens_per_second=tps, native_tools=plain, calls=_Forget())
     if store == "sqlite":
         path = f"/tmp/bench_server_{os.getpid()}.db"
@@ -253,7 +258,7 @@ def serve(args: argparse.Namespace) -> None:
         if args.gc_tune != "off":
             _tune_gc(args.gc_tune)
     else:
-        app = build_tokenrelay(args.serve, tokens, tps, args.store, args.gc_tune, stats)
+        app = build_tokenrelay(args.serve, tokens, tps, args.store, args.gc_tune, stats, args.str_pieces)
     http = "httptools" if _importable("httptools") else "h11"
     loop = "uvloop" if _importable("uvloop") and not args.asyncio_loop else "asyncio"
     config = uvicorn.Config(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
@@ -410,17 +415,20 @@ async def http_simple(port: int, method: str, path: str, body: bytes = b"") -> b
     return data.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in data else b""
 
 
-def server_cpu_s(pid: int) -> float:
-    total = 0
+def server_cpu_s(pid: int) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for one) of all of `pid`'s threads."""
+    on = wait = 0
     try:
         for tid in os.listdir(f"/proc/{pid}/task"):
             with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        return total / 1e9
-    except OSError:
+                a, b = f.read().split()[:2]
+                on += int(a)
+                wait += int(b)
+        return on / 1e9, wait / 1e9
+    except OSError:  # no schedstat: clock ticks (10 ms resolution)
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), float("nan")
 
 
 def rss_kb(pid: int) -> int:
@@ -485,7 +493,7 @@ async def run_load(port: int, pid: int, case: Case, expected: str, rss_base: int
         t.add_done_callback(tasks.discard)
 
     sampler = loop.create_task(sample())
-    cpu0, c0, w0 = server_cpu_s(pid), os.times(), time.monotonic()
+    (cpu0, rq0), c0, w0 = server_cpu_s(pid), os.times(), time.monotonic()
     if case.sequential > 1 or case.streams == 1:
         for _ in range(case.sequential):
             fut = loop.create_future()
@@ -502,7 +510,7 @@ async def run_load(port: int, pid: int, case: Case, expected: str, rss_base: int
             await asyncio.wait_for(all_done, case.ramp_s + per_stream * 3 + 30)
         except asyncio.TimeoutError:
             res.errors["timeout"] += res.n - res.done_count
-    cpu1, c1, w1 = server_cpu_s(pid), os.times(), time.monotonic()
+    (cpu1, rq1), c1, w1 = server_cpu_s(pid), os.times(), time.monotonic()
     stop_sampling.set()
     await sampler
     delivered = res.ok * case.tokens
@@ -512,6 +520,7 @@ async def run_load(port: int, pid: int, case: Case, expected: str, rss_base: int
     return {
         "cpu_us_tok": (cpu1 - cpu0) / delivered * 1e6 if delivered else float("nan"),
         "server_cpu_pct": (cpu1 - cpu0) / wall * 100,
+        "server_rqwait_pct": (rq1 - rq0) / wall * 100,
         "client_cpu_pct": ((c1.user - c0.user) + (c1.system - c0.system)) / wall * 100,
         "gap_p50": _pct(gaps, 50) * 1000,
         "gap_p99": _pct(gaps, 99) * 1000,
@@ -541,13 +550,15 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, case: Case, token_size: int, store: str, asyncio_loop: bool) -> None:
+    def __init__(self, case: Case, token_size: int, store: str, asyncio_loop: bool, str_pieces: bool = False) -> None:
         self.port = _free_port()
         cmd = [sys.executable, os.path.abspath(__file__), "--serve", case.mode, "--port", str(self.port),
                "--tokens", str(case.tokens), "--token-size", str(token_size), "--tps", str(case.tps or 0),
                "--gc-tune", case.gc_tune, "--store", store]  # fmt: skip
         if asyncio_loop:
             cmd.append("--asyncio-loop")
+        if str_pieces:
+            cmd.append("--str-pieces")
         self.proc = subprocess.Popen(cmd)
 
     async def wait_ready(self) -> None:
@@ -572,7 +583,7 @@ class Server:
 
 
 async def run_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
-    server = Server(case, args.token_size, args.store, args.asyncio_loop)
+    server = Server(case, args.token_size, args.store, args.asyncio_loop, args.str_pieces)
     try:
         await server.wait_ready()
         expected = "".join(make_tokens(case.tokens, args.token_size))
@@ -613,7 +624,8 @@ async def scenario_runs(name: str, cases: dict[str, Case], repeats: int, args: a
             rows[label].append(out)
             _log(f"  {name:8} {label:22} rep {r + 1}: {out['cpu_us_tok']:.1f} us/tok  p99 gap {out['gap_p99']:.1f} "
                  f"ms  p99 ttft {out['ttft_p99']:.1f} ms  err {out['errors']} mism {out['mismatches']} "
-                 f"client {out['client_cpu_pct']:.0f}%  gc>5ms {out['gc']['over5ms']} "
+                 f"client {out['client_cpu_pct']:.0f}%  server {out['server_cpu_pct']:.0f}% "
+                 f"rq wait {out['server_rqwait_pct']:.0f}%  gc>5ms {out['gc']['over5ms']} "
                  f"gc2 max {out['gc']['max_ms'][2]:.1f} ms")  # fmt: skip
     return rows
 
@@ -629,7 +641,8 @@ async def capacity(mode: str, levels: list[int], tokens: int, gc_tune: str, args
             good = out["gap_p99"] <= 75 and out["errors"] == 0 and out["mismatches"] == 0
             notes.append(f"{level}: p99 gap {out['gap_p99']:.0f} ms, p99 ttft {out['ttft_p99']:.0f} ms, "
                          f"err {out['errors']}, client {out['client_cpu_pct']:.0f}%, "
-                         f"server {out['server_cpu_pct']:.0f}%{'' if good else ' FAIL'}")  # fmt: skip
+                         f"server {out['server_cpu_pct']:.0f}% (+{out['server_rqwait_pct']:.0f}% waiting for a CPU)"
+                         f"{'' if good else ' FAIL'}")  # fmt: skip
             _log(f"  capacity {mode}{'+gc' if gc_tune != 'off' else ''} {notes[-1]}")
             if good:
                 ok = True
@@ -652,7 +665,7 @@ async def main_async(args: argparse.Namespace) -> None:
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     table: list[list[str]] = []
     hdr = ["scenario", "server", "CPU us/tok", "x bare", "gap p50", "gap p99", "TTFT p99", "err", "mism",
-           "KB/stream", "frames/stream", "client CPU", "GC>5ms"]  # fmt: skip
+           "KB/stream", "frames/stream", "client CPU", "srv CPU", "srv rq wait", "GC>5ms"]  # fmt: skip
     t_start = time.monotonic()
 
     def add_rows(name: str, rows: dict[str, list[dict[str, Any]]]) -> None:
@@ -663,6 +676,7 @@ async def main_async(args: argparse.Namespace) -> None:
                           _fmt(_med(rs, "gap_p99")), _fmt(_med(rs, "ttft_p99")), str(sum(r["errors"] for r in rs)),
                           str(sum(r["mismatches"] for r in rs)), _fmt(_med(rs, "rss_kb_stream"), ".0f"),
                           _fmt(_med(rs, "frames_per_stream"), ".0f"), _fmt(_med(rs, "client_cpu_pct"), ".0f") + "%",
+                          _fmt(_med(rs, "server_cpu_pct"), ".0f") + "%", _fmt(_med(rs, "server_rqwait_pct"), ".0f") + "%",
                           str(int(_med(rs, "gc_over5")))])  # fmt: skip
 
     def with_gc(rows: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
@@ -708,7 +722,7 @@ async def main_async(args: argparse.Namespace) -> None:
           f"{'httptools' if _importable('httptools') else 'h11'}, loop="
           f"{'uvloop' if _importable('uvloop') and not args.asyncio_loop else 'asyncio'} (server and client), "
           f"store={args.store}, token_size={args.token_size} chars, server pinned to CPU {SERVER_CPU}, "
-          f"load generator to CPU {CLIENT_CPU}, {len(os.sched_getaffinity(0))} CPUs visible; "
+          f"load generator to CPU {CLIENT_CPU} ({args.ncpu} CPUs); "
           f"ramp {args.ramp:g} s; medians of {args.repeats} (single, 200) / {args.repeats_1000} (1000) runs; "
           f"{time.monotonic() - t_start:.0f} s")  # fmt: skip
     widths = [max(len(r[i]) for r in [hdr, *table]) for i in range(len(hdr))]
@@ -787,6 +801,9 @@ def main() -> None:
                    help="with --serve: tune gc in the server; else: also run tokenrelay-json with gc.freeze() "
                         "after startup + gen0 threshold 50,000 (s1000 and capacity)")  # fmt: skip
     p.add_argument("--store", choices=("memory", "sqlite"), default="memory")
+    p.add_argument("--str-pieces", action="store_true",
+                   help="ScriptedBackend replies as str pieces (it then allocates a TextChunk per token) instead "
+                        "of prebuilt TextChunks")  # fmt: skip
     p.add_argument("--asyncio-loop", action="store_true", help="plain asyncio loop even if uvloop is importable")
     p.add_argument("--json-out", help="also write raw results here")
     args = p.parse_args()
@@ -799,6 +816,7 @@ def main() -> None:
         args.scenarios = ",".join(s for s in args.scenarios.split(",") if s != "capacity") if "--scenarios" not in \
             sys.argv else args.scenarios  # fmt: skip
     args.gc_tune = args.gc_tune != "off"
+    args.ncpu = len(os.sched_getaffinity(0))
     _pin(CLIENT_CPU)
     _raise_nofile()
     try:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from tokenrelay.events import (
 from tokenrelay.memory import InMemorySessionStore, SQLiteSessionStore
 from tokenrelay.messages import Message, ToolCall, ToolSpec
 from tokenrelay.testing import ScriptedBackend
-from tokenrelay.tools import tool
+from tokenrelay.tools import calculator, tool
 
 SQRT71 = "8.42614977317636"
 TRICKY = 'He said "hi" {braces} }] \\ back\nslash\t日本語のテキスト 🎉👍🏽 end'
@@ -51,7 +52,9 @@ Store = InMemorySessionStore | SQLiteSessionStore
 
 @pytest.fixture(params=["memory", "sqlite"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store = InMemorySessionStore() if request.param == "memory" else SQLiteSessionStore(tmp_path / "db.sqlite")
+    s: Store = (
+        InMemorySessionStore() if request.param == "memory" else SQLiteSessionStore(tmp_path / "db.sqlite")
+    )
     yield s
     await s.close()
 
@@ -60,7 +63,11 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 
 def action(name: str, action_input: Any, *, ascii: bool = False, input_first: bool = False) -> str:
-    obj = {"action_input": action_input, "action": name} if input_first else {"action": name, "action_input": action_input}
+    obj = (
+        {"action_input": action_input, "action": name}
+        if input_first
+        else {"action": name, "action_input": action_input}
+    )
     return json.dumps(obj, ensure_ascii=ascii)
 
 
@@ -143,7 +150,7 @@ class ProbingBackend(ScriptedBackend):
         *,
         tools: Sequence[ToolSpec] | None = None,
         settings: GenerationSettings = GenerationSettings(),
-    ) -> AsyncIterator[ModelChunk]:
+    ) -> AsyncGenerator[ModelChunk, None]:
         if self.probe is not None:
             await self.probe(messages)
         async with aclosing(super().stream(messages, tools=tools, settings=settings)) as chunks:
@@ -172,7 +179,13 @@ async def test_json_tool_call_then_final_answer() -> None:
     assert agent.tool_protocol == "json"
     events = await collect(agent, "What is the square root of 71?")
 
-    assert shape(events) == ["run_started", "tool_call_started", "tool_call_finished", "answer_delta", "run_finished"]
+    assert shape(events) == [
+        "run_started",
+        "tool_call_started",
+        "tool_call_finished",
+        "answer_delta",
+        "run_finished",
+    ]
     started, done = of_type(events, ToolCallStarted)[0], of_type(events, ToolCallFinished)[0]
     assert (started.name, started.arguments) == ("Calculator", "sqrt(71)")
     assert (done.call_id, done.name, done.result, done.error) == (started.call_id, "Calculator", SQRT71, None)
@@ -221,7 +234,7 @@ async def test_answer_streams_incrementally() -> None:
 @pytest.mark.anyio
 async def test_action_input_before_action() -> None:
     backend = ScriptedBackend(
-        [action("Calculator", "2 + 2", input_first=True), final("four, with a \"quote\"", input_first=True)]
+        [action("Calculator", "2 + 2", input_first=True), final('four, with a "quote"', input_first=True)]
     )
     events = await collect(Agent(backend), "2+2?")
     assert of_type(events, ToolCallStarted)[0].arguments == "2 + 2"
@@ -240,7 +253,7 @@ async def test_plain_text_reply_is_the_answer() -> None:
     ("bad", "problem"),
     [
         ('{"action" "Calculator"}', "expected ':'"),
-        ('Sure! {not json at all}', "not valid JSON"),
+        ("Sure! {not json at all}", "not valid JSON"),
         ('{"action_input": "sqrt(2)"}', 'missing "action"'),
         ('{"action": "Calculator", "action_input": "sqrt(2)"', "unterminated"),
     ],
@@ -301,11 +314,6 @@ async def test_max_iterations_generate_always_answers() -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG loop.py _json_step: on the final_only call a (schema-ignoring) tool action is "
-    "still executed, i.e. a tool runs after max_iterations was reached",
-)
 async def test_final_call_never_runs_a_tool() -> None:
     backend = ScriptedBackend([CALC])  # a backend that ignores the final-only schema
     agent = Agent(backend, max_iterations=2, early_stopping_method="generate")
@@ -323,7 +331,11 @@ async def test_max_iterations_force(max_iterations: int) -> None:
     events = await collect(agent, "sqrt 71?")
     assert len(backend.calls) == max_iterations
     assert len(of_type(events, ToolCallFinished)) == max_iterations
-    assert finished(events).answer == FORCED_STOP_MESSAGE == "Agent stopped due to iteration limit or time limit."
+    assert (
+        finished(events).answer
+        == FORCED_STOP_MESSAGE
+        == "Agent stopped due to iteration limit or time limit."
+    )
     assert answer_of(events) == FORCED_STOP_MESSAGE
 
 
@@ -371,8 +383,6 @@ async def test_tool_that_hangs_times_out() -> None:
 
 @pytest.mark.anyio
 async def test_sync_tool_runs_in_a_thread() -> None:
-    import threading
-
     where: list[bool] = []
 
     @tool
@@ -417,8 +427,6 @@ def test_agent_rejects_duplicate_tool_names() -> None:
     @tool(name="Calculator")
     def other(expression: str) -> str:
         return expression
-
-    from tokenrelay.tools import calculator
 
     with pytest.raises(ValueError, match="duplicate tool names"):
         Agent(ScriptedBackend(), tools=[calculator, other])
@@ -525,7 +533,9 @@ async def test_history_window(store: Store) -> None:
         ("user", "q4"),
     ]
     turns = await store.history("s1")
-    assert [(t.user_text, t.answer, t.status) for t in turns] == [(q, "A:" + q, "complete") for q in ("q1", "q2", "q3", "q4")]
+    assert [(t.user_text, t.answer, t.status) for t in turns] == [
+        (q, "A:" + q, "complete") for q in ("q1", "q2", "q3", "q4")
+    ]
 
 
 @pytest.mark.anyio
@@ -551,7 +561,12 @@ async def test_user_message_is_stored_before_the_model_runs(store: Store) -> Non
     events = await collect(Agent(backend, store=store), "remember me", session_id="s1")
     assert seen == [("remember me", "running", "")]
     (turn,) = await store.history("s1")
-    assert (turn.user_text, turn.answer, turn.status, turn.error) == ("remember me", "stored answer", "complete", None)
+    assert (turn.user_text, turn.answer, turn.status, turn.error) == (
+        "remember me",
+        "stored answer",
+        "complete",
+        None,
+    )
     assert turn.run_id and turn.finished_at is not None
     assert isinstance(events[0], RunStarted) and events[0].session_id == "s1"
 
@@ -593,11 +608,6 @@ async def test_consumer_leaves_mid_stream(store: Store) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG loop.py: nested async generators (_loop, step, backend stream) are not closed "
-    "with aclosing, so aclose() of the run returns before the backend stream is closed",
-)
 async def test_aclose_closes_the_backend_stream_at_once() -> None:
     backend = ScriptedBackend([final("a long answer, " * 20)])
     async with aclosing(Agent(backend).run("talk")) as stream:
@@ -645,15 +655,7 @@ class SlowSQLiteStore(SQLiteSessionStore):
     "kind",
     [
         "memory",
-        pytest.param(
-            "slow-sqlite",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG loop.py run(): finish_turn in `finally` is not shielded, so under an anyio "
-                "cancel scope (Starlette cancels this way on disconnect) an awaiting store write is "
-                "cancelled too and the turn stays 'running'",
-            ),
-        ),
+        "slow-sqlite",
     ],
 )
 async def test_anyio_cancel_scope_still_stores_the_turn(kind: str, tmp_path: Path) -> None:
@@ -671,6 +673,29 @@ async def test_anyio_cancel_scope_still_stores_the_turn(kind: str, tmp_path: Pat
         assert deltas(received)
     finally:
         await store.close()
+
+
+@pytest.mark.anyio
+async def test_missing_session_ends_with_an_error(store: Store) -> None:
+    backend = ScriptedBackend([final("never")])
+    events = await collect(Agent(backend, store=store), "hello?", session_id="nope")
+    assert isinstance(events[-1], RunError)
+    assert backend.calls == []
+
+
+class BrokenFinishStore(InMemorySessionStore):
+    """A store whose final write fails (disk full, database gone)."""
+
+    async def finish_turn(self, turn_id: int, *, answer: str, status: Any, error: str | None = None) -> None:
+        raise RuntimeError("disk full")
+
+
+@pytest.mark.anyio
+async def test_store_failure_at_the_end_still_ends_the_stream() -> None:
+    store = BrokenFinishStore()
+    await store.create_session(session_id="s1")
+    events = await collect(Agent(ScriptedBackend([final("ok")]), store=store), "hi", session_id="s1")
+    assert isinstance(events[-1], RunFinished | RunError)
 
 
 @pytest.mark.anyio

@@ -331,11 +331,6 @@ async def test_a_prompt_too_long_for_the_context_fails_and_the_worker_survives(
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    reason="backend bug: with max_tokens=None the context check in _LoadedModel._generate is "
-    "skipped (max_tokens becomes n_ctx - len(prompt), negative), so llama.cpp fails instead",
-    strict=True,
-)
 async def test_a_prompt_too_long_for_the_context_without_max_tokens(small_backend: LlamaCppBackend) -> None:
     settings = GenerationSettings(max_tokens=None, temperature=0)
     with pytest.raises(BackendError, match="context"):

@@ -102,8 +102,21 @@ def http() -> Iterator[httpx.Client]:
         yield client
 
 
+_sdk_clients: list[openai.OpenAI] = []
+
+
 def sdk(server: LiveServer, api_key: str = "x") -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=api_key, max_retries=0, timeout=30.0)
+    """The official OpenAI SDK pointed at the server (closed after the test)."""
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=api_key, max_retries=0, timeout=30.0)
+    _sdk_clients.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_sdk_clients() -> Iterator[None]:
+    yield
+    while _sdk_clients:
+        _sdk_clients.pop().close()
 
 
 # --------------------------------------------------------------------------- the tutorial's routes
@@ -127,7 +140,9 @@ def test_chat_streams_the_exact_answer_with_streaming_headers(
     serve: Callable[..., LiveServer], http: httpx.Client
 ) -> None:
     server = serve()
-    with http.stream("POST", server.url + "/chat", json={"text": "What is the capital of Japan?"}) as response:
+    with http.stream(
+        "POST", server.url + "/chat", json={"text": "What is the capital of Japan?"}
+    ) as response:
         assert response.status_code == 200
         body = b"".join(response.iter_raw())
     assert body.decode("utf-8") == ANSWER
@@ -170,7 +185,9 @@ def test_stream_false_returns_the_tutorial_json_with_the_previous_turns(
     assert body["session_id"] == first.headers["x-session-id"]
     assert body["run_id"] == first.headers["x-run-id"]
 
-    second = http.post(server.url + "/chat", json={"text": "two", "stream": False, "session_id": body["session_id"]})
+    second = http.post(
+        server.url + "/chat", json={"text": "two", "stream": False, "session_id": body["session_id"]}
+    )
     body2 = second.json()
     assert body2["input"] == "two"
     assert body2["output"] == "You said: two"
@@ -203,7 +220,9 @@ def test_chat_events_transcript(serve: Callable[..., LiveServer], http: httpx.Cl
     assert name == "run_finished"
     assert last["answer"] == ANSWER
     assert last["usage"]["completion_tokens"] > 0
-    assert last["usage"]["total_tokens"] == last["usage"]["prompt_tokens"] + last["usage"]["completion_tokens"]
+    assert (
+        last["usage"]["total_tokens"] == last["usage"]["prompt_tokens"] + last["usage"]["completion_tokens"]
+    )
     assert last["timings"]["total_s"] >= last["timings"]["first_token_s"] >= 0
     assert "".join(d["text"] for _, n, d in events if n == "answer_delta") == ANSWER
     assert [n for _, n, _ in events].count("run_finished") == 1
@@ -231,9 +250,11 @@ def test_resume_with_last_event_id(serve: Callable[..., LiveServer], http: httpx
     assert bad.status_code == 422 and "Last-Event-ID" in error_message(bad)
 
 
-def test_keepalive_comments_while_the_backend_is_slow(serve: Callable[..., LiveServer], http: httpx.Client) -> None:
+def test_keepalive_comments_while_the_backend_is_slow(
+    serve: Callable[..., LiveServer], http: httpx.Client
+) -> None:
     reply = ['{"action": "Final Answer", "action_input": "', "slow", " answer", '"}']
-    server = serve(ScriptedBackend([reply], tokens_per_second=2.5), keepalive_s=0.2)  # ~1.2 s
+    server = serve(ScriptedBackend([reply], tokens_per_second=4), keepalive_s=0.1)  # ~0.75 s
     response = http.post(server.url + "/chat/events", json={"text": "take your time"})
     frames = parse_sse(response.text)
     keepalives = [f for f in frames if f["comments"] and not f["data"]]
@@ -293,7 +314,10 @@ def test_openai_sdk_non_stream_and_stream(serve: Callable[..., LiveServer]) -> N
     usage_chunk = with_usage[-1]
     assert usage_chunk.choices == []
     assert usage_chunk.usage is not None
-    assert usage_chunk.usage.total_tokens == usage_chunk.usage.prompt_tokens + usage_chunk.usage.completion_tokens
+    assert (
+        usage_chunk.usage.total_tokens
+        == usage_chunk.usage.prompt_tokens + usage_chunk.usage.completion_tokens
+    )
     assert usage_chunk.usage.completion_tokens > 0
     assert "".join(c.choices[0].delta.content or "" for c in with_usage if c.choices) == ANSWER
 
@@ -367,7 +391,9 @@ def test_a_mid_stream_backend_failure_never_looks_complete(
     assert "run_finished" not in {n for _, n, _ in events}
 
     # OpenAI SDK: iteration raises APIError (no [DONE] after the error)
-    stream = sdk(server).chat.completions.create(model="x", messages=[{"role": "user", "content": "q"}], stream=True)
+    stream = sdk(server).chat.completions.create(
+        model="x", messages=[{"role": "user", "content": "q"}], stream=True
+    )
     got = []
     with pytest.raises(openai.APIError, match=FAILURE):
         for chunk in stream:
@@ -382,7 +408,10 @@ def test_a_mid_stream_backend_failure_never_looks_complete(
         for _ in stream_text(server.url, "q"):
             pass
     assert incomplete.value.partial_text == partial
-    with pytest.raises(httpx.RemoteProtocolError), http.stream("POST", server.url + "/chat", json={"text": "q"}) as r:
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        http.stream("POST", server.url + "/chat", json={"text": "q"}) as r,
+    ):
         r.read()
     with requests.post(server.url + "/chat", json={"text": "q"}, stream=True, timeout=30) as r:
         received = b""
@@ -476,9 +505,9 @@ _SERVER_BUG_CHUNKED_LIMIT = (
 )
 
 
-def _chunked(data: bytes) -> Iterator[bytes]:
-    for i in range(0, len(data), 500):
-        yield data[i : i + 500]
+def _chunks(data: bytes) -> list[bytes]:
+    """Sent as a generator, so with `Transfer-Encoding: chunked` and no Content-Length."""
+    return [data[i : i + 500] for i in range(0, len(data), 500)]
 
 
 BAD_REQUESTS: list[Any] = [
@@ -502,11 +531,12 @@ BAD_REQUESTS: list[Any] = [
         marks=pytest.mark.xfail(reason=_SERVER_BUG_CONTENT_TYPE, strict=True),
     ),
     pytest.param(
-        {"content": json.dumps({"text": "x" * 3000}).encode(), "headers": {"content-type": "application/json"}},
+        {"content": json.dumps({"text": "x" * 3000}).encode(),
+         "headers": {"content-type": "application/json"}},
         413, "larger than 2000 bytes", id="body-too-large",
     ),
     pytest.param(
-        {"content": _chunked(json.dumps({"text": "x" * 3000}).encode()),
+        {"chunks": _chunks(json.dumps({"text": "x" * 3000}).encode()),
          "headers": {"content-type": "application/json"}},
         413, "larger than 2000 bytes", id="chunked-body-too-large",
         marks=pytest.mark.xfail(reason=_SERVER_BUG_CHUNKED_LIMIT, strict=True),
@@ -514,24 +544,38 @@ BAD_REQUESTS: list[Any] = [
 ]  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, ScriptedBackend]]:
+    """One server with small limits for all the bad-input cases (none of them reaches the model)."""
+    backend = ScriptedBackend([final(ANSWER)])
+    app = make_app(
+        tmp_path_factory.mktemp("strict") / "t.db", backend, max_text_chars=100, max_body_bytes=2000
+    )
+    with LiveServer(app) as server:
+        yield server, backend
+    assert backend.calls == []  # no model call for a rejected request
+
+
 @pytest.mark.parametrize(("request_kwargs", "status", "says"), BAD_REQUESTS)
 @pytest.mark.parametrize("path", ["/chat", "/chat/events"])
 def test_bad_input_is_a_4xx_json_error_that_says_what_is_wrong(
-    serve: Callable[..., LiveServer],
+    strict_server: tuple[LiveServer, ScriptedBackend],
     http: httpx.Client,
     path: str,
     request_kwargs: dict[str, Any],
     status: int,
     says: str,
 ) -> None:
-    backend = ScriptedBackend([final(ANSWER)])
-    server = serve(backend, max_text_chars=100, max_body_bytes=2000)
+    server, backend = strict_server
+    request_kwargs = dict(request_kwargs)
+    if "chunks" in request_kwargs:
+        request_kwargs["content"] = iter(request_kwargs.pop("chunks"))
     response = http.post(server.url + path, **request_kwargs)
     assert response.headers["content-type"] == "application/json"
     message = error_message(response)
     assert says.lower() in message.lower(), message
     assert response.status_code == status, message
-    assert backend.calls == []  # no model call for a rejected request
+    assert backend.calls == []
 
 
 def test_bad_input_on_the_openai_endpoint(serve: Callable[..., LiveServer], http: httpx.Client) -> None:
@@ -593,7 +637,9 @@ def test_api_keys(serve: Callable[..., LiveServer], http: httpx.Client) -> None:
     denied = [
         http.get(url + f"/sessions/{session_id}", headers=k2),
         http.post(url + "/chat", json={"text": "continue", "session_id": session_id}, headers=k2),
-        http.post(url + "/chat", json={"text": "continue", "session_id": session_id, "stream": False}, headers=k2),
+        http.post(
+            url + "/chat", json={"text": "continue", "session_id": session_id, "stream": False}, headers=k2
+        ),
         http.post(url + "/chat/events", json={"text": "continue", "session_id": session_id}, headers=k2),
         http.post(url + f"/sessions/{session_id}/cancel", headers=k2),
         http.post(url + f"/runs/{run_id}/cancel", headers=k2),
@@ -637,13 +683,18 @@ INJECTION = (
 )
 
 
-def test_prompt_text_cannot_break_any_endpoint_framing(serve: Callable[..., LiveServer], http: httpx.Client) -> None:
+def test_prompt_text_cannot_break_any_endpoint_framing(
+    serve: Callable[..., LiveServer], http: httpx.Client
+) -> None:
     server = serve(ScriptedBackend(echo, token_size=3))
     expected = "You said: " + INJECTION
 
     assert http.post(server.url + "/chat", json={"text": INJECTION}).text == expected
     assert "".join(stream_text(server.url, INJECTION)) == expected
-    assert http.post(server.url + "/chat", json={"text": INJECTION, "stream": False}).json()["output"] == expected
+    assert (
+        http.post(server.url + "/chat", json={"text": INJECTION, "stream": False}).json()["output"]
+        == expected
+    )
 
     response = http.post(server.url + "/chat/events", json={"text": INJECTION})
     events = events_of(response.text)

@@ -62,6 +62,9 @@ class Settings:
     max_body_bytes: int = 1_000_000
     keepalive_s: float = 15.0
     presets_file: str | None = None
+    #: Redis URL for several workers: shared run event logs, cancel anywhere, worker leases
+    redis_url: str | None = None
+    event_retention_s: float = 3600.0
     #: extra keys (presets, documents...) set by later layers without changing this class
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -28,6 +28,7 @@ __all__ = [
     "ToolCallFinished",
     "ToolCallStarted",
     "Usage",
+    "event_from_dict",
     "event_to_dict",
 ]
 
@@ -151,3 +152,34 @@ def event_to_dict(event: Event) -> dict[str, Any]:
             ],
         }
     return {name: getattr(event, name) for name in event.__slots__}
+
+
+_BY_TYPE: dict[str, type[Any]] = {
+    str(cls.__dataclass_fields__["type"].default): cls
+    for cls in (RunStarted, AnswerDelta, ReasoningDelta, ToolCallStarted, ToolCallFinished, RunError, RunFinished)
+}
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """The inverse of `event_to_dict` (for events that crossed a process boundary)."""
+    kind = data.get("type")
+    cls = _BY_TYPE.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(f"unknown event type {kind!r}")
+    if cls is RunFinished:
+        usage = data.get("usage") or {}
+        timings = data.get("timings") or {}
+        return RunFinished(
+            answer=data.get("answer", ""),
+            usage=Usage(
+                prompt_tokens=usage.get("prompt_tokens", 0), completion_tokens=usage.get("completion_tokens", 0)
+            ),
+            timings=Timings(first_token_s=timings.get("first_token_s"), total_s=timings.get("total_s", 0.0)),
+            finish_reason=data.get("finish_reason", "stop"),
+            intermediate_steps=tuple(
+                (s["tool"], s["input"], s["observation"]) for s in data.get("intermediate_steps", ())
+            ),
+        )
+    fields = {k: v for k, v in data.items() if k != "type" and k in cls.__dataclass_fields__}
+    event: Event = cls(**fields)
+    return event

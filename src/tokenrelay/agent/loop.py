@@ -25,10 +25,12 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
+
+import anyio
 
 from tokenrelay.agent.final_answer import FinalAnswerExtractor
 from tokenrelay.agent.prompts import (
@@ -116,6 +118,7 @@ class Agent:
         generation: GenerationSettings = GenerationSettings(),
         verbose: bool = False,
         return_intermediate_steps: bool = False,
+        checkpoint_s: float = 1.0,
     ) -> None:
         if max_iterations < 1:
             raise ValueError("max_iterations must be at least 1")
@@ -136,6 +139,7 @@ class Agent:
         self.generation = generation
         self.verbose = verbose
         self.return_intermediate_steps = return_intermediate_steps
+        self.checkpoint_s = checkpoint_s
 
     # -- the run -----------------------------------------------------------------------
 
@@ -147,7 +151,7 @@ class Agent:
         mode: StreamMode = "final",
         run_id: str | None = None,
         history: Sequence[tuple[str, str]] = (),
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Answer `text`, continuing `session_id`'s conversation when a store is set.
 
         `history` is (user, assistant) pairs given by the caller (stateless APIs such as the
@@ -168,8 +172,21 @@ class Agent:
                 doc = await self.store.get_document(session_id)
                 document = doc.text if doc else None
                 turn_id = await self.store.begin_turn(session_id, run_id=run_id, user_text=text)
-            async for event in self._loop(text, turns, document, mode, state, given=history_given):
-                yield event
+            checkpoint_at = time.monotonic() + self.checkpoint_s
+            async with aclosing(
+                self._loop(text, turns, document, mode, state, given=history_given)
+            ) as events:
+                async for event in events:
+                    yield event
+                    if (
+                        turn_id is not None
+                        and type(event) is AnswerDelta
+                        and time.monotonic() >= checkpoint_at
+                    ):
+                        # a crash now loses at most the last `checkpoint_s` of the answer
+                        assert self.store is not None
+                        await self.store.update_partial(turn_id, state.answer)
+                        checkpoint_at = time.monotonic() + self.checkpoint_s
             status = "complete"
         except TokenrelayError as exc:
             status, error = "failed", str(exc)
@@ -181,7 +198,12 @@ class Agent:
             yield RunError(message=error, code="internal", answer=state.answer)
         finally:
             if turn_id is not None and self.store is not None:
-                await self.store.finish_turn(turn_id, answer=state.answer, status=status, error=error)
+                # shielded: a client disconnect cancels this task, but the turn must be stored
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self.store.finish_turn(turn_id, answer=state.answer, status=status, error=error)
+                    except Exception:
+                        log.exception("run %s: storing the turn failed", run_id)
         if status == "complete":
             yield RunFinished(
                 answer=state.answer,
@@ -201,16 +223,17 @@ class Agent:
         state: _RunState,
         *,
         given: Sequence[tuple[str, str]],
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         messages = self._initial_messages(text, turns, document, given)
         step = self._json_step if self.tool_protocol == "json" else self._native_step
         for iteration in range(self.max_iterations):
             done = False
-            async for event in step(messages, mode, state, final_only=False):
-                if event is _DONE:
-                    done = True
-                else:
-                    yield event  # type: ignore[misc]
+            async with aclosing(step(messages, mode, state, final_only=False)) as events:
+                async for event in events:
+                    if event is _DONE:
+                        done = True
+                    else:
+                        yield event  # type: ignore[misc]
             if done:
                 return
             log.log(
@@ -222,9 +245,10 @@ class Agent:
             yield state.answer_delta(FORCED_STOP_MESSAGE)
             return
         messages.append(Message.user(FINAL_CALL_MESSAGE))
-        async for event in step(messages, mode, state, final_only=True):
-            if event is not _DONE:
-                yield event  # type: ignore[misc]
+        async with aclosing(step(messages, mode, state, final_only=True)) as events:
+            async for event in events:
+                if event is not _DONE:
+                    yield event  # type: ignore[misc]
         if not state.parts:
             yield state.answer_delta(FORCED_STOP_MESSAGE)
 
@@ -251,7 +275,7 @@ class Agent:
 
     async def _json_step(
         self, messages: list[Message], mode: StreamMode, state: _RunState, *, final_only: bool
-    ) -> AsyncIterator[Event | object]:
+    ) -> AsyncGenerator[Event | object, None]:
         settings = replace(self.generation, json_schema=action_schema(self.tools, final_only=final_only))
         extractor = FinalAnswerExtractor()
         full = mode == "full"
@@ -280,6 +304,8 @@ class Agent:
             log.log(logging.INFO if self.verbose else logging.DEBUG, "unusable model output: %s", problem)
             messages += [Message.assistant(raw), Message.user(invalid_output_message(problem))]
             return
+        if final_only:  # the backend ignored the final-only schema: no more tools
+            return
         call_id = "call_" + uuid.uuid4().hex[:12]
         async for event in self._call_tool(call_id, extractor.action, extractor.action_input, state):
             yield event
@@ -289,7 +315,7 @@ class Agent:
 
     async def _native_step(
         self, messages: list[Message], mode: StreamMode, state: _RunState, *, final_only: bool
-    ) -> AsyncIterator[Event | object]:
+    ) -> AsyncGenerator[Event | object, None]:
         offer = self.tools and not final_only
         held: list[str] = []
         calls: dict[int, dict[str, str]] = {}
@@ -323,6 +349,8 @@ class Agent:
             return
         if content and full:
             yield ReasoningDelta(text=content)
+        if final_only:
+            return
         tool_calls = tuple(
             ToolCall(id=c["id"] or "call_" + uuid.uuid4().hex[:12], name=c["name"], arguments=c["arguments"])
             for _, c in sorted(calls.items())
@@ -335,7 +363,7 @@ class Agent:
 
     async def _call_tool(
         self, call_id: str, name: str, arguments: Any, state: _RunState
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         yield ToolCallStarted(call_id=call_id, name=name, arguments=arguments)
         tool = self._by_name.get(name)
         if tool is None:

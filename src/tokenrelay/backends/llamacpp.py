@@ -172,12 +172,12 @@ class _LoadedModel:
 
         settings = job.settings
         prompt = self.tokenize_prompt(job.messages)
-        max_tokens = settings.max_tokens or (self.n_ctx - len(prompt))
-        if len(prompt) + min(max_tokens, 16) > self.n_ctx:
+        room = self.n_ctx - len(prompt)
+        if room < min(settings.max_tokens or 16, 16):
             raise BackendError(
                 f"the prompt is {len(prompt)} tokens, which does not fit the model's context of {self.n_ctx}"
             )
-        max_tokens = min(max_tokens, self.n_ctx - len(prompt))
+        max_tokens = min(settings.max_tokens or room, room)
         self.llama.set_seed(settings.seed if settings.seed is not None else random.getrandbits(31))
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         stops = settings.stop
@@ -214,6 +214,7 @@ class _LoadedModel:
                         pending = pending[len(cut) :]
                         if stopped:
                             pending = ""
+                            decoder.reset()
                             reason = "stop"
                             break
                     else:

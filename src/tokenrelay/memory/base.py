@@ -79,6 +79,11 @@ class SessionStore(Protocol):
         """Checkpoint a running turn's partial answer (a crash then loses only the tail)."""
         ...
 
+    async def interrupt_run(self, run_id: str, *, error: str) -> bool:
+        """Mark the turn of `run_id` interrupted if it is still `running` (its worker died);
+        True if a turn changed."""
+        ...
+
     async def integrity_check(self) -> str:
         """'ok' when the storage is sound."""
         ...

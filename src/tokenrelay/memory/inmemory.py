@@ -106,6 +106,15 @@ class InMemorySessionStore:
         turns = [t for t in self._turns.values() if t.session_id == session_id]
         return turns if limit is None else turns[max(0, len(turns) - limit) :]
 
+    async def interrupt_run(self, run_id: str, *, error: str) -> bool:
+        for turn in self._turns.values():
+            if turn.run_id == run_id and turn.status == "running":
+                self._turns[turn.id] = dataclasses.replace(
+                    turn, status="interrupted", error=error, finished_at=time.time()
+                )
+                return True
+        return False
+
     async def recover_running(self) -> int:
         now = time.time()
         running = [t for t in self._turns.values() if t.status == "running"]

@@ -349,6 +349,20 @@ class SQLiteSessionStore:
 
         return await self._read(select)
 
+    async def interrupt_run(self, run_id: str, *, error: str) -> bool:
+        """Mark `run_id`'s turn interrupted if it is still running (keeps the checkpoint)."""
+        now = time.time()
+
+        def update(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE turns SET status = 'interrupted', error = ?, finished_at = ?"
+                " WHERE run_id = ? AND status = 'running'",
+                (error, now, run_id),
+            )
+            return cur.rowcount > 0
+
+        return await self._write(update)
+
     async def recover_running(self) -> int:
         """Mark turns left `running` by a crash as `interrupted` (keeping any checkpointed
         partial answer); return how many."""

@@ -62,21 +62,32 @@ class BodyLimit:
                 if too_big:
                     await self._reject(scope, receive, send)
                     return
+        # Read the (small) body up front, so an oversize chunked body is refused with 413
+        # instead of failing inside the framework's parser; then replay it.
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited_receive() -> Any:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
+            if message["type"] != "http.request":  # the client left before sending it all
+                return
+            body = message.get("body", b"")
+            seen += len(body)
+            if seen > self.limit:
+                await self._reject(scope, receive, send)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await self._reject(scope, receive, send)
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = JSONResponse(
@@ -84,10 +95,6 @@ class BodyLimit:
             status_code=413,
         )
         await response(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def create_app(
@@ -102,7 +109,10 @@ def create_app(
         install_log_filter()
         own_backend = backend or load_backend(settings.model, settings)
         own_store = store or open_store(settings.db)
-        await own_store.recover_running()
+        if not settings.redis_url:
+            # one process owns every run: whatever is still `running` died with the last one.
+            # With Redis (several workers), runs of dead workers are closed by lease instead.
+            await own_store.recover_running()
         load = getattr(own_backend, "load", None)
         if load is not None:
             await load()  # the first request should not pay for loading the model
@@ -110,12 +120,26 @@ def create_app(
         registry = RunRegistry()
         app.state.runner = runner
         app.state.registry = registry
+        app.state.coordinator = None
+        if settings.redis_url:
+            from tokenrelay.server.coordination import WORKER_LOST, RedisCoordinator
+
+            coordinator = RedisCoordinator(settings.redis_url, retention_s=settings.event_retention_s)
+
+            async def worker_lost(run_id: str) -> None:
+                await own_store.interrupt_run(run_id, error=WORKER_LOST)
+
+            await coordinator.start(registry.cancel_local, worker_lost)
+            registry.on_start = coordinator.replicate
+            app.state.coordinator = coordinator
         ticker = asyncio.create_task(registry.keepalive(settings.keepalive_s))
         try:
             yield
         finally:
             ticker.cancel()
             await registry.shutdown()
+            if app.state.coordinator is not None:
+                await app.state.coordinator.close()
             if backend is None:
                 await own_backend.aclose()
             if store is None:
@@ -144,6 +168,15 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        content_type = request.headers.get("content-type", "")
+        if request.method in ("POST", "PUT", "PATCH") and "json" not in content_type.lower():
+            return JSONResponse(
+                error_body(
+                    f"Content-Type must be application/json (got {content_type or 'none'})",
+                    code="unsupported_media_type",
+                ),
+                status_code=415,
+            )
         problems = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"

@@ -65,6 +65,7 @@ async def start_run(
     mode: Literal["final", "full"] = "final",
     history: Sequence[tuple[str, str]] = (),
     use_session: bool = True,
+    resumable: bool = False,
 ) -> tuple[RunChannel, str | None]:
     """Validate, resolve the session (404 if it is not the caller's), and start the run."""
     runner = _runner(request)
@@ -85,7 +86,7 @@ async def start_run(
     events = runner.agent.run(
         text, session_id=session_id if use_session else None, mode=mode, run_id=run_id, history=history
     )
-    channel = _registry(request).start(run_id, events, owner=owner, session_id=session_id)
+    channel = _registry(request).start(run_id, events, owner=owner, session_id=session_id, detached=resumable)
     return channel, session_id
 
 
@@ -109,7 +110,7 @@ async def _chat(request: Request, body: ChatRequest, owner: str | None) -> Respo
     if not body.stream and body.session_id is not None and known:
         prior = await runner.store.history(body.session_id, limit=runner.settings.memory_k or None)
     channel, session_id = await start_run(
-        request, body.text, owner=owner, session_id=body.session_id, mode=body.mode
+        request, body.text, owner=owner, session_id=body.session_id, mode=body.mode, resumable=body.resumable
     )
     assert session_id is not None
     headers = {"X-Session-Id": session_id, "X-Run-Id": channel.run_id}
@@ -173,11 +174,18 @@ async def chat_get(request: Request, body: Annotated[ChatRequest, Body()], owner
     return await _chat(request, body, owner)
 
 
-def _sse_response(channel: RunChannel, headers: dict[str, str], start: int = 0) -> FollowResponse:
+def _sse_response(
+    channel: RunChannel, headers: dict[str, str], start: int = 0, *, detached: bool = False
+) -> FollowResponse:
     return FollowResponse(
-        channel, encode_batch, media_type="text/event-stream; charset=utf-8", headers=headers,
-        start=start, keepalive=KEEPALIVE,
-    )  # fmt: skip
+        channel,
+        encode_batch,
+        media_type="text/event-stream; charset=utf-8",
+        headers=headers,
+        start=start,
+        keepalive=KEEPALIVE,
+        cancel_on_disconnect=not detached,
+    )
 
 
 @router.post(
@@ -199,7 +207,12 @@ async def chat_events(
     mode: Annotated[Literal["final", "full"] | None, Query(description="overrides the body's mode")] = None,
 ) -> FollowResponse:
     channel, session_id = await start_run(
-        request, body.text, owner=owner, session_id=body.session_id, mode=mode or body.mode
+        request,
+        body.text,
+        owner=owner,
+        session_id=body.session_id,
+        mode=mode or body.mode,
+        resumable=body.resumable,
     )
     assert session_id is not None
     return _sse_response(channel, {"X-Session-Id": session_id, "X-Run-Id": channel.run_id})
@@ -214,19 +227,27 @@ async def run_events(
     owner: Owner,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> FollowResponse:
-    """Every event after `Last-Event-ID` (all of them without it), then the live tail."""
-    channel = _registry(request).get(run_id, owner=owner)
-    if channel is None:
-        raise HTTPException(404, f"no run {run_id!r}")
+    """Every event after `Last-Event-ID` (all of them without it), then the live tail — from
+    this worker's memory, or, with Redis, from the run's shared log when another worker runs it.
+    Following a run this way never cancels it."""
     start = 0
     if last_event_id:
         try:
             start = int(last_event_id) + 1
         except ValueError:
             raise HTTPException(422, "Last-Event-ID must be an event id (an integer)") from None
-    if start < 0 or start > len(channel.events):
+    if start < 0:
         raise HTTPException(422, f"Last-Event-ID {last_event_id} is not an event of this run")
-    return _sse_response(channel, {"X-Run-Id": run_id}, start=start)
+    channel = _registry(request).get(run_id, owner=owner)
+    if channel is None:
+        coordinator = request.app.state.coordinator
+        if coordinator is not None:
+            channel = await coordinator.remote_channel(run_id, owner=owner, start=start)
+        if channel is None:
+            raise HTTPException(404, f"no run {run_id!r}")
+    elif start > len(channel.events):
+        raise HTTPException(422, f"Last-Event-ID {last_event_id} is not an event of this run")
+    return _sse_response(channel, {"X-Run-Id": run_id}, start=start, detached=True)
 
 
 @router.post("/runs/{run_id}/cancel", tags=["runs"], summary="Cancel a running run", status_code=202)

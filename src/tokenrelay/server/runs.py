@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from tokenrelay.events import Event, RunError, RunFinished
@@ -84,6 +84,8 @@ class RunRegistry:
         self._runs: dict[str, RunChannel] = {}
         self.retention_s = retention_s
         self._last_sweep = time.monotonic()
+        #: called with each new channel (e.g. to mirror its events to Redis)
+        self.on_start: Callable[[RunChannel], object] | None = None
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -101,7 +103,14 @@ class RunRegistry:
         channel = RunChannel(run_id=run_id, owner=owner, session_id=session_id, detached=detached)
         channel.task = asyncio.create_task(self._pump(channel, events), name=f"run {run_id}")
         self._runs[run_id] = channel
+        if self.on_start is not None:
+            self.on_start(channel)
         return channel
+
+    def cancel_local(self, run_id: str) -> bool:
+        """Cancel a run of this process whoever owns it (the owner was checked upstream)."""
+        channel = self._runs.get(run_id)
+        return channel.cancel() if channel is not None else False
 
     def get(self, run_id: str, *, owner: str | None) -> RunChannel | None:
         channel = self._runs.get(run_id)

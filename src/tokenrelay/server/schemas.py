@@ -24,6 +24,11 @@ class ChatRequest(BaseModel):
     session_id: str | None = Field(default=None, max_length=100, description="continue this session")
     stream: bool = Field(default=True, description="stream the answer (false: one JSON response)")
     mode: Literal["final", "full"] = Field(default="final", description="final answer only, or everything")
+    resumable: bool = Field(
+        default=False,
+        description="keep the run going when the connection drops (resume with GET /runs/{run_id}/events "
+        "and Last-Event-ID); otherwise a disconnect cancels the run",
+    )
 
 
 class HistoryMessage(BaseModel):

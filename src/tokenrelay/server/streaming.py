@@ -61,6 +61,7 @@ class FollowResponse(Response):
         epilogue: Callable[[Event], bytes] | None = None,
         abort_on_error: bool = False,
         status_code: int = 200,
+        cancel_on_disconnect: bool = True,
     ) -> None:
         self.channel = channel
         self.encode = encode
@@ -71,6 +72,7 @@ class FollowResponse(Response):
         self.prologue = prologue
         self.epilogue = epilogue
         self.abort_on_error = abort_on_error
+        self.cancel_on_disconnect = cancel_on_disconnect
         self.status_code = status_code
         raw = {
             "content-type": media_type,
@@ -136,5 +138,5 @@ class FollowResponse(Response):
         finally:
             listener.cancel()
             channel.followers -= 1
-            if disconnected and channel.followers == 0 and not channel.detached:
+            if disconnected and self.cancel_on_disconnect and channel.followers == 0 and not channel.detached:
                 channel.cancel()

@@ -1,21 +1,20 @@
-// The tokenrelay chat page: no build step, no CDN. An ES module that talks to the server's
-// typed SSE endpoint with fetch + a stream reader.
+// The tokenrelay chat page: no build step, no CDN. ES modules: this one is the page's state
+// and wiring; markdown.js renders answers (sanitised, incremental, with Mermaid diagrams);
+// sse.js reads the typed event stream; i18n.js holds the English and Japanese words.
 //
 // Invariants:
-// * model output is untrusted: every piece of HTML made from it goes through DOMPurify, and
-//   text (tool input/output, reasoning, errors, diagram sources) is only ever set as text;
-// * the streaming answer is re-rendered at most once per animation frame, block by block:
-//   a Markdown block whose HTML did not change keeps its DOM node, so finished paragraphs,
-//   code and diagrams never flicker while the rest of the answer streams;
-// * a ```mermaid block is drawn once its closing fence has arrived (or the answer ended), once
-//   per distinct source (the SVG, or the parse error, is cached by source text);
+// * model output is untrusted: HTML made from it goes through DOMPurify (markdown.js), and
+//   every other piece of it (tool input and output, reasoning, errors) is set as text only;
+// * the streaming answer is re-rendered at most once per animation frame;
 // * every event of a run is applied once, in order: events carry their index (`id:`), and a
-//   resumed stream (GET /runs/{id}/events with Last-Event-ID) skips what was seen.
+//   resumed stream (GET /runs/{id}/events with Last-Event-ID) skips what was already seen;
+// * Stop cancels the run on the server (POST /runs/{id}/cancel), not only in the browser.
 
-import { Marked } from "./vendor/marked/marked.esm.js";
-import { LANGUAGES, applyLanguage, detectLanguage, translate } from "./i18n.js";
+import { h, setText, t } from "./dom.js";
+import { LANGUAGES, applyLanguage, detectLanguage } from "./i18n.js";
+import { markdownView, renderMarkdown } from "./markdown.js";
+import { readEvents } from "./sse.js";
 
-const DOMPurify = window.DOMPurify;
 const KEY_STORAGE = "tokenrelay.apiKey";
 const LANG_STORAGE = "tokenrelay.lang";
 const MAX_RESUMES = 3;
@@ -58,10 +57,6 @@ const els = {
   presets: $("presets"),
 };
 
-function t(key, args) {
-  return translate(state.lang, key, args);
-}
-
 function storageGet(key) {
   try {
     return window.localStorage.getItem(key);
@@ -77,39 +72,6 @@ function storageSet(key, value) {
   } catch {
     // private mode: the setting lasts for this page only
   }
-}
-
-/** An element with attributes and children; `i18n` labels it through data-i18n. */
-function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [name, value] of Object.entries(attrs)) {
-    if (value === undefined || value === null || value === false) continue;
-    if (name === "i18n") {
-      el.dataset.i18n = value;
-      el.textContent = t(value, attrs.i18nArgs);
-    } else if (name === "i18nArgs") {
-      el.dataset.i18nArgs = JSON.stringify(value);
-    } else if (name === "i18nAria") {
-      el.dataset.i18nAria = value;
-      el.setAttribute("aria-label", t(value, attrs.i18nArgs));
-    } else if (name === "text") {
-      el.textContent = value;
-    } else if (name.startsWith("on")) {
-      el.addEventListener(name.slice(2), value);
-    } else {
-      el.setAttribute(name, value === true ? "" : value);
-    }
-  }
-  for (const child of children) if (child != null) el.append(child);
-  return el;
-}
-
-/** Set an element's translatable text (it follows later language switches). */
-function setText(el, key, args) {
-  el.dataset.i18n = key;
-  if (args) el.dataset.i18nArgs = JSON.stringify(args);
-  else delete el.dataset.i18nArgs;
-  el.textContent = t(key, args);
 }
 
 function announce(text) {
@@ -150,263 +112,6 @@ async function apiJson(path, options = {}) {
 
 function jsonBody(value) {
   return { body: JSON.stringify(value), headers: { "Content-Type": "application/json" } };
-}
-
-/** Server-sent events from a fetch response: {event, data, id}, parsed as they arrive. */
-async function* readEvents(response) {
-  const reader = response.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  try {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      if (buffer.includes("\r")) buffer = buffer.replace(/\r\n?/g, "\n");
-      let end;
-      while ((end = buffer.indexOf("\n\n")) >= 0) {
-        const frame = parseFrame(buffer.slice(0, end));
-        buffer = buffer.slice(end + 2);
-        if (frame) yield frame;
-      }
-    }
-  } finally {
-    reader.cancel().catch(() => {});
-  }
-}
-
-function parseFrame(block) {
-  let event = "message";
-  let id = null;
-  const data = [];
-  for (const line of block.split("\n")) {
-    if (!line || line.startsWith(":")) continue; // keep-alive comments
-    const colon = line.indexOf(":");
-    const field = colon < 0 ? line : line.slice(0, colon);
-    let value = colon < 0 ? "" : line.slice(colon + 1);
-    if (value.startsWith(" ")) value = value.slice(1);
-    if (field === "event") event = value;
-    else if (field === "data") data.push(value);
-    else if (field === "id") id = value;
-  }
-  if (!data.length) return null;
-  let payload;
-  try {
-    payload = JSON.parse(data.join("\n"));
-  } catch {
-    return null;
-  }
-  return { event, data: payload, id: id === null || id === "" ? null : Number(id) };
-}
-
-// -- Markdown, sanitised, rendered block by block ----------------------------------------
-
-const diagramKeys = new Map(); // mermaid source -> short key used in placeholders
-const diagramSources = new Map(); // key -> source
-const render = { lastOpen: false }; // set while the streaming answer's last block renders
-
-const md = new Marked({
-  gfm: true,
-  breaks: false,
-  renderer: {
-    code(token) {
-      const lang = (token.lang || "").trim().split(/\s+/)[0].toLowerCase();
-      if (lang !== "mermaid") return false; // marked's own code block
-      const source = token.text;
-      const closed = !render.lastOpen || fenceClosed(token.raw);
-      return (
-        `<div class="mermaid-block" data-diagram="${diagramKey(source)}" data-closed="${closed ? 1 : 0}">` +
-        `<div class="diagram-caption"></div>` +
-        `<pre class="mermaid-source"><code class="language-mermaid">${escapeHtml(source)}</code></pre></div>`
-      );
-    },
-  },
-});
-
-function escapeHtml(text) {
-  return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-}
-
-function diagramKey(source) {
-  let key = diagramKeys.get(source);
-  if (!key) {
-    key = `d${diagramKeys.size + 1}`;
-    diagramKeys.set(source, key);
-    diagramSources.set(key, source);
-  }
-  return key;
-}
-
-/** Whether a fenced code block's raw text ends with its closing fence. */
-function fenceClosed(raw) {
-  const open = /^ {0,3}(`{3,}|~{3,})/.exec(raw);
-  if (!open) return true; // an indented code block: nothing to wait for
-  const lines = raw.replace(/\n+$/, "").split("\n");
-  if (lines.length < 2) return false;
-  const fence = open[1][0] === "`" ? "`" : "~";
-  return new RegExp(`^ {0,3}\\${fence}{${open[1].length},}[ \\t]*$`).test(lines[lines.length - 1]);
-}
-
-DOMPurify.addHook("afterSanitizeAttributes", (node) => {
-  if (node.tagName === "A" && node.hasAttribute("href")) {
-    node.setAttribute("target", "_blank");
-    node.setAttribute("rel", "noopener noreferrer nofollow");
-  }
-});
-
-const PURIFY_MARKDOWN = {
-  FORBID_TAGS: ["style", "form", "button", "textarea", "select", "dialog"],
-  FORBID_ATTR: ["style"],
-  SANITIZE_NAMED_PROPS: true, // ids and names from an answer cannot clobber page globals
-  RETURN_DOM_FRAGMENT: true,
-};
-
-/**
- * Render `text` into `view.el`, reusing the DOM of every block whose HTML is unchanged.
- * `final` is false while the answer still streams: then an unfinished fence at the end stays
- * a code block (and a mermaid one is not drawn yet).
- */
-function renderMarkdown(view, text, final) {
-  const tokens = md.lexer(text);
-  let last = tokens.length - 1;
-  while (last >= 0 && tokens[last].type === "space") last--;
-  const htmls = [];
-  for (let i = 0; i <= last; i++) {
-    if (tokens[i].type === "space") continue;
-    render.lastOpen = !final && i === last;
-    try {
-      htmls.push(md.parser([tokens[i]]));
-    } finally {
-      render.lastOpen = false;
-    }
-  }
-  const blocks = view.blocks;
-  let i = 0;
-  for (; i < htmls.length; i++) {
-    if (blocks[i] && blocks[i].html === htmls[i]) continue;
-    const node = makeBlock(htmls[i]);
-    if (blocks[i]) blocks[i].node.replaceWith(node);
-    else view.el.append(node);
-    blocks[i] = { html: htmls[i], node };
-  }
-  for (let j = blocks.length - 1; j >= i; j--) blocks[j].node.remove();
-  blocks.length = htmls.length;
-}
-
-function makeBlock(html) {
-  const node = document.createElement("div");
-  node.className = "md-block";
-  node.append(DOMPurify.sanitize(html, PURIFY_MARKDOWN));
-  for (const pre of node.querySelectorAll("pre > code")) {
-    if (!pre.closest(".mermaid-block")) pre.parentElement.classList.add("code");
-  }
-  for (const block of node.querySelectorAll(".mermaid-block")) showDiagram(block);
-  return node;
-}
-
-// -- Mermaid ------------------------------------------------------------------------------
-
-const diagrams = new Map(); // source -> {status: "pending"|"ok"|"error", svg?, error?}
-let mermaidReady = null;
-let renderQueue = Promise.resolve();
-let diagramCounter = 0;
-
-function loadMermaid() {
-  if (!mermaidReady) {
-    mermaidReady = import("./vendor/mermaid/mermaid.esm.min.mjs").then(({ default: mermaid }) => {
-      const dark = window.matchMedia?.("(prefers-color-scheme: dark)").matches;
-      mermaid.initialize({
-        startOnLoad: false,
-        securityLevel: "strict",
-        suppressErrorRendering: true,
-        theme: dark ? "dark" : "neutral",
-        fontFamily: getComputedStyle(document.body).fontFamily,
-      });
-      return mermaid;
-    });
-    mermaidReady.catch(() => {
-      mermaidReady = null; // try again for the next diagram
-    });
-  }
-  return mermaidReady;
-}
-
-function diagramFor(source) {
-  let diagram = diagrams.get(source);
-  if (!diagram) {
-    diagram = { status: "pending" };
-    diagrams.set(source, diagram);
-    // one render at a time: mermaid measures text in a shared scratch element
-    renderQueue = renderQueue.then(() => drawDiagram(source, diagram));
-  }
-  return diagram;
-}
-
-async function drawDiagram(source, diagram) {
-  const id = `mermaid-${++diagramCounter}`;
-  try {
-    const mermaid = await loadMermaid();
-    await mermaid.parse(source); // throws the parser's message for invalid input
-    const { svg } = await mermaid.render(id, source);
-    diagram.svg = sanitizeSvg(svg);
-    diagram.status = "ok";
-  } catch (err) {
-    diagram.status = "error";
-    diagram.error = (err && (err.message || err.str)) || String(err);
-  } finally {
-    // mermaid can leave its scratch elements behind when it fails
-    for (const stray of document.querySelectorAll(`#${id}, #d${id}, #i${id}`)) {
-      if (!stray.closest(".mermaid-block")) stray.remove();
-    }
-  }
-  const key = diagramKeys.get(source);
-  for (const block of document.querySelectorAll(`.mermaid-block[data-diagram="${key}"]`)) {
-    showDiagram(block);
-  }
-}
-
-function sanitizeSvg(svg) {
-  return DOMPurify.sanitize(svg, {
-    USE_PROFILES: { svg: true, svgFilters: true, html: true },
-    ADD_TAGS: ["foreignObject", "style"],
-    ADD_ATTR: ["dominant-baseline", "text-anchor"],
-    HTML_INTEGRATION_POINTS: { foreignobject: true },
-  });
-}
-
-/** Fill a placeholder from the diagram cache (drawing it first if needed). */
-function showDiagram(block) {
-  const source = diagramSources.get(block.dataset.diagram);
-  const caption = block.querySelector(".diagram-caption");
-  if (source === undefined) return;
-  if (block.dataset.closed !== "1") {
-    if (caption) setText(caption, "diagramStreaming");
-    return;
-  }
-  const diagram = diagramFor(source);
-  if (diagram.status === "pending") {
-    block.dataset.state = "pending";
-    if (caption) setText(caption, "diagramPending");
-    return;
-  }
-  if (block.dataset.state === diagram.status) return;
-  block.dataset.state = diagram.status;
-  block.replaceChildren();
-  if (diagram.status === "ok") {
-    const figure = h("figure", { class: "diagram", role: "img", i18nAria: "diagramLabel" });
-    figure.innerHTML = diagram.svg; // sanitised in sanitizeSvg
-    block.append(figure);
-  } else {
-    block.append(
-      h(
-        "div",
-        { class: "error-box diagram-error", role: "alert", "data-testid": "error-box", "data-kind": "diagram" },
-        h("p", { class: "error-title", i18n: "diagramError" }),
-        h("pre", { class: "error-message", text: diagram.error }),
-        h("pre", { class: "mermaid-source" }, h("code", { text: source })),
-      ),
-    );
-  }
 }
 
 // -- the conversation view -----------------------------------------------------------------
@@ -471,7 +176,7 @@ function createTurn(userText) {
     el,
     userText,
     answerText: "",
-    view: { el: answer, blocks: [] },
+    view: markdownView(answer),
     answer,
     reasoning,
     reasoningText,
@@ -649,12 +354,11 @@ async function startRun(text) {
 
 /** Read a run's events until its terminal event, resuming after a broken connection. */
 async function follow(run, response) {
-  let attempts = 0;
-  for (;;) {
+  for (let failures = 0; ; ) {
     if (response) {
       try {
         for await (const frame of readEvents(response)) {
-          attempts = 0;
+          failures = 0;
           handleEvent(run, frame);
           if (run.finished || run.abandoned) return;
         }
@@ -662,13 +366,15 @@ async function follow(run, response) {
         // the connection broke: resume below
       }
       if (run.finished || run.abandoned) return;
+      response = null;
+      failures += 1;
     }
-    if (!run.runId || attempts >= MAX_RESUMES) return connectionLost(run);
-    attempts += 1;
-    setText(run.turn.status, "reconnecting");
-    await new Promise((resolve) => setTimeout(resolve, 250 * attempts));
-    if (run.abandoned) return;
-    response = null;
+    if (!run.runId || failures > MAX_RESUMES) return connectionLost(run);
+    if (failures) {
+      setText(run.turn.status, "reconnecting");
+      await sleep(250 * failures);
+      if (run.abandoned) return;
+    }
     try {
       const headers = { Accept: "text/event-stream" };
       if (run.lastId !== null) headers["Last-Event-ID"] = String(run.lastId);
@@ -678,10 +384,16 @@ async function follow(run, response) {
       });
       if (resumed.ok) response = resumed;
       else if (resumed.status < 500) return connectionLost(run);
+      else failures += 1;
     } catch {
       if (run.abandoned) return;
+      failures += 1;
     }
   }
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 function handleEvent(run, { event, data, id }) {
@@ -717,7 +429,7 @@ function handleEvent(run, { event, data, id }) {
       if (data.timings && typeof data.timings.total_s === "number") {
         setText(turn.status, "finishedIn", { seconds: data.timings.total_s.toFixed(1) });
       }
-      announce(t("assistant"));
+      announce(t("answerDone"));
       loadSessions();
       break;
     case "error":
