@@ -14,42 +14,51 @@ Postgres-specific: errors, migrations, several workers, `recover_running(older_t
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import psycopg
 import pytest
-from psycopg import sql
 
-# The shared behavioural tests, run here with the Postgres `store` fixture.
-from test_memory import (  # noqa: F401
-    test_a_finished_turn_is_never_rewritten,
-    test_begin_and_finish_turn,
-    test_begin_turn_on_missing_session_raises_key_error,
-    test_concurrent_sessions_keep_their_own_turns_in_order,
-    test_create_get_list_delete,
-    test_delete_cascades_to_turns_and_document,
-    test_documents,
-    test_explicit_session_id_and_duplicates,
-    test_finish_or_update_of_missing_turn_is_a_no_op,
-    test_finish_turn_needs_a_final_status,
-    test_history_window,
-    test_integrity_check,
-    test_list_is_most_recently_updated_first_and_limited,
-    test_ownership_isolation,
-    test_recover_running,
-    test_session_ids_are_unguessable,
-    test_title_from_first_message,
-    test_update_partial,
-)
+try:
+    import psycopg
+    from psycopg import sql
+except ImportError:  # the `postgres` extra is not installed
+    if os.environ.get("CI"):
+        raise
+    pytest.skip("needs the postgres extra: pip install -e '.[postgres]'", allow_module_level=True)
+
+import test_memory
 from tokenrelay.errors import ConfigError
 from tokenrelay.memory import SessionStore, open_store
 from tokenrelay.memory.postgres import MIGRATIONS, TABLES, PostgresSessionStore, apply_migrations
 from tokenrelay.memory.sqlite import RECOVERED_ERROR
 
 pytestmark = pytest.mark.services
+
+# Every behavioural test of test_memory.py (those taking the `store` fixture and nothing else
+# but their parametrized arguments) runs here too, with the Postgres `store` fixture below:
+# pytest collects them as tests of this module.
+
+
+def _is_shared(fn: object) -> bool:
+    if not callable(fn):
+        return False
+    params = set(inspect.signature(fn).parameters)
+    parametrized: set[str] = set()
+    for mark in getattr(fn, "pytestmark", []):
+        if mark.name == "parametrize":
+            names = mark.args[0]
+            parametrized.update(n.strip() for n in (names.split(",") if isinstance(names, str) else names))
+    return "store" in params and params <= {"store", *parametrized}
+
+
+SHARED_TESTS = sorted(
+    name for name, fn in vars(test_memory).items() if name.startswith("test_") and _is_shared(fn)
+)
+globals().update({name: getattr(test_memory, name) for name in SHARED_TESTS})
 
 _CANDIDATES = (
     [os.environ["TOKENRELAY_TEST_POSTGRES_URL"]]
@@ -161,6 +170,15 @@ async def _all(conn: Raw, query: str, params: tuple[object, ...] = ()) -> list[t
 
 
 # --------------------------------------------------------------------------- construction
+
+
+def test_the_shared_behavioural_tests_are_collected() -> None:
+    assert len(SHARED_TESTS) >= 18
+    assert {
+        "test_ownership_isolation",
+        "test_recover_running",
+        "test_concurrent_sessions_keep_their_own_turns_in_order",
+    } <= set(SHARED_TESTS)
 
 
 def test_satisfies_the_protocol_and_does_no_io_until_used() -> None:
@@ -390,8 +408,8 @@ async def test_schema(store: PostgresSessionStore, raw: Callable[[], Awaitable[R
         "tokenrelay_sessions_by_owner",
         "tokenrelay_turns_running",
     } <= indexes
-    types = dict(
-        await _all(
+    types: dict[object, object] = dict(
+        await _all(  # type: ignore[arg-type]
             conn,
             "SELECT column_name, data_type FROM information_schema.columns"
             " WHERE table_schema = current_schema() AND table_name = 'tokenrelay_turns'",
@@ -629,3 +647,31 @@ async def test_recover_running_heartbeats(
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="older_than_s"):
             await store.recover_running(older_than_s=bad)
+
+
+@pytest.mark.anyio
+async def test_interrupt_run_from_another_worker(pg_url: str) -> None:
+    worker, watcher = PostgresSessionStore(pg_url), PostgresSessionStore(pg_url)
+    try:
+        s = await worker.create_session()
+        done = await worker.begin_turn(s.id, run_id="run-done", user_text="q1")
+        await worker.finish_turn(done, answer="a1", status="complete")
+        lost = await worker.begin_turn(s.id, run_id="run-lost", user_text="q2")
+        await worker.update_partial(lost, "partial")
+        other = await worker.begin_turn(s.id, run_id="run-other", user_text="q3")
+
+        assert await watcher.interrupt_run("run-lost", error="worker lost") is True
+        assert await watcher.interrupt_run("run-lost", error="again") is False
+        assert await watcher.interrupt_run("run-done", error="too late") is False
+        assert await watcher.interrupt_run("run-missing", error="x") is False
+        t_done, t_lost, t_other = await watcher.history(s.id)
+        assert (t_done.status, t_done.error) == ("complete", None)
+        assert (t_lost.status, t_lost.answer, t_lost.error) == ("interrupted", "partial", "worker lost")
+        assert t_lost.finished_at is not None
+        assert t_other.status == "running" and t_other.id == other
+
+        await worker.finish_turn(lost, answer="late", status="complete")  # the late writer changes nothing
+        assert (await watcher.history(s.id))[1] == t_lost
+    finally:
+        await worker.close()
+        await watcher.close()

@@ -495,16 +495,6 @@ def test_cancel_by_run_id(serve: Callable[..., LiveServer], http: httpx.Client) 
 
 # --------------------------------------------------------------------------- bad input
 
-_SERVER_BUG_CONTENT_TYPE = (
-    "server bug: a non-JSON content type gets 422 'body: Input should be a valid dictionary ...', "
-    "which does not say the content type is wrong"
-)
-_SERVER_BUG_CHUNKED_LIMIT = (
-    "server bug: BodyLimit raises _TooLarge from receive(); FastAPI turns it into "
-    "400 'There was an error parsing the body' instead of 413"
-)
-
-
 def _chunks(data: bytes) -> list[bytes]:
     """Sent as a generator, so with `Transfer-Encoding: chunked` and no Content-Length."""
     return [data[i : i + 500] for i in range(0, len(data), 500)]
@@ -528,7 +518,6 @@ BAD_REQUESTS: list[Any] = [
     pytest.param(
         {"content": b'{"text": "hi"}', "headers": {"content-type": "text/plain"}},
         415, "content", id="wrong-content-type",
-        marks=pytest.mark.xfail(reason=_SERVER_BUG_CONTENT_TYPE, strict=True),
     ),
     pytest.param(
         {"content": json.dumps({"text": "x" * 3000}).encode(),
@@ -539,7 +528,6 @@ BAD_REQUESTS: list[Any] = [
         {"chunks": _chunks(json.dumps({"text": "x" * 3000}).encode()),
          "headers": {"content-type": "application/json"}},
         413, "larger than 2000 bytes", id="chunked-body-too-large",
-        marks=pytest.mark.xfail(reason=_SERVER_BUG_CHUNKED_LIMIT, strict=True),
     ),
 ]  # fmt: skip
 

@@ -343,6 +343,18 @@ def test_stop_cancels_the_run_on_the_server(
     assert LONG.startswith(detail["turns"][-1]["answer"])
 
 
+def test_closing_the_page_cancels_the_run(open_page: PageFactory, backend: ScriptedBackend) -> None:
+    # runs are started resumable (a dropped connection does not end them), so leaving the
+    # page must cancel explicitly
+    backend.tokens_per_second = 5
+    page = open_page()
+    ask(page, "slow, then close")
+    expect(last_answer(page)).not_to_be_empty()
+    call = backend.calls[-1]
+    page.close(run_before_unload=True)
+    assert wait_until(lambda: call.abandoned, timeout=5), "the model kept generating"
+
+
 def test_sessions_reopen_with_their_history(open_page: PageFactory) -> None:
     page = open_page()
     ask(page, "remember the apples")

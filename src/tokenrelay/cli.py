@@ -78,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(serve)
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
-    serve.add_argument("--workers", type=int, help="worker processes (default 1)")
+    serve.add_argument("--workers", type=int, help="worker processes (default 1; more need --redis)")
+    serve.add_argument(
+        "--redis", dest="redis_url", help="Redis URL shared by workers (or TOKENRELAY_REDIS_URL)"
+    )
 
     stream = sub.add_parser("stream", help="stream an answer from a running tokenrelay server")
     stream.add_argument("prompt")
@@ -91,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> Settings:
     names = (
         "model", "max_tokens", "temperature", "system_prompt", "openai_base_url", "db", "tool_protocol",
-        "max_iterations", "early_stopping_method", "host", "port", "workers",
+        "max_iterations", "early_stopping_method", "host", "port", "workers", "redis_url",
     )  # fmt: skip
     overrides = {name: getattr(args, name, None) for name in names}
     if overrides["db"] and "://" not in overrides["db"]:

@@ -64,6 +64,7 @@ class Settings:
     presets_file: str | None = None
     #: Redis URL for several workers: shared run event logs, cancel anywhere, worker leases
     redis_url: str | None = None
+    redis_prefix: str = "tokenrelay:"
     event_retention_s: float = 3600.0
     #: extra keys (presets, documents...) set by later layers without changing this class
     extra: dict[str, Any] = field(default_factory=dict)

@@ -156,7 +156,15 @@ def event_to_dict(event: Event) -> dict[str, Any]:
 
 _BY_TYPE: dict[str, type[Any]] = {
     str(cls.__dataclass_fields__["type"].default): cls
-    for cls in (RunStarted, AnswerDelta, ReasoningDelta, ToolCallStarted, ToolCallFinished, RunError, RunFinished)
+    for cls in (
+        RunStarted,
+        AnswerDelta,
+        ReasoningDelta,
+        ToolCallStarted,
+        ToolCallFinished,
+        RunError,
+        RunFinished,
+    )
 }
 
 
@@ -172,7 +180,8 @@ def event_from_dict(data: dict[str, Any]) -> Event:
         return RunFinished(
             answer=data.get("answer", ""),
             usage=Usage(
-                prompt_tokens=usage.get("prompt_tokens", 0), completion_tokens=usage.get("completion_tokens", 0)
+                prompt_tokens=usage.get("prompt_tokens", 0),
+                completion_tokens=usage.get("completion_tokens", 0),
             ),
             timings=Timings(first_token_s=timings.get("first_token_s"), total_s=timings.get("total_s", 0.0)),
             finish_reason=data.get("finish_reason", "stop"),

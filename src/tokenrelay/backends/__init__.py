@@ -50,14 +50,25 @@ def _llamacpp(arg: str, settings: Settings) -> Backend:
 
 
 def _openai(arg: str, settings: Settings) -> Backend:
+    """`openai:<model>`; a comma-separated base URL list means several upstream servers
+    (round robin with failover before the first token)."""
     from tokenrelay.backends.openai_compat import OpenAIBackend
 
-    return OpenAIBackend(
-        model=arg or "gpt-4o-mini",
-        base_url=settings.openai_base_url,
-        api_key=settings.openai_api_key,
-        timeout_s=settings.request_timeout_s,
-    )
+    urls: list[str | None] = [u.strip() for u in (settings.openai_base_url or "").split(",") if u.strip()]
+    backends: list[Backend] = [
+        OpenAIBackend(
+            model=arg or "gpt-4o-mini",
+            base_url=url,
+            api_key=settings.openai_api_key,
+            timeout_s=settings.request_timeout_s,
+        )
+        for url in urls or [None]
+    ]
+    if len(backends) == 1:
+        return backends[0]
+    from tokenrelay.backends.failover import FailoverBackend
+
+    return FailoverBackend(backends)
 
 
 def _scripted(arg: str, settings: Settings) -> Backend:

@@ -37,7 +37,11 @@ workers, call `recover_running(older_than_s=N)`: only turns whose heartbeat is m
 seconds old are taken to be orphans of a dead worker. That is sound as long as each live
 worker calls `update_partial` on its running turns more often than every `N` seconds (it is
 the crash checkpoint anyway); call it at start-up and then periodically, since a worker that
-dies leaves turns that only become old enough later.
+dies leaves turns that only become old enough later. `N` must exceed the longest gap
+between two checkpoints of a live run (prompt evaluation, tool calls: the agent loop
+checkpoints only on answer text). When a coordinator knows exactly which runs died (the Redis
+leases), `interrupt_run(run_id, error=...)` closes those precisely; `recover_running` with
+`older_than_s` is then the safety net for runs nobody was left to notice.
 """
 
 from __future__ import annotations
@@ -427,6 +431,18 @@ class PostgresSessionStore:
             )
             rows = await cur.fetchall()
         return [_turn(row) for row in rows]
+
+    async def interrupt_run(self, run_id: str, *, error: str) -> bool:
+        """Mark `run_id`'s turn interrupted if it is still running (its worker died; the
+        checkpointed partial answer is kept); True if a turn changed."""
+        now = time.time()
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "UPDATE tokenrelay_turns SET status = 'interrupted', error = %s, finished_at = %s"
+                " WHERE run_id = %s AND status = 'running'",
+                (_text(error), now, _text(run_id)),
+            )
+            return cur.rowcount > 0
 
     async def recover_running(self, older_than_s: float | None = None) -> int:
         """Mark turns left `running` by a crash as `interrupted` (keeping any checkpointed

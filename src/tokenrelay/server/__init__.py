@@ -25,13 +25,21 @@ def __getattr__(name: str) -> Any:
 
 
 _ENV_FIELDS = ("model", "db", "max_tokens", "temperature", "system_prompt", "openai_base_url",
-               "tool_protocol", "max_iterations", "early_stopping_method")  # fmt: skip
+               "tool_protocol", "max_iterations", "early_stopping_method", "redis_url")  # fmt: skip
 
 
 def serve(settings: Settings) -> int:
     """Run uvicorn. Settings travel to worker processes through the environment."""
+    import sys
+
     import uvicorn
 
+    if settings.workers > 1 and not settings.redis_url:
+        print(
+            "tokenrelay: warning: several workers without --redis: cancel and resume work only on the "
+            "worker that runs the answer",
+            file=sys.stderr,
+        )
     for name in _ENV_FIELDS:
         value = getattr(settings, name)
         if value is not None:

@@ -124,7 +124,9 @@ def create_app(
         if settings.redis_url:
             from tokenrelay.server.coordination import WORKER_LOST, RedisCoordinator
 
-            coordinator = RedisCoordinator(settings.redis_url, retention_s=settings.event_retention_s)
+            coordinator = RedisCoordinator(
+                settings.redis_url, retention_s=settings.event_retention_s, prefix=settings.redis_prefix
+            )
 
             async def worker_lost(run_id: str) -> None:
                 await own_store.interrupt_run(run_id, error=WORKER_LOST)

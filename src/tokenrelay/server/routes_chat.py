@@ -253,6 +253,12 @@ async def run_events(
 @router.post("/runs/{run_id}/cancel", tags=["runs"], summary="Cancel a running run", status_code=202)
 async def cancel_run(request: Request, run_id: str, owner: Owner) -> dict[str, Any]:
     channel = _registry(request).get(run_id, owner=owner)
-    if channel is None:
-        raise HTTPException(404, f"no run {run_id!r}")
-    return {"run_id": run_id, "cancelled": channel.cancel()}
+    if channel is not None:
+        return {"run_id": run_id, "cancelled": channel.cancel()}
+    coordinator = request.app.state.coordinator
+    if coordinator is not None:  # another worker may own it: tell them all
+        info = await coordinator.run_info(run_id)
+        if info is not None and (info["owner"] or None) == owner:
+            await coordinator.publish_cancel(run_id)
+            return {"run_id": run_id, "cancelled": True}
+    raise HTTPException(404, f"no run {run_id!r}")

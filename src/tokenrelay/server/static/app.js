@@ -317,7 +317,9 @@ async function startRun(text) {
   try {
     let response = null;
     try {
-      const body = { text, mode: "full" };
+      // resumable: a dropped connection leaves the run going, to be resumed by id (follow);
+      // leaving the chat or the page cancels it explicitly (abandonRun, pagehide)
+      const body = { text, mode: "full", resumable: true };
       if (state.sessionId) body.session_id = state.sessionId;
       response = await api("chat/events", {
         method: "POST",
@@ -337,6 +339,7 @@ async function startRun(text) {
       return;
     }
     run.runId = response.headers.get("X-Run-Id");
+    if (run.abandoned) return cancelQuietly(run);
     const sessionId = response.headers.get("X-Session-Id");
     if (sessionId && sessionId !== state.sessionId) {
       state.sessionId = sessionId;
@@ -512,15 +515,25 @@ async function cancelOnServer(run) {
   }
 }
 
-/** Stop following the current run locally (switching chats); the server cancels it. */
+/** Leave the current run (another chat, a new chat): cancel it and stop following it. */
 function abandonRun() {
   const run = state.run;
   if (!run) return;
+  cancelQuietly(run);
   run.abandoned = true;
   run.controller.abort();
   if (run.frame) cancelAnimationFrame(run.frame);
   state.run = null;
   setRunning(false);
+}
+
+/** Fire-and-forget cancel that outlives the page (`keepalive`), for pagehide. */
+function cancelQuietly(run) {
+  if (!run.runId || run.finished) return;
+  const headers = state.apiKey ? { Authorization: `Bearer ${state.apiKey}` } : {};
+  fetch(`runs/${encodeURIComponent(run.runId)}/cancel`, { method: "POST", headers, keepalive: true }).catch(
+    () => {},
+  );
 }
 
 // -- sessions -------------------------------------------------------------------------------
@@ -759,6 +772,9 @@ els.input.addEventListener("keydown", (event) => {
   }
 });
 els.stop.addEventListener("click", stopRun);
+window.addEventListener("pagehide", () => {
+
+});
 els.newChat.addEventListener("click", newChat);
 els.language.addEventListener("change", () => {
   storageSet(LANG_STORAGE, els.language.value);

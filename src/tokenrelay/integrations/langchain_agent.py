@@ -1,0 +1,202 @@
+"""Serve an existing LangChain Runnable or LangGraph graph through tokenrelay.
+
+`RunnableAgent(graph)` has the `run(text, *, session_id, mode, run_id, history)` signature of
+tokenrelay's `Agent`, so the server's sinks (raw /chat, typed SSE /chat/events,
+OpenAI-compatible /v1/chat/completions, the page) and the CLI helpers stream it unchanged.
+Each run gets its own `TokenrelayCallbackHandler` (policy `messages` by default: only the text
+of model messages that end without tool calls is answer text; see `langchain_events`), attached
+through the run's config, and the graph runs with `ainvoke` as a task; the handler makes its
+chat models stream.
+
+Input and memory:
+
+* the input is `{"messages": [...history, HumanMessage(text)]}` (a list of messages for a bare
+  chat model); `input_fn(text, history_messages)` builds anything else;
+* a graph compiled with a checkpointer keeps its own memory: the run's `thread_id` is the
+  session id (a run without a session gets a throwaway thread, deleted after the run);
+* otherwise, with a session `store`, the last `memory_k` (default 5) complete turns of the
+  session are given as history. With a store, every run is recorded as a turn (complete,
+  failed, or interrupted with its partial answer), as tokenrelay's own agent does, so the
+  server's session endpoints and the page show the conversation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from typing import Any
+
+from langchain_core.callbacks import BaseCallbackManager
+from langchain_core.language_models import BaseLanguageModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.runnables import Runnable, RunnableConfig
+
+from tokenrelay.events import Event, RunError, RunFinished, RunStarted
+from tokenrelay.integrations.langchain_events import (
+    AnswerPolicy,
+    StreamMode,
+    TokenrelayCallbackHandler,
+    follow_task,
+)
+from tokenrelay.memory.base import SessionStore, TurnStatus
+from tokenrelay.run import new_run_id
+
+__all__ = ["RunnableAgent"]
+
+log = logging.getLogger("tokenrelay.langchain")
+
+InputFn = Callable[[str, list[BaseMessage]], Any]
+
+
+def _checkpointer(runnable: Any) -> Any:
+    saver = getattr(runnable, "checkpointer", None)
+    return saver if hasattr(saver, "aget_tuple") else None
+
+
+class RunnableAgent:
+    """A LangChain Runnable (a compiled LangGraph graph, an agent, a chain) as a tokenrelay
+    agent. Holds configuration only: one instance serves any number of concurrent runs."""
+
+    def __init__(
+        self,
+        runnable: Runnable[Any, Any],
+        *,
+        name: str | None = None,
+        policy: AnswerPolicy = "messages",
+        answer_nodes: Collection[str] | None = None,
+        store: SessionStore | None = None,
+        memory_k: int | None = None,
+        input_fn: InputFn | None = None,
+        config: RunnableConfig | None = None,
+        recursion_limit: int | None = None,
+    ) -> None:
+        if memory_k is not None and memory_k < 0:
+            raise ValueError("memory_k must be 0 or more")
+        if policy not in ("all", "json", "messages", "eager"):
+            raise ValueError(f"unknown answer policy {policy!r}")
+        self.runnable = runnable
+        self.name = name or getattr(runnable, "name", None) or runnable.get_name()
+        self.policy: AnswerPolicy = policy
+        self.answer_nodes = frozenset(answer_nodes) if answer_nodes is not None else None
+        self.store = store
+        self.checkpointer = _checkpointer(runnable)
+        self.memory_k = memory_k if memory_k is not None else (0 if self.checkpointer is not None else 5)
+        self.input_fn = input_fn
+        self.config = config
+        self.recursion_limit = recursion_limit
+
+    def make_input(self, text: str, history: list[BaseMessage]) -> Any:
+        if self.input_fn is not None:
+            return self.input_fn(text, history)
+        messages = [*history, HumanMessage(content=text)]
+        if isinstance(self.runnable, BaseLanguageModel):
+            return messages
+        return {"messages": messages}
+
+    def make_config(
+        self, handler: TokenrelayCallbackHandler, session_id: str | None, run_id: str
+    ) -> tuple[RunnableConfig, str | None]:
+        """The run's config (the handler added to the configured callbacks) and the throwaway
+        thread id to delete afterwards, if any."""
+        base: dict[str, Any] = dict(self.config or {})
+        callbacks = base.get("callbacks")
+        if callbacks is None:
+            base["callbacks"] = [handler]
+        elif isinstance(callbacks, BaseCallbackManager):
+            manager = callbacks.copy()
+            manager.add_handler(handler, inherit=True)
+            base["callbacks"] = manager
+        else:
+            base["callbacks"] = [*callbacks, handler]
+        base["metadata"] = {**(base.get("metadata") or {}), "tokenrelay_run_id": run_id}
+        if self.recursion_limit is not None:
+            base["recursion_limit"] = self.recursion_limit
+        ephemeral: str | None = None
+        if self.checkpointer is not None:
+            configurable = dict(base.get("configurable") or {})
+            if "thread_id" not in configurable:
+                if session_id is not None:
+                    configurable["thread_id"] = session_id
+                else:
+                    ephemeral = configurable["thread_id"] = f"tokenrelay-{run_id}"
+            base["configurable"] = configurable
+        config: RunnableConfig = base  # type: ignore[assignment]
+        return config, ephemeral
+
+    async def run(
+        self,
+        text: str,
+        *,
+        session_id: str | None = None,
+        mode: StreamMode = "final",
+        run_id: str | None = None,
+        history: Sequence[tuple[str, str]] = (),
+    ) -> AsyncIterator[Event]:
+        """Run the Runnable on `text` and stream its events (one `RunStarted` first, exactly one
+        `RunFinished` or `RunError` last)."""
+        run_id = run_id or new_run_id()
+        handler = TokenrelayCallbackHandler(
+            policy=self.policy,
+            mode=mode,
+            answer_nodes=self.answer_nodes,
+            run_id=run_id,
+            session_id=session_id,
+            model=self.name,
+            auto_finish=False,
+            history=history,
+        )
+        yield RunStarted(run_id=run_id, session_id=session_id, model=self.name)
+        store = self.store if session_id is not None else None
+        turn: list[int] = []
+        config, ephemeral = self.make_config(handler, session_id, run_id)
+
+        async def work() -> Any:
+            pairs = list(history)
+            if store is not None and session_id is not None:
+                if self.memory_k:
+                    turns = await store.history(session_id, limit=self.memory_k)
+                    pairs += [(t.user_text, t.answer) for t in turns if t.status != "running" and t.answer]
+                turn.append(await store.begin_turn(session_id, run_id=run_id, user_text=text))
+            messages: list[BaseMessage] = []
+            for user_text, answer in pairs:
+                messages += [HumanMessage(content=user_text), AIMessage(content=answer)]
+            return await self.runnable.ainvoke(self.make_input(text, messages), config)
+
+        status: TurnStatus = "interrupted"
+        error: str | None = None
+        recorded = False
+        try:
+            async for event in follow_task(handler, work()):
+                if isinstance(event, RunFinished | RunError):
+                    if isinstance(event, RunFinished):
+                        status = "complete"
+                    else:
+                        status, error = "failed", event.message
+                    recorded = True
+                    await self._finish_turn(store, turn, handler.answer, status, error)
+                yield event
+        finally:
+            if not recorded:
+                await self._finish_turn(store, turn, handler.answer, status, error)
+            if ephemeral is not None:
+                await self._forget(ephemeral)
+
+    async def _finish_turn(
+        self, store: SessionStore | None, turn: list[int], answer: str, status: TurnStatus, error: str | None
+    ) -> None:
+        if store is None or not turn:
+            return
+        turn_id = turn.pop()
+        try:
+            await store.finish_turn(turn_id, answer=answer, status=status, error=error)
+        except Exception:
+            log.exception("recording turn %s failed", turn_id)
+
+    async def _forget(self, thread_id: str) -> None:
+        delete = getattr(self.checkpointer, "adelete_thread", None)
+        if delete is None:
+            return
+        try:
+            await delete(thread_id)
+        except Exception:  # NotImplementedError on savers without deletion, or a store error
+            log.debug("could not delete checkpoint thread %s", thread_id, exc_info=True)
