@@ -113,8 +113,13 @@ class GCStats:
             self.over5ms += 1
 
     def as_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "total_ms": self.total, "max_ms": self.max, "over5ms": self.over5ms,
-                "tracked": len(gc.get_objects())}  # fmt: skip
+        return {
+            "count": self.count,
+            "total_ms": self.total,
+            "max_ms": self.max,
+            "over5ms": self.over5ms,
+            "tracked": len(gc.get_objects()),
+        }
 
 
 def _pin(cpu: int) -> None:
@@ -158,8 +163,11 @@ def _bench_routes(
     async def gcstats(request: Request) -> JSONResponse:
         return JSONResponse(stats.as_dict())
 
-    return [Route("/_bench/tps", tps, methods=["POST"]), Route("/_bench/collect", collect, methods=["POST"]),
-            Route("/_bench/gcstats", gcstats)]  # fmt: skip
+    return [
+        Route("/_bench/tps", tps, methods=["POST"]),
+        Route("/_bench/collect", collect, methods=["POST"]),
+        Route("/_bench/gcstats", gcstats),
+    ]
 
 
 def build_bare(tokens: list[str], rate: list[float | None], stats: GCStats) -> Any:
@@ -193,7 +201,13 @@ def build_bare(tokens: list[str], rate: list[float | None], stats: GCStats) -> A
 
 
 def build_tokenrelay(
-    mode: str, tokens: list[str], tps: float | None, store: str, gc_tune: str, stats: GCStats, str_pieces: bool
+    mode: str,
+    tokens: list[str],
+    tps: float | None,
+    store: str,
+    gc_tune: str,
+    stats: GCStats,
+    str_pieces: bool,
 ) -> Any:
     from tokenrelay.backends.base import TextChunk
     from tokenrelay.config import Settings
@@ -220,8 +234,9 @@ def build_tokenrelay(
         the_store: Any = SQLiteSessionStore(path)
     else:
         the_store = InMemorySessionStore()
-    settings = Settings(model="scripted", db="memory://", tool_protocol="native" if plain else "json",
-                        max_tokens=100_000)  # fmt: skip
+    settings = Settings(
+        model="scripted", db="memory://", tool_protocol="native" if plain else "json", max_tokens=100_000
+    )
     app = create_app(settings, backend=backend, store=the_store)
 
     def set_tps(v: float | None) -> None:
@@ -259,10 +274,19 @@ def serve(args: argparse.Namespace) -> None:
             _tune_gc(args.gc_tune)
     else:
         app = build_tokenrelay(args.serve, tokens, tps, args.store, args.gc_tune, stats, args.str_pieces)
-    http = "httptools" if _importable("httptools") else "h11"
-    loop = "uvloop" if _importable("uvloop") and not args.asyncio_loop else "asyncio"
-    config = uvicorn.Config(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
-                            http=http, loop=loop, backlog=8192, timeout_keep_alive=30)  # fmt: skip
+    http = args.http if args.http != "auto" else ("httptools" if _importable("httptools") else "h11")
+    loop = args.loop
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        http=http,
+        loop=loop,
+        backlog=8192,
+        timeout_keep_alive=30,
+    )
     uvicorn.Server(config).run()
 
 
@@ -294,7 +318,9 @@ class LoadResult:
 class _Stream(asyncio.Protocol):
     """One streamed request on a raw socket: chunked decoding + SSE frames, minimal."""
 
-    def __init__(self, req: bytes, tr: bool, expected: str, res: LoadResult, t0: float, done: Callable[[], None]):
+    def __init__(
+        self, req: bytes, tr: bool, expected: str, res: LoadResult, t0: float, done: Callable[[], None]
+    ):
         self.req, self.tr, self.expected, self.res, self.t0, self.done_cb = req, tr, expected, res, t0, done
         self.raw = bytearray()
         self.body = bytearray()
@@ -408,8 +434,11 @@ class _Stream(asyncio.Protocol):
 
 async def http_simple(port: int, method: str, path: str, body: bytes = b"") -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
-                 "Connection: close\r\n\r\n".encode() + body)  # fmt: skip
+    writer.write(
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n".encode()
+        + body
+    )
     data = await reader.read()
     writer.close()
     return data.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in data else b""
@@ -455,8 +484,10 @@ async def run_load(port: int, pid: int, case: Case, expected: str, rss_base: int
     tr = case.mode != "bare"
     path = "/chat/events" if tr else "/stream"
     body = b'{"text":"Tell me about the weather."}'
-    req = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-           f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
+    req = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     res = LoadResult(n=case.streams * case.sequential)
     all_done = loop.create_future()
     peak = [rss_base]
@@ -466,7 +497,7 @@ async def run_load(port: int, pid: int, case: Case, expected: str, rss_base: int
         while not stop_sampling.is_set():
             with contextlib.suppress(OSError):
                 peak[0] = max(peak[0], rss_kb(pid))
-            with contextlib.suppress(asyncio.TimeoutError):
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop_sampling.wait(), 0.1)
 
     def one_done() -> None:
@@ -508,7 +539,7 @@ async def run_load(port: int, pid: int, case: Case, expected: str, rss_base: int
         per_stream = case.tokens / case.tps if case.tps else 5.0
         try:
             await asyncio.wait_for(all_done, case.ramp_s + per_stream * 3 + 30)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             res.errors["timeout"] += res.n - res.done_count
     (cpu1, rq1), c1, w1 = server_cpu_s(pid), os.times(), time.monotonic()
     stop_sampling.set()
@@ -550,14 +581,31 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, case: Case, token_size: int, store: str, asyncio_loop: bool, str_pieces: bool = False) -> None:
+    def __init__(self, case: Case, args: argparse.Namespace) -> None:
         self.port = _free_port()
-        cmd = [sys.executable, os.path.abspath(__file__), "--serve", case.mode, "--port", str(self.port),
-               "--tokens", str(case.tokens), "--token-size", str(token_size), "--tps", str(case.tps or 0),
-               "--gc-tune", case.gc_tune, "--store", store]  # fmt: skip
-        if asyncio_loop:
-            cmd.append("--asyncio-loop")
-        if str_pieces:
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--serve",
+            case.mode,
+            "--port",
+            str(self.port),
+            "--tokens",
+            str(case.tokens),
+            "--token-size",
+            str(args.token_size),
+            "--tps",
+            str(case.tps or 0),
+            "--gc-tune",
+            case.gc_tune,
+            "--store",
+            args.store,
+            "--loop",
+            args.loop,
+            "--http",
+            args.http,
+        ]
+        if args.str_pieces:
             cmd.append("--str-pieces")
         self.proc = subprocess.Popen(cmd)
 
@@ -583,7 +631,7 @@ class Server:
 
 
 async def run_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
-    server = Server(case, args.token_size, args.store, args.asyncio_loop, args.str_pieces)
+    server = Server(case, args)
     try:
         await server.wait_ready()
         expected = "".join(make_tokens(case.tokens, args.token_size))
@@ -614,7 +662,9 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-async def scenario_runs(name: str, cases: dict[str, Case], repeats: int, args: argparse.Namespace) -> dict[str, Any]:
+async def scenario_runs(
+    name: str, cases: dict[str, Case], repeats: int, args: argparse.Namespace
+) -> dict[str, Any]:
     rows: dict[str, list[dict[str, Any]]] = {label: [] for label in cases}
     labels = list(cases)
     for r in range(repeats):
@@ -622,27 +672,34 @@ async def scenario_runs(name: str, cases: dict[str, Case], repeats: int, args: a
         for label in order:
             out = await run_case(cases[label], args)
             rows[label].append(out)
-            _log(f"  {name:8} {label:22} rep {r + 1}: {out['cpu_us_tok']:.1f} us/tok  p99 gap {out['gap_p99']:.1f} "
-                 f"ms  p99 ttft {out['ttft_p99']:.1f} ms  err {out['errors']} mism {out['mismatches']} "
-                 f"client {out['client_cpu_pct']:.0f}%  server {out['server_cpu_pct']:.0f}% "
-                 f"rq wait {out['server_rqwait_pct']:.0f}%  gc>5ms {out['gc']['over5ms']} "
-                 f"gc2 max {out['gc']['max_ms'][2]:.1f} ms")  # fmt: skip
+            _log(
+                f"  {name:8} {label:22} rep {r + 1}: {out['cpu_us_tok']:.1f} us/tok  "
+                f"p99 gap {out['gap_p99']:.1f} "
+                f"ms  p99 ttft {out['ttft_p99']:.1f} ms  err {out['errors']} mism {out['mismatches']} "
+                f"client {out['client_cpu_pct']:.0f}%  server {out['server_cpu_pct']:.0f}% "
+                f"rq wait {out['server_rqwait_pct']:.0f}%  gc>5ms {out['gc']['over5ms']} "
+                f"gc2 max {out['gc']['max_ms'][2]:.1f} ms"
+            )
     return rows
 
 
-async def capacity(mode: str, levels: list[int], tokens: int, gc_tune: str, args: argparse.Namespace) -> tuple[int, list[str]]:
+async def capacity(
+    mode: str, levels: list[int], tokens: int, gc_tune: str, args: argparse.Namespace
+) -> tuple[int, list[str]]:
     held = 0
     notes: list[str] = []
     for level in levels:
         ok = False
-        for attempt in range(1 + args.capacity_retries):
+        for _attempt in range(1 + args.capacity_retries):
             case = Case(mode, tokens, 20.0, level, max(1.0, level / 1000), gc_tune=gc_tune)
             out = await run_case(case, args)
             good = out["gap_p99"] <= 75 and out["errors"] == 0 and out["mismatches"] == 0
-            notes.append(f"{level}: p99 gap {out['gap_p99']:.0f} ms, p99 ttft {out['ttft_p99']:.0f} ms, "
-                         f"err {out['errors']}, client {out['client_cpu_pct']:.0f}%, "
-                         f"server {out['server_cpu_pct']:.0f}% (+{out['server_rqwait_pct']:.0f}% waiting for a CPU)"
-                         f"{'' if good else ' FAIL'}")  # fmt: skip
+            notes.append(
+                f"{level}: p99 gap {out['gap_p99']:.0f} ms, p99 ttft {out['ttft_p99']:.0f} ms, "
+                f"err {out['errors']}, client {out['client_cpu_pct']:.0f}%, "
+                f"server {out['server_cpu_pct']:.0f}% (+{out['server_rqwait_pct']:.0f}% waiting for a CPU)"
+                f"{'' if good else ' FAIL'}"
+            )
             _log(f"  capacity {mode}{'+gc' if gc_tune != 'off' else ''} {notes[-1]}")
             if good:
                 ok = True
@@ -664,20 +721,50 @@ async def main_async(args: argparse.Namespace) -> None:
     gc_label = "tokenrelay-json+gc"
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     table: list[list[str]] = []
-    hdr = ["scenario", "server", "CPU us/tok", "x bare", "gap p50", "gap p99", "TTFT p99", "err", "mism",
-           "KB/stream", "frames/stream", "client CPU", "srv CPU", "srv rq wait", "GC>5ms"]  # fmt: skip
+    hdr = [
+        "scenario",
+        "server",
+        "CPU us/tok",
+        "x bare",
+        "gap p50",
+        "gap p99",
+        "TTFT p99",
+        "err",
+        "mism",
+        "KB/stream",
+        "frames/stream",
+        "client CPU",
+        "srv CPU",
+        "srv rq wait",
+        "GC>5ms",
+        "streams/core",
+    ]
     t_start = time.monotonic()
 
-    def add_rows(name: str, rows: dict[str, list[dict[str, Any]]]) -> None:
+    def add_rows(name: str, rows: dict[str, list[dict[str, Any]]], paced: bool = True) -> None:
         bare = _med(rows["bare"], "cpu_us_tok") if "bare" in rows else float("nan")
         for label, rs in rows.items():
             cpu = _med(rs, "cpu_us_tok")
-            table.append([name, label, _fmt(cpu), _fmt(cpu / bare, ".2f"), _fmt(_med(rs, "gap_p50")),
-                          _fmt(_med(rs, "gap_p99")), _fmt(_med(rs, "ttft_p99")), str(sum(r["errors"] for r in rs)),
-                          str(sum(r["mismatches"] for r in rs)), _fmt(_med(rs, "rss_kb_stream"), ".0f"),
-                          _fmt(_med(rs, "frames_per_stream"), ".0f"), _fmt(_med(rs, "client_cpu_pct"), ".0f") + "%",
-                          _fmt(_med(rs, "server_cpu_pct"), ".0f") + "%", _fmt(_med(rs, "server_rqwait_pct"), ".0f") + "%",
-                          str(int(_med(rs, "gc_over5")))])  # fmt: skip
+            table.append(
+                [
+                    name,
+                    label,
+                    _fmt(cpu),
+                    _fmt(cpu / bare, ".2f"),
+                    _fmt(_med(rs, "gap_p50")),
+                    _fmt(_med(rs, "gap_p99")),
+                    _fmt(_med(rs, "ttft_p99")),
+                    str(sum(r["errors"] for r in rs)),
+                    str(sum(r["mismatches"] for r in rs)),
+                    _fmt(_med(rs, "rss_kb_stream"), ".0f"),
+                    _fmt(_med(rs, "frames_per_stream"), ".0f"),
+                    _fmt(_med(rs, "client_cpu_pct"), ".0f") + "%",
+                    _fmt(_med(rs, "server_cpu_pct"), ".0f") + "%",
+                    _fmt(_med(rs, "server_rqwait_pct"), ".0f") + "%",
+                    str(int(_med(rs, "gc_over5"))),
+                    _fmt(1e6 / (cpu * 20), ".0f") if paced else "-",
+                ]
+            )
 
     def with_gc(rows: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
         for rs in rows.values():
@@ -687,21 +774,26 @@ async def main_async(args: argparse.Namespace) -> None:
 
     n_single = args.single_tokens
     if "single" in scenarios:
-        _log(f"single stream, {n_single} tokens as fast as possible ({args.fast}), x{args.single_seq} sequential")
+        _log(
+            f"single stream, {n_single} tokens as fast as possible ({args.fast}), "
+            f"x{args.single_seq} sequential"
+        )
         tps = FAST_TPS if args.fast == "yield" else None
         cases = {m: Case(m, n_single, tps, 1, 0, sequential=args.single_seq) for m in modes}
         results["single"] = with_gc(await scenario_runs("single", cases, args.repeats, args))
-        add_rows(f"1 x {n_single} fast", results["single"])
+        add_rows(f"1 x {n_single} fast", results["single"], paced=False)
     if "s200" in scenarios:
         _log(f"200 streams x 20 tok/s x {args.tokens} tokens")
         cases = {m: Case(m, args.tokens, 20.0, 200, args.ramp) for m in modes}
         results["s200"] = with_gc(await scenario_runs("s200", cases, args.repeats, args))
-        add_rows(f"200 x 20/s", results["s200"])
+        add_rows("200 x 20/s", results["s200"])
     if "s1000" in scenarios:
         _log(f"{args.streams} streams x 20 tok/s x {args.tokens} tokens")
         cases = {m: Case(m, args.tokens, 20.0, args.streams, args.ramp) for m in modes}
         if args.gc_tune and "tokenrelay-json" in modes:
-            cases[gc_label] = Case("tokenrelay-json", args.tokens, 20.0, args.streams, args.ramp, gc_tune="both")
+            cases[gc_label] = Case(
+                "tokenrelay-json", args.tokens, 20.0, args.streams, args.ramp, gc_tune="both"
+            )
         results["s1000"] = with_gc(await scenario_runs("s1000", cases, args.repeats_1000, args))
         add_rows(f"{args.streams} x 20/s", results["s1000"])
     cap: dict[str, tuple[int, list[str]]] = {}
@@ -718,19 +810,30 @@ async def main_async(args: argparse.Namespace) -> None:
     import platform
 
     print()
-    print(f"bench_server: python {platform.python_version()}, uvicorn http="
-          f"{'httptools' if _importable('httptools') else 'h11'}, loop="
-          f"{'uvloop' if _importable('uvloop') and not args.asyncio_loop else 'asyncio'} (server and client), "
-          f"store={args.store}, token_size={args.token_size} chars, server pinned to CPU {SERVER_CPU}, "
-          f"load generator to CPU {CLIENT_CPU} ({args.ncpu} CPUs); "
-          f"ramp {args.ramp:g} s; medians of {args.repeats} (single, 200) / {args.repeats_1000} (1000) runs; "
-          f"{time.monotonic() - t_start:.0f} s")  # fmt: skip
+    http = args.http if args.http != "auto" else ("httptools" if _importable("httptools") else "h11")
+    print(
+        f"bench_server: python {platform.python_version()}, uvicorn http={http}, server loop={args.loop}, "
+        f"client loop={'uvloop' if _importable('uvloop') else 'asyncio'}, "
+        f"store={args.store}, token_size={args.token_size} chars, server pinned to CPU {SERVER_CPU}, "
+        f"load generator to CPU {CLIENT_CPU} ({args.ncpu} CPUs); "
+        f"ramp {args.ramp:g} s; medians of {args.repeats} (single, 200) / {args.repeats_1000} (1000) runs; "
+        f"{time.monotonic() - t_start:.0f} s"
+    )
     widths = [max(len(r[i]) for r in [hdr, *table]) for i in range(len(hdr))]
-    line = lambda r: "  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+
+    def line(r: list[str]) -> str:
+        cells = (c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        return "  ".join(cells)
+
     print(line(hdr))
     print("  ".join("-" * w for w in widths))
     for r in table:
         print(line(r))
+    print(
+        "(gap/TTFT in ms; KB/stream = server RSS growth per in-flight stream; srv rq wait = time the server "
+        "was runnable but waiting for its CPU (other processes); streams/core = 20 tok/s streams that one "
+        "core could carry at this CPU/token)"
+    )
     if cap:
         print()
         print("capacity (concurrent 20 tok/s streams with p99 gap <= 75 ms, no errors, no mismatches):")
@@ -759,18 +862,32 @@ async def main_async(args: argparse.Namespace) -> None:
             kb = _med(rs, "rss_kb_stream")
             print(f"  {verdict(g <= 55)} {args.streams} x 20/s p99 gap <= 55 ms, {m}: {g:.1f} ms")
             print(f"  {verdict(t <= 100)} {args.streams} x 20/s p99 TTFT <= 100 ms, {m}: {t:.1f} ms")
-            print(f"  {verdict(e == 0 and mm == 0)} {args.streams} x 20/s zero errors/mismatches, {m}: {e}/{mm}")
+            print(
+                f"  {verdict(e == 0 and mm == 0)} {args.streams} x 20/s zero errors/mismatches, {m}: {e}/{mm}"
+            )
             if args.tokens == 200:
-                print(f"  {verdict(kb <= 50)} RSS <= 50 KB/stream at {args.streams} x 200 tokens, {m}: {kb:.0f} KB "
-                      f"(bare {_med(results['s1000']['bare'], 'rss_kb_stream'):.0f} KB)" if "bare" in results["s1000"]
-                      else f"  {verdict(kb <= 50)} RSS <= 50 KB/stream, {m}: {kb:.0f} KB")  # fmt: skip
+                print(
+                    f"  {verdict(kb <= 50)} RSS <= 50 KB/stream at {args.streams} x 200 tokens, {m}: "
+                    f"{kb:.0f} KB "
+                    f"(bare {_med(results['s1000']['bare'], 'rss_kb_stream'):.0f} KB)"
+                    if "bare" in results["s1000"]
+                    else f"  {verdict(kb <= 50)} RSS <= 50 KB/stream, {m}: {kb:.0f} KB"
+                )
     for m, (held, _) in cap.items():
         if m != "bare":
-            print(f"  {verdict(held >= 2500)} capacity >= 2,500 streams at p99 gap <= 75 ms, {m}: {held}"
-                  f"{' (bare: %d)' % cap['bare'][0] if 'bare' in cap else ''}")  # fmt: skip
+            bare_held = f" (bare: {cap['bare'][0]})" if "bare" in cap else ""
+            print(
+                f"  {verdict(held >= 2500)} capacity >= 2,500 streams at p99 gap <= 75 ms, {m}: "
+                f"{held}{bare_held}"
+            )
     if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump({"results": results, "capacity": cap}, f, default=str, indent=1)
+        dump = json.dumps({"results": results, "capacity": cap}, default=str, indent=1)
+        await asyncio.to_thread(_write, args.json_out, dump)
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def main() -> None:
@@ -778,7 +895,9 @@ def main() -> None:
     p.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--tps", type=float, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--quick", action="store_true", help="a quick run (< 2 min): fewer repeats and tokens, no capacity")
+    p.add_argument(
+        "--quick", action="store_true", help="a quick run (< 2 min): fewer repeats and tokens, no capacity"
+    )
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="of " + ",".join(SCENARIOS))
     p.add_argument("--modes", default=",".join(MODES), help="of " + ",".join(MODES))
     p.add_argument("--repeats", type=int, default=3, help="runs per case of single and s200 (median shown)")
@@ -786,25 +905,54 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=200, help="tokens per stream in s200/s1000")
     p.add_argument("--token-size", type=int, default=4, help="characters per token")
     p.add_argument("--single-tokens", type=int, default=4000)
-    p.add_argument("--single-seq", type=int, default=5, help="sequential streams per single-stream measurement")
-    p.add_argument("--fast", choices=("yield", "burst"), default="yield",
-                   help="single stream: 'yield' = one event-loop turn per token, like a real backend (tps 1e9); "
-                        "'burst' = tokens_per_second=None (no await between tokens)")  # fmt: skip
+    p.add_argument(
+        "--single-seq", type=int, default=5, help="sequential streams per single-stream measurement"
+    )
+    p.add_argument(
+        "--fast",
+        choices=("yield", "burst"),
+        default="yield",
+        help="single stream: 'yield' = one event-loop turn per token, like a real backend (tps 1e9); "
+        "'burst' = tokens_per_second=None (no await between tokens)",
+    )
     p.add_argument("--streams", type=int, default=1000, help="streams of the s1000 scenario")
     p.add_argument("--ramp", type=float, default=1.0, help="seconds over which streams are started")
     p.add_argument("--capacity-levels", default="500,1000,1500,2000,2500,3000")
     p.add_argument("--capacity-modes", default="bare,tokenrelay-json")
     p.add_argument("--capacity-tokens", type=int, default=100)
-    p.add_argument("--capacity-retries", type=int, default=1, help="retries of a failing level (noisy machine)")
-    p.add_argument("--gc-tune", nargs="?", const="both", default="off",
-                   choices=("off", "freeze", "threshold", "both"),
-                   help="with --serve: tune gc in the server; else: also run tokenrelay-json with gc.freeze() "
-                        "after startup + gen0 threshold 50,000 (s1000 and capacity)")  # fmt: skip
+    p.add_argument(
+        "--capacity-retries", type=int, default=1, help="retries of a failing level (noisy machine)"
+    )
+    p.add_argument(
+        "--gc-tune",
+        nargs="?",
+        const="both",
+        default="off",
+        choices=("off", "freeze", "threshold", "both"),
+        help="with --serve: tune gc in the server; else: also run tokenrelay-json with gc.freeze() "
+        "after startup + gen0 threshold 50,000 (s1000 and capacity)",
+    )
     p.add_argument("--store", choices=("memory", "sqlite"), default="memory")
-    p.add_argument("--str-pieces", action="store_true",
-                   help="ScriptedBackend replies as str pieces (it then allocates a TextChunk per token) instead "
-                        "of prebuilt TextChunks")  # fmt: skip
-    p.add_argument("--asyncio-loop", action="store_true", help="plain asyncio loop even if uvloop is importable")
+    p.add_argument(
+        "--str-pieces",
+        action="store_true",
+        help="ScriptedBackend replies as str pieces (it then allocates a TextChunk per token) instead "
+        "of prebuilt TextChunks",
+    )
+    p.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the server's event loop (asyncio: tokenrelay's dependencies do not include uvloop; with "
+        "uvloop, new connections waited seconds for their first byte under 1,000 ramped streams, "
+        "bare included)",
+    )
+    p.add_argument(
+        "--http",
+        choices=("auto", "httptools", "h11"),
+        default="auto",
+        help="the server's HTTP parser (auto: httptools when importable)",
+    )
     p.add_argument("--json-out", help="also write raw results here")
     args = p.parse_args()
     if args.serve:
@@ -813,8 +961,11 @@ def main() -> None:
     if args.quick:
         args.repeats, args.repeats_1000 = 1, 1
         args.single_tokens, args.single_seq = 2000, 3
-        args.scenarios = ",".join(s for s in args.scenarios.split(",") if s != "capacity") if "--scenarios" not in \
-            sys.argv else args.scenarios  # fmt: skip
+        args.scenarios = (
+            ",".join(s for s in args.scenarios.split(",") if s != "capacity")
+            if "--scenarios" not in sys.argv
+            else args.scenarios
+        )
     args.gc_tune = args.gc_tune != "off"
     args.ncpu = len(os.sched_getaffinity(0))
     _pin(CLIENT_CPU)

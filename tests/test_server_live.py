@@ -145,6 +145,24 @@ def test_a_client_disconnect_stops_generation_and_keeps_the_partial_turn(
         assert stored["answer"] != full
 
 
+NON_STREAMING = {
+    "/chat": {"text": "count", "stream": False},
+    "/v1/chat/completions": {"messages": [{"role": "user", "content": "count"}]},
+}
+
+
+@pytest.mark.parametrize("path", list(NON_STREAMING))
+def test_a_client_leaving_a_non_streaming_request_stops_generation(
+    serve: Callable[..., LiveServer], path: str
+) -> None:
+    words = [f"w{i} " for i in range(80)]
+    backend = ScriptedBackend([paced_reply(words)], tokens_per_second=40)  # ~2 s
+    server = serve(backend)
+    with httpx.Client(timeout=0.4) as http, pytest.raises(httpx.TimeoutException):
+        http.post(server.url + path, json=NON_STREAMING[path])  # the client gives up, closing the socket
+    assert wait_until(lambda: backend.calls[-1].abandoned, timeout=1.0), "generation did not stop within 1 s"
+
+
 @pytest.mark.anyio
 async def test_closing_the_async_client_stops_generation(serve: Callable[..., LiveServer]) -> None:
     backend = ScriptedBackend([paced_reply([f"w{i} " for i in range(400)])], tokens_per_second=40)
@@ -279,7 +297,7 @@ def test_the_tutorial_client_breaks_on_japanese_and_our_client_is_the_fix(
         session.get(server.url + "/chat", stream=True, json={"text": "こんにちは"}) as r,
     ):
         assert r.encoding == "utf-8"
-        assert "".join(r.iter_content(decode_unicode=True)) == JAPANESE
+        assert "".join(str(piece) for piece in r.iter_content(decode_unicode=True)) == JAPANESE
 
     pieces = list(stream_text(server.url, "こんにちは"))
     assert "".join(pieces) == JAPANESE

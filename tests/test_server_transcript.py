@@ -81,6 +81,11 @@ def error_message(response: httpx.Response) -> str:
 
 
 @pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     """`serve(backend, **settings)` starts a server; all are stopped at the end of the test."""
     servers: list[LiveServer] = []
@@ -269,11 +274,12 @@ def test_mode_full_adds_reasoning_deltas(serve: Callable[..., LiveServer], http:
     server = serve()
     plain = events_of(http.post(server.url + "/chat/events", json={"text": "q"}).text)
     assert "reasoning_delta" not in {n for _, n, _ in plain}
-    for request in (
-        {"url": server.url + "/chat/events?mode=full", "json": {"text": "q"}},
-        {"url": server.url + "/chat/events", "json": {"text": "q", "mode": "full"}},
-    ):
-        full = events_of(http.post(**request).text)
+    requests_: list[tuple[str, dict[str, Any]]] = [
+        ("/chat/events?mode=full", {"text": "q"}),
+        ("/chat/events", {"text": "q", "mode": "full"}),
+    ]
+    for path, body in requests_:
+        full = events_of(http.post(server.url + path, json=body).text)
         reasoning = "".join(d["text"] for _, n, d in full if n == "reasoning_delta")
         assert reasoning == final(ANSWER)  # the raw model output
         assert "".join(d["text"] for _, n, d in full if n == "answer_delta") == ANSWER
@@ -416,8 +422,8 @@ def test_a_mid_stream_backend_failure_never_looks_complete(
     with requests.post(server.url + "/chat", json={"text": "q"}, stream=True, timeout=30) as r:
         received = b""
         with pytest.raises(requests.exceptions.ChunkedEncodingError):
-            for chunk in r.iter_content(chunk_size=None):
-                received += chunk
+            for piece in r.iter_content(chunk_size=None):
+                received += piece
     assert received.decode("utf-8") == partial
 
     # stream:false: an error status with the message and the partial answer
@@ -494,6 +500,7 @@ def test_cancel_by_run_id(serve: Callable[..., LiveServer], http: httpx.Client) 
 
 
 # --------------------------------------------------------------------------- bad input
+
 
 def _chunks(data: bytes) -> list[bytes]:
     """Sent as a generator, so with `Transfer-Encoding: chunked` and no Content-Length."""
@@ -647,6 +654,18 @@ def test_api_keys(serve: Callable[..., LiveServer], http: httpx.Client) -> None:
     assert http.post(url + f"/runs/{run_id}/cancel", headers=k1).status_code == 202
     assert http.get(url + f"/runs/{run_id}/events", headers=k1).status_code == 200
     assert http.delete(url + f"/sessions/{session_id}", headers=k1).status_code == 204
+
+
+def test_health_counts_the_active_runs_of_every_key(
+    serve: Callable[..., LiveServer], http: httpx.Client
+) -> None:
+    reply = ['{"action": "Final Answer", "action_input": "', "slow", '"}']
+    server = serve(ScriptedBackend([reply], tokens_per_second=2), api_keys=frozenset({"k1"}))
+    with http.stream(
+        "POST", server.url + "/chat/events", json={"text": "q"}, headers={"X-API-Key": "k1"}
+    ) as r:
+        next(r.iter_raw())  # the run has started
+        assert http.get(server.url + "/health").json()["active_runs"] == 1
 
 
 def test_the_bundled_client_takes_the_key_from_the_environment(

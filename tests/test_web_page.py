@@ -59,14 +59,15 @@ def final(text: str) -> str:
 STREAMED = "Streaming works: " + " ".join(f"word{i}" for i in range(40)) + "."
 FLOWCHART = "flowchart TD\n    A[Request] --> B[Agent]\n    B --> C[Answer]"
 LIVE_DIAGRAM = (
-    "Here is the flow:\n\n```mermaid\n" + FLOWCHART + "\n```\n\n" + "The diagram above is drawn. " * 14
+    "Here is the flow:\n\n```mermaid\n" + FLOWCHART + "\n```\n\n" + "The diagram above is drawn. " * 40
 )
 # the seed's own flowchart label, which Mermaid cannot parse
 BAD_DIAGRAM_SOURCE = "flowchart TD A -->|callbacks=[Callback]]| G"
 BAD_DIAGRAM = "Before.\n\n```mermaid\n" + BAD_DIAGRAM_SOURCE + "\n```\n\nAfter the diagram."
 XSS = (
     'Careful: <img src=x onerror="window.__xss=1"> and <script>window.__xss=2</script> '
-    "and [a link](javascript:window.__xss=3) stay inert."
+    "and [a link](javascript:window.__xss=3) and <b data-testid=retry data-i18n=send>a fake button</b> "
+    "stay inert."
 )
 SEQUENCE = """sequenceDiagram
     participant ユーザー
@@ -90,6 +91,15 @@ SEQUENCE_ANSWER = (
     "- **フロントエンド**は `fetch` とストリームリーダーでトークンを受け取り、その場で表示します。\n"
     "- **バックエンド**は LLM の出力をトークンごとに SSE で転送します。"
 )
+# the seed's request for this diagram, and a stand-in for the tutorial it was asked about
+SEED_QUESTION = (
+    "処理フローをmermaidでシーケンス図にしてください。"
+    "participantは、ユーザー、フロントエンド、バックエンド、LLMとしてください。"
+)
+SEED_DOCUMENT = (
+    "# LLMの応答をストリーミングする\n\n"
+    "FastAPIのStreamingResponseとコールバックで、LLMが生成したトークンを逐次ブラウザへ返す。\n"
+)
 LONG = "This answer is long and slow, so there is time to stop it. " * 8
 
 #: question keyword -> the model's reply
@@ -98,7 +108,8 @@ SCRIPT: dict[str, str] = {
     "live diagram": final(LIVE_DIAGRAM),
     "broken diagram": final(BAD_DIAGRAM),
     "inject": final(XSS),
-    "sequence": final(SEQUENCE_ANSWER),
+    "シーケンス図": final(SEQUENCE_ANSWER),
+    "sequence diagram": final(SEQUENCE_ANSWER),
     "slow": final(LONG),
     "calculate": json.dumps({"action": "Calculator", "action_input": "2+2"}),
 }
@@ -196,9 +207,15 @@ PageFactory = Callable[..., Page]
 
 @pytest.fixture
 def open_page(browser: Browser, server: LiveServer) -> Iterator[PageFactory]:
-    """Open the page in a fresh browser context; uncaught page errors fail the test."""
+    """Open the page in a fresh browser context. Uncaught page errors fail the test, and so
+    does any request to another host (the page must work offline: nothing from a CDN)."""
     contexts = []
     errors: list[str] = []
+    foreign: list[str] = []
+
+    def check_host(request: Any) -> None:
+        if not request.url.startswith((server.url + "/", "data:", "blob:")):
+            foreign.append(request.url)
 
     def open_(*, locale: str = "en-US", url: str | None = None, **options: Any) -> Page:
         context = browser.new_context(locale=locale, viewport={"width": 1280, "height": 860}, **options)
@@ -206,6 +223,7 @@ def open_page(browser: Browser, server: LiveServer) -> Iterator[PageFactory]:
         contexts.append(context)
         page = context.new_page()
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("request", check_host)
         page.goto(url or server.url)
         expect(page.locator("body[data-ready='1']")).to_have_count(1)
         return page
@@ -214,6 +232,7 @@ def open_page(browser: Browser, server: LiveServer) -> Iterator[PageFactory]:
     for context in contexts:
         context.close()
     assert not errors, errors
+    assert not foreign, foreign
 
 
 def ask(page: Page, text: str) -> None:
@@ -236,7 +255,7 @@ def last_answer(page: Page) -> Any:
 def test_answer_grows_in_the_dom_before_the_run_ends(
     open_page: PageFactory, backend: ScriptedBackend
 ) -> None:
-    backend.tokens_per_second = 60
+    backend.tokens_per_second = 40
     page = open_page()
     ask(page, "stream please")
     answer = last_answer(page)
@@ -278,19 +297,67 @@ def test_tool_call_is_a_step_and_reasoning_is_hidden(open_page: PageFactory) -> 
 def test_mermaid_block_becomes_a_diagram_once_it_closes(
     open_page: PageFactory, backend: ScriptedBackend
 ) -> None:
-    backend.tokens_per_second = 30  # the text after the block takes ~3 s to stream
+    backend.tokens_per_second = 30  # the text after the block takes ~10 s: we stop it earlier
     page = open_page()
     ask(page, "live diagram")
-    svg = last_answer(page).locator(".mermaid-block svg")
+    answer = last_answer(page)
+    svg = answer.locator(".mermaid-block svg")
     expect(svg).to_have_count(1)
     assert page.get_by_test_id("stop-button").is_visible(), "drawn only after the run ended"
+    expect(svg.get_by_text("Agent").first).to_be_visible()
     node = svg.element_handle()
+    text = answer.inner_text()
+    expect(answer).not_to_have_text(text)  # the answer goes on streaming below the diagram
+    page.get_by_test_id("stop-button").click()
     wait_for_end(page)
-    # the drawn diagram was not re-created by later renders of the streaming answer
+    # the drawn diagram was not re-created by the later renders of the streaming answer
     assert node.evaluate("n => n.isConnected")
     expect(svg).to_have_count(1)
-    expect(svg.locator("text", has_text="Agent").or_(svg.get_by_text("Agent"))).not_to_have_count(0)
-    expect(last_answer(page)).to_contain_text("The diagram above is drawn.")
+    expect(answer).to_contain_text("The diagram above is drawn.")
+
+
+RENDER_STEPS = """async (texts) => {
+  const { markdownView, renderMarkdown } = await import("/static/markdown.js");
+  const el = document.createElement("div");
+  const view = markdownView(el);
+  const [openCode, openDiagram, closedDiagram, shrunk] = texts;
+  const out = {};
+  renderMarkdown(view, openCode, false);
+  const intro = el.firstChild;
+  out.openCode = el.querySelector("pre code")?.textContent;
+  renderMarkdown(view, openDiagram, false);
+  out.introKept = el.firstChild === intro;
+  out.openDiagram = el.querySelector(".mermaid-block")?.dataset.closed;
+  out.openSource = el.querySelector(".mermaid-source")?.textContent;
+  renderMarkdown(view, closedDiagram, false);
+  out.closedDiagram = el.querySelector(".mermaid-block")?.dataset.closed;
+  renderMarkdown(view, shrunk, true);
+  out.blocksAfterShrink = el.children.length;
+  out.introStill = el.firstChild === intro;
+  return out;
+}"""
+
+
+def test_streaming_markdown_renders_unfinished_blocks_and_keeps_finished_ones(open_page: PageFactory) -> None:
+    intro = "Intro paragraph.\n\n"
+    code = "```python\nprint(1)"
+    diagram = "```mermaid\nflowchart TD\n  A-->B"
+    texts = [
+        intro + code,
+        intro + code + "\n```\n\n" + diagram,
+        intro + code + "\n```\n\n" + diagram + "\n```",
+        intro,
+    ]
+    out = open_page().evaluate(RENDER_STEPS, texts)
+    assert out == {
+        "openCode": "print(1)\n",  # an unfinished fence is already a code block
+        "introKept": True,  # a finished block keeps its DOM node: no flicker
+        "openDiagram": "0",  # an unfinished mermaid block is shown as source, not drawn
+        "openSource": "flowchart TD\n  A-->B",
+        "closedDiagram": "1",
+        "blocksAfterShrink": 1,
+        "introStill": True,
+    }
 
 
 def test_invalid_mermaid_shows_the_error_and_the_source(open_page: PageFactory) -> None:
@@ -319,6 +386,7 @@ def test_html_in_an_answer_stays_inert(open_page: PageFactory, csp: bool) -> Non
     assert answer.locator("script").count() == 0
     assert answer.locator("[onerror]").count() == 0
     assert answer.locator("a[href^='javascript']").count() == 0
+    assert answer.locator("[data-testid], [data-i18n]").count() == 0  # the page's hooks stay its own
     assert page.evaluate("[...document.scripts].every(s => !s.textContent.includes('__xss'))")
 
 
@@ -353,6 +421,51 @@ def test_closing_the_page_cancels_the_run(open_page: PageFactory, backend: Scrip
     call = backend.calls[-1]
     page.close(run_before_unload=True)
     assert wait_until(lambda: call.abandoned, timeout=5), "the model kept generating"
+
+
+def test_reopening_a_chat_follows_its_running_answer(
+    open_page: PageFactory, backend: ScriptedBackend
+) -> None:
+    backend.tokens_per_second = 10
+    first = open_page()
+    ask(first, "slow, in another window")
+    expect(last_answer(first)).not_to_be_empty()
+    call = backend.calls[-1]
+    second = open_page()
+    second.get_by_test_id("session-item").filter(has_text="slow, in another window").first.click()
+    answer = last_answer(second)
+    expect(answer).to_contain_text("This answer is long")  # replayed from the run's first event
+    before = len(answer.inner_text())
+    expect(answer).not_to_have_text(answer.inner_text())  # and still growing
+    assert len(answer.inner_text()) > before
+    second.get_by_test_id("stop-button").click()
+    assert wait_until(lambda: call.abandoned, timeout=5)
+    wait_for_end(second)
+    wait_for_end(first)
+    expect(first.get_by_test_id("error-box")).to_contain_text("stopped before it was complete")
+    expect(first.get_by_test_id("retry")).to_be_visible()
+
+
+def test_an_attached_notebook_is_the_context(open_page: PageFactory, backend: ScriptedBackend) -> None:
+    notebook = {
+        "cells": [
+            {"cell_type": "markdown", "source": ["# Token streaming\n"]},
+            {"cell_type": "code", "source": ["async for token in agent.run(q):\n", "    print(token)"]},
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    page = open_page()
+    page.get_by_test_id("attach-input").set_input_files(
+        {"name": "demo.ipynb", "mimeType": "application/json", "buffer": json.dumps(notebook).encode()}
+    )
+    expect(page.get_by_test_id("document-name")).to_contain_text("Document: demo.ipynb")
+    ask(page, "what does the notebook do")
+    wait_for_end(page)
+    system = backend.calls[-1].messages[0].content
+    assert "# Token streaming" in system
+    assert "async for token in agent.run(q):" in system
 
 
 def test_sessions_reopen_with_their_history(open_page: PageFactory) -> None:
@@ -505,16 +618,20 @@ def test_api_key_is_asked_for_and_used(browser: Browser, tmp_path: Path) -> None
 # -- the README's picture --------------------------------------------------------------------------
 
 
-def test_screenshot_of_an_answer_with_a_sequence_diagram(open_page: PageFactory, tmp_path: Path) -> None:
+def test_screenshot_of_an_answer_with_a_sequence_diagram(
+    open_page: PageFactory, backend: ScriptedBackend, tmp_path: Path
+) -> None:
+    backend.tokens_per_second = 400
     write_docs = os.environ.get("TOKENRELAY_WRITE_SCREENSHOTS") == "1"
     out = ROOT / "docs" if write_docs else tmp_path
     out.mkdir(exist_ok=True)
     page = open_page(locale="en-US")
+    page.set_viewport_size({"width": 1280, "height": 1040})
     page.get_by_test_id("attach-input").set_input_files(
-        {"name": "streaming-tutorial.md", "mimeType": "text/markdown", "buffer": b"# Streaming\n"}
+        {"name": "streaming-tutorial.md", "mimeType": "text/markdown", "buffer": SEED_DOCUMENT.encode()}
     )
     expect(page.get_by_test_id("preset-button")).to_have_count(len(DEFAULT_PRESETS))
-    ask(page, "処理フローをmermaidでシーケンス図にしてください (sequence)。")
+    ask(page, SEED_QUESTION)
     wait_for_end(page)
     svg = last_answer(page).locator(".mermaid-block svg")
     expect(svg).to_have_count(1)

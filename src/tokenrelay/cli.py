@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, TextIO
@@ -220,6 +221,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if reconfigure is not None:
             reconfigure(errors="replace")
     args = build_parser().parse_args(argv)
+    session = getattr(args, "session", None)
+    if session is not None and not re.fullmatch(r"[A-Za-z0-9_\-]{1,100}", session):
+        print(
+            "tokenrelay: error: --session takes letters, digits, '-' and '_' (at most 100)", file=sys.stderr
+        )
+        return 2
     try:
         settings = _settings(args) if args.command != "stream" else None
         if args.command == "ask":

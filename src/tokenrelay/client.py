@@ -192,7 +192,7 @@ _LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 class _SSEParser:
-    """Incremental `text/event-stream` parser: bytes in, (event, data, id) out."""
+    """Incremental `text/event-stream` parser: bytes in, (event, data) out; `last_id` is kept."""
 
     def __init__(self) -> None:
         self._utf8 = _Utf8()

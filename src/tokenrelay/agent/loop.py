@@ -87,6 +87,8 @@ class _RunState:
     usage: Usage = field(default_factory=Usage)
     first_token_s: float | None = None
     steps: list[tuple[str, Any, str]] = field(default_factory=list)
+    #: the conversation without agent instructions, for a plain final-answer call
+    plain: list[Message] = field(default_factory=list)
 
     @property
     def answer(self) -> str:
@@ -119,6 +121,7 @@ class Agent:
         verbose: bool = False,
         return_intermediate_steps: bool = False,
         checkpoint_s: float = 1.0,
+        plain_final_answer: bool | None = None,
     ) -> None:
         if max_iterations < 1:
             raise ValueError("max_iterations must be at least 1")
@@ -140,6 +143,12 @@ class Agent:
         self.verbose = verbose
         self.return_intermediate_steps = return_intermediate_steps
         self.checkpoint_s = checkpoint_s
+        # Small embedded models pick actions well under a grammar but write poor prose inside
+        # a JSON string: on such backends the action is decided under the grammar and a final
+        # answer is then written by a second, plain call (streamed as is, still exact).
+        self.plain_final_answer = (
+            backend.enforces_json_schema if plain_final_answer is None else plain_final_answer
+        )
 
     # -- the run -----------------------------------------------------------------------
 
@@ -225,6 +234,8 @@ class Agent:
         given: Sequence[tuple[str, str]],
     ) -> AsyncGenerator[Event, None]:
         messages = self._initial_messages(text, turns, document, given)
+        if self.tool_protocol == "json" and self.plain_final_answer:
+            state.plain = self._plain_messages(text, turns, document, given)
         step = self._json_step if self.tool_protocol == "json" else self._native_step
         for iteration in range(self.max_iterations):
             done = False
@@ -271,12 +282,53 @@ class Agent:
         messages.append(Message.user(text))
         return messages
 
+    def _plain_messages(
+        self, text: str, turns: list[Turn], document: str | None, given: Sequence[tuple[str, str]]
+    ) -> list[Message]:
+        system = self.system_prompt or DEFAULT_SYSTEM
+        if document:
+            system += "\n\nDOCUMENT - the user attached this document; answer from it:\n" + document
+        messages = [Message.system(system)]
+        for user_text, answer in given:
+            messages += [Message.user(user_text), Message.assistant(answer)]
+        for turn in turns:
+            if turn.status != "running" and turn.answer:
+                messages += [Message.user(turn.user_text), Message.assistant(turn.answer)]
+        messages.append(Message.user(text))
+        return messages
+
+    async def _plain_answer(self, state: _RunState) -> AsyncGenerator[Event, None]:
+        """The final answer written by a plain model call, with what the tools found."""
+        messages = list(state.plain)
+        if state.steps:
+            notes = "\n".join(
+                f"- {name}({tool_input}) = {observation}" for name, tool_input, observation in state.steps
+            )
+            last = messages[-1]
+            messages[-1] = Message.user(f"{last.content}\n\n(Results of tools you used:\n{notes})")
+        async with aclosing(self.backend.stream(messages, settings=self.generation)) as chunks:
+            async for chunk in chunks:
+                if type(chunk) is TextChunk:
+                    if chunk.text:
+                        yield state.answer_delta(chunk.text)
+                elif isinstance(chunk, FinishChunk) and chunk.usage is not None:
+                    state.usage = state.usage + chunk.usage
+
     # -- one model call, JSON action protocol ---------------------------------------------
 
     async def _json_step(
         self, messages: list[Message], mode: StreamMode, state: _RunState, *, final_only: bool
     ) -> AsyncGenerator[Event | object, None]:
+        plain = bool(state.plain)
+        if plain and final_only:  # out of iterations: just answer
+            async with aclosing(self._plain_answer(state)) as answer:
+                async for event in answer:
+                    yield event
+            yield _DONE
+            return
         settings = replace(self.generation, json_schema=action_schema(self.tools, final_only=final_only))
+        if plain:  # deciding, not writing: keep the choice of action close to greedy
+            settings = replace(settings, temperature=0.0)
         extractor = FinalAnswerExtractor()
         full = mode == "full"
         async with aclosing(self.backend.stream(messages, settings=settings)) as chunks:
@@ -285,17 +337,30 @@ class Agent:
                     if full:
                         yield ReasoningDelta(text=chunk.text)
                     out = extractor.feed(chunk.text)
-                    if out:
+                    if plain:
+                        if extractor.is_final:
+                            break  # decided: stop this call, the plain call writes the answer
+                    elif out:
                         yield state.answer_delta(out)
                 elif isinstance(chunk, FinishChunk):
                     if chunk.usage is not None:
                         state.usage = state.usage + chunk.usage
                 elif isinstance(chunk, ThinkingChunk) and full:
                     yield ReasoningDelta(text=chunk.text)
+        if plain and extractor.is_final:
+            async with aclosing(self._plain_answer(state)) as answer:
+                async for event in answer:
+                    yield event
+            yield _DONE
+            return
         tail = extractor.finish()
-        if tail:
+        if tail and not plain:
             yield state.answer_delta(tail)
         if extractor.is_final:
+            if plain:  # a final answer only recognisable at the end (plain-text fallback)
+                async with aclosing(self._plain_answer(state)) as answer:
+                    async for event in answer:
+                        yield event
             yield _DONE
             return
         raw = extractor.raw
@@ -305,6 +370,13 @@ class Agent:
             messages += [Message.assistant(raw), Message.user(invalid_output_message(problem))]
             return
         if final_only:  # the backend ignored the final-only schema: no more tools
+            return
+        if plain and any(s[0] == extractor.action and s[1] == extractor.action_input for s in state.steps):
+            # a small model repeating a call it already made has its answer: write it
+            async with aclosing(self._plain_answer(state)) as answer:
+                async for event in answer:
+                    yield event
+            yield _DONE
             return
         call_id = "call_" + uuid.uuid4().hex[:12]
         async for event in self._call_tool(call_id, extractor.action, extractor.action_input, state):

@@ -30,6 +30,7 @@ def json_system_prompt(system: str | None, tools: Sequence[Tool], document: str 
         for t in tools:
             hint = "a string" if t.single_input else "a JSON object " + json.dumps(t.parameters)
             lines.append(f"> {t.name}: {t.description} (action_input: {hint})")
+        lines.append("Use a tool only when the question needs it; otherwise answer directly.")
         lines.append("")
     lines += [
         "RESPONSE FORMAT: always reply with one JSON object and nothing else.",

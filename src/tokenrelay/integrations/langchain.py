@@ -20,8 +20,17 @@ tokenrelay's core never imports this package.
 
 from __future__ import annotations
 
+import tokenrelay.integrations.langchain_common  # noqa: F401  (first: says which extra to install)
+
+# isort: split
+
 from tokenrelay.integrations.langchain_agent import RunnableAgent
-from tokenrelay.integrations.langchain_backend import LangChainBackend, model_name, to_langchain_messages
+from tokenrelay.integrations.langchain_backend import (
+    LangChainBackend,
+    backend_from_model_id,
+    model_name,
+    to_langchain_messages,
+)
 from tokenrelay.integrations.langchain_events import (
     AnswerPolicy,
     CallbackAgent,
@@ -46,6 +55,7 @@ __all__ = [
     "TokenrelayCallbackHandler",
     "answer_of",
     "attach",
+    "backend_from_model_id",
     "create_langchain_app",
     "model_name",
     "stream_with_callbacks",

@@ -22,6 +22,10 @@ Input and memory:
 
 from __future__ import annotations
 
+import tokenrelay.integrations.langchain_common  # noqa: F401  (first: says which extra to install)
+
+# isort: split
+
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import Any
@@ -31,7 +35,7 @@ from langchain_core.language_models import BaseLanguageModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import Runnable, RunnableConfig
 
-from tokenrelay.events import Event, RunError, RunFinished, RunStarted
+from tokenrelay.events import AnswerDelta, Event, RunError, RunFinished, RunStarted
 from tokenrelay.integrations.langchain_events import (
     AnswerPolicy,
     StreamMode,
@@ -165,19 +169,22 @@ class RunnableAgent:
         status: TurnStatus = "interrupted"
         error: str | None = None
         recorded = False
+        delivered: list[str] = []  # the answer as far as the consumer has it
         try:
             async for event in follow_task(handler, work()):
-                if isinstance(event, RunFinished | RunError):
+                if type(event) is AnswerDelta:
+                    delivered.append(event.text)
+                elif isinstance(event, RunFinished | RunError):
                     if isinstance(event, RunFinished):
                         status = "complete"
                     else:
                         status, error = "failed", event.message
                     recorded = True
-                    await self._finish_turn(store, turn, handler.answer, status, error)
+                    await self._finish_turn(store, turn, event.answer, status, error)
                 yield event
         finally:
             if not recorded:
-                await self._finish_turn(store, turn, handler.answer, status, error)
+                await self._finish_turn(store, turn, "".join(delivered), status, error)
             if ephemeral is not None:
                 await self._forget(ephemeral)
 

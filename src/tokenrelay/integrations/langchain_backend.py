@@ -26,6 +26,10 @@ stops iterating, the LangChain stream is closed (`aclose`), which stops generati
 
 from __future__ import annotations
 
+import tokenrelay.integrations.langchain_common  # noqa: F401  (first: says which extra to install)
+
+# isort: split
+
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Sequence
 from typing import Any
@@ -50,12 +54,12 @@ from tokenrelay.backends.base import (
     ThinkingChunk,
     ToolCallChunk,
 )
-from tokenrelay.errors import BackendError, TokenrelayError
+from tokenrelay.errors import BackendError, ConfigError, TokenrelayError
 from tokenrelay.events import Usage
 from tokenrelay.integrations.langchain_common import content_parts, describe_error
 from tokenrelay.messages import Message, ToolSpec
 
-__all__ = ["LangChainBackend", "model_name", "to_langchain_messages"]
+__all__ = ["LangChainBackend", "backend_from_model_id", "model_name", "to_langchain_messages"]
 
 _LENGTH_REASONS = frozenset({"length", "max_tokens", "MAX_TOKENS", "max_output_tokens"})
 _SETTINGS = frozenset({"max_tokens", "temperature", "top_p", "seed"})
@@ -253,3 +257,26 @@ class LangChainBackend(Backend):
             Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens) if saw_usage else None
         )
         yield FinishChunk(finish, usage_out)
+
+
+def backend_from_model_id(model_id: str) -> LangChainBackend:
+    """A backend for a LangChain model id such as `openai:gpt-4o-mini` or
+    `anthropic:claude-sonnet-4-5`, built by LangChain's `init_chat_model` (the `langchain`
+    package and the provider's package must be installed). For the model string
+    `langchain:<model id>`. Raises `ConfigError` with one line when it cannot be built."""
+    if not model_id.strip():
+        raise ConfigError("langchain: needs a LangChain model id, e.g. 'langchain:openai:gpt-4o-mini'")
+    try:
+        from langchain.chat_models import init_chat_model  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        raise ConfigError(
+            f"langchain:{model_id} needs the langchain package and the provider's: "
+            "pip install langchain langchain-<provider>"
+        ) from None
+    try:
+        model = init_chat_model(model_id)
+    except Exception as exc:  # a missing provider package, an unknown provider, missing credentials
+        raise ConfigError(f"langchain:{model_id}: {describe_error(exc)}") from None
+    if not isinstance(model, BaseChatModel):  # pragma: no cover - init_chat_model returns chat models
+        raise ConfigError(f"langchain:{model_id} is not a chat model")
+    return LangChainBackend(model)

@@ -47,6 +47,10 @@ threads. Attaching one also makes chat models stream when called with `invoke`/`
 
 from __future__ import annotations
 
+import tokenrelay.integrations.langchain_common  # noqa: F401  (first: says which extra to install)
+
+# isort: split
+
 import asyncio
 import inspect
 import json

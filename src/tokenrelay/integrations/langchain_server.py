@@ -17,6 +17,10 @@ lifespan), and gives it the server's session store when it has a `store` attribu
 
 from __future__ import annotations
 
+import tokenrelay.integrations.langchain_common  # noqa: F401  (first: says which extra to install)
+
+# isort: split
+
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable

@@ -9,6 +9,7 @@ as typed SSE and always ends with `run_finished` or `error`.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
@@ -52,7 +53,8 @@ async def health(request: Request) -> dict[str, Any]:
         "status": "🤙",
         "model": runner.backend.name,
         "version": __version__,
-        "active_runs": len(_registry(request).active(owner=None)),
+        "active_runs": _registry(request).active_count(),
+        "worker": request.app.state.coordinator.worker_id if request.app.state.coordinator else os.getpid(),
     }
 
 
@@ -96,19 +98,21 @@ def _encode_text(events: Sequence[Event], first_id: int) -> bytes:
 
 def _history_out(turns: list[Turn]) -> list[HistoryMessage]:
     out: list[HistoryMessage] = []
-    for turn in turns:
+    for turn in turns:  # what the agent's memory holds: finished turns with an answer
+        if turn.status == "running" or not turn.answer:
+            continue
         out.append(HistoryMessage(role="user", content=turn.user_text))
-        if turn.answer:
-            out.append(HistoryMessage(role="assistant", content=turn.answer))
+        out.append(HistoryMessage(role="assistant", content=turn.answer))
     return out
 
 
 async def _chat(request: Request, body: ChatRequest, owner: str | None) -> Response:
     runner = _runner(request)
     prior: list[Turn] = []
+    memory_k = runner.settings.memory_k
     known = body.session_id is not None and await runner.store.get_session(body.session_id, owner=owner)
-    if not body.stream and body.session_id is not None and known:
-        prior = await runner.store.history(body.session_id, limit=runner.settings.memory_k or None)
+    if not body.stream and body.session_id is not None and known and memory_k:
+        prior = await runner.store.history(body.session_id, limit=memory_k)
     channel, session_id = await start_run(
         request, body.text, owner=owner, session_id=body.session_id, mode=body.mode, resumable=body.resumable
     )
@@ -122,7 +126,7 @@ async def _chat(request: Request, body: ChatRequest, owner: str | None) -> Respo
             headers=headers,
             abort_on_error=True,
         )
-    await _wait(channel)
+    await _wait(channel, request)
     last = channel.events[-1]
     if isinstance(last, RunError):
         status = 409 if last.code == "cancelled" else 502
@@ -143,14 +147,23 @@ async def _chat(request: Request, body: ChatRequest, owner: str | None) -> Respo
     return JSONResponse(payload.model_dump(), headers=headers)
 
 
-async def _wait(channel: RunChannel) -> None:
-    """Wait for a run; if this request is cancelled (client gone), cancel the run too."""
+async def _wait(channel: RunChannel, request: Request) -> None:
+    """Wait for a run; if the client leaves (or this request is cancelled), cancel the run."""
     assert channel.task is not None
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        channel.cancel()
+
+    watcher = asyncio.create_task(watch())
     try:
         await asyncio.shield(channel.task)
     except asyncio.CancelledError:
         channel.cancel()
         raise
+    finally:
+        watcher.cancel()
 
 
 _CHAT_DOC = (

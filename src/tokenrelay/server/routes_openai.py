@@ -123,7 +123,7 @@ async def chat_completions(request: Request, body: OpenAIChatRequest, owner: Own
             channel, encoder, media_type="text/event-stream; charset=utf-8", headers=headers,
             prologue=encoder.prologue, epilogue=encoder.epilogue, keepalive=b": keep-alive\n\n",
         )  # fmt: skip
-    await _wait(channel)
+    await _wait(channel, request)
     last = channel.events[-1]
     if isinstance(last, RunError):
         return JSONResponse(

@@ -118,6 +118,9 @@ class RunRegistry:
             return None
         return channel
 
+    def active_count(self) -> int:
+        return sum(1 for c in self._runs.values() if not c.done)
+
     def active(self, *, owner: str | None = None) -> list[RunChannel]:
         return [c for c in self._runs.values() if not c.done and c.owner == owner]
 

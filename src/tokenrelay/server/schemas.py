@@ -21,7 +21,9 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(min_length=1, description="what the user says")
-    session_id: str | None = Field(default=None, max_length=100, description="continue this session")
+    session_id: str | None = Field(
+        default=None, max_length=100, pattern=r"^[A-Za-z0-9_\-]+$", description="continue this session"
+    )
     stream: bool = Field(default=True, description="stream the answer (false: one JSON response)")
     mode: Literal["final", "full"] = Field(default="final", description="final answer only, or everything")
     resumable: bool = Field(

@@ -30,6 +30,7 @@ const state = {
   presets: [],
   documentName: null,
   run: null, // the run in progress, if any
+  attaching: false, // a document upload is in flight
   loadToken: 0, // bumps when the view changes, so late responses for an old view are ignored
 };
 
@@ -160,7 +161,12 @@ function createTurn(userText) {
   const el = h(
     "article",
     { class: "turn", "data-testid": "turn" },
-    h("div", { class: "user" }, h("div", { class: "role", i18n: "you" }), h("div", { class: "bubble", text: userText })),
+    h(
+      "div",
+      { class: "user" },
+      h("div", { class: "role", i18n: "you" }),
+      h("div", { class: "bubble", text: userText }),
+    ),
     h(
       "div",
       { class: "assistant" },
@@ -193,6 +199,7 @@ function createTurn(userText) {
   });
   els.empty.hidden = true;
   els.messages.append(el);
+  growth.observe(el);
   return turn;
 }
 
@@ -237,7 +244,13 @@ function addToolStep(turn, data) {
   const step = h(
     "details",
     { class: "tool-step", "data-testid": "tool-step", "data-state": "running" },
-    h("summary", {}, h("span", { class: "tool-name", i18n: "tool", i18nArgs: { name: data.name } }), " ", status),
+    h(
+      "summary",
+      {},
+      h("span", { class: "tool-name", i18n: "tool", i18nArgs: { name: data.name } }),
+      " ",
+      status,
+    ),
     h("div", { class: "tool-label", i18n: "toolInput" }),
     h("pre", { class: "tool-input", text: formatArguments(data.arguments) }),
     resultLabel,
@@ -272,32 +285,57 @@ function formatArguments(value) {
   }
 }
 
-function scrollToEnd(force = false) {
+// Follow the end of the conversation while the reader is there: content that grows later (a
+// streaming answer, a diagram drawn after the answer ended) keeps it in view; scrolling up
+// to read stops that until the reader scrolls back down.
+let stickToEnd = true;
+const growth = new ResizeObserver(() => {
+  if (stickToEnd) els.messages.scrollTop = els.messages.scrollHeight;
+});
+els.messages.addEventListener("scroll", () => {
   const box = els.messages;
-  if (force || box.scrollHeight - box.scrollTop - box.clientHeight < 120) box.scrollTop = box.scrollHeight;
+  stickToEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+});
+
+function scrollToEnd() {
+  stickToEnd = true;
+  els.messages.scrollTop = els.messages.scrollHeight;
 }
 
 function clearMessages() {
-  for (const el of [...els.messages.children]) if (el !== els.empty) el.remove();
+  for (const el of [...els.messages.children]) {
+    if (el === els.empty) continue;
+    growth.unobserve(el);
+    el.remove();
+  }
   els.empty.hidden = false;
 }
 
 // -- a run --------------------------------------------------------------------------------
 
 function setRunning(running) {
-  els.send.disabled = running;
   els.stop.hidden = !running;
   els.stop.disabled = false;
   setText(els.stop, "stop");
   els.messages.setAttribute("aria-busy", String(running));
-  for (const button of els.presets.querySelectorAll("button")) button.disabled = running;
+  updateComposer();
+}
+
+/** Sending is possible when no answer is streaming and no document is being attached. */
+function canSend() {
+  return !state.run && !state.attaching;
+}
+
+function updateComposer() {
+  els.send.disabled = !canSend();
+  for (const button of els.presets.querySelectorAll("button")) button.disabled = !canSend();
 }
 
 async function startRun(text) {
   text = text.trim();
-  if (!text || state.run) return;
+  if (!text || !canSend()) return;
   const turn = createTurn(text);
-  scrollToEnd(true);
+  scrollToEnd();
   const run = {
     turn,
     text,
@@ -421,7 +459,6 @@ function handleEvent(run, { event, data, id }) {
       break;
     case "tool_call_started":
       addToolStep(turn, data);
-      scrollToEnd();
       break;
     case "tool_call_finished":
       finishToolStep(turn, data);
@@ -436,13 +473,15 @@ function handleEvent(run, { event, data, id }) {
       loadSessions();
       break;
     case "error":
-      if (typeof data.answer === "string" && data.answer.length >= run.answer.length) run.answer = data.answer;
+      if (typeof data.answer === "string" && data.answer.length >= run.answer.length) {
+        run.answer = data.answer; // the server's partial answer is authoritative
+      }
       finishRun(run);
       if (data.code === "cancelled" && run.stopRequested) {
         setText(turn.status, "stopped");
         announce(t("stopped"));
       } else if (data.code === "cancelled") {
-        showError(turn, "connectionLost", undefined, { retry: true }); // the server lost us
+        showError(turn, "cancelledElsewhere", undefined, { retry: true });
       } else {
         showError(turn, "runFailed", { message: data.message || data.code || "error" }, { retry: true });
       }
@@ -464,9 +503,10 @@ function scheduleFrame(run) {
 function paint(run, final) {
   const turn = run.turn;
   if (run.answer !== turn.answerText || final) setAnswer(turn, run.answer, final);
-  if (turn.reasoningText.textContent.length !== run.reasoning.length) turn.reasoningText.textContent = run.reasoning;
+  if (turn.reasoningText.textContent.length !== run.reasoning.length) {
+    turn.reasoningText.textContent = run.reasoning;
+  }
   if (turn.status.dataset.i18n === "reconnecting") turn.status.textContent = "";
-  scrollToEnd();
 }
 
 function finishRun(run) {
@@ -619,7 +659,7 @@ async function openSession(sessionId) {
     const active = session.turns.find((turn) => turn.run_id === session.active_run_id);
     reattach(session.active_run_id, active ? active.user_text : "");
   }
-  scrollToEnd(true);
+  scrollToEnd();
 }
 
 /** Follow a run that is still going (a reopened chat), from its first event. */
@@ -674,8 +714,11 @@ function setDocument(doc) {
 
 async function attachDocument(file) {
   if (!file) return;
+  const previous = state.documentName;
   setText(els.documentName, "attaching", { name: file.name });
   els.documentNotice.hidden = true;
+  state.attaching = true; // a question sent now would race the document
+  updateComposer();
   try {
     const content = await file.text();
     if (!state.sessionId) {
@@ -698,11 +741,14 @@ async function attachDocument(file) {
     }
     loadSessions();
   } catch (err) {
-    setDocument(null);
-    els.documentNotice.replaceChildren(h("span", { i18n: "attachFailed", i18nArgs: { name: file.name, message: err.message } }));
+    setDocument(previous ? { name: previous } : null);
+    const args = { name: file.name, message: err.message };
+    els.documentNotice.replaceChildren(h("span", { i18n: "attachFailed", i18nArgs: args }));
     els.documentNotice.hidden = false;
   } finally {
     els.attach.value = "";
+    state.attaching = false;
+    updateComposer();
   }
 }
 
@@ -730,7 +776,7 @@ function renderPresets() {
         class: "button chip",
         "data-testid": "preset-button",
         "data-preset-id": preset.id,
-        disabled: Boolean(state.run),
+        disabled: !canSend(),
         text: pick(preset.label),
         onclick: () => startRun(pick(preset.question)),
       }),
@@ -760,7 +806,7 @@ function showKeyForm(rejected) {
 els.composer.addEventListener("submit", (event) => {
   event.preventDefault();
   const text = els.input.value;
-  if (!text.trim() || state.run) return;
+  if (!text.trim() || !canSend()) return;
   els.input.value = "";
   startRun(text);
 });
@@ -773,7 +819,7 @@ els.input.addEventListener("keydown", (event) => {
 });
 els.stop.addEventListener("click", stopRun);
 window.addEventListener("pagehide", () => {
-
+  if (state.run) cancelQuietly(state.run); // closing the tab stops the model too
 });
 els.newChat.addEventListener("click", newChat);
 els.language.addEventListener("change", () => {

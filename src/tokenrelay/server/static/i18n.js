@@ -60,10 +60,11 @@ export const MESSAGES = {
     failed: "Failed",
     running: "Still running…",
     connectionLost: "The connection was lost before the answer was complete.",
+    cancelledElsewhere: "The answer was stopped before it was complete (from another window, or the server).",
     reconnecting: "Connection lost; resuming…",
     runFailed: "The answer failed: {message}",
     requestFailed: "The request failed: {message}",
-    finishedIn: "{seconds} s",
+    finishedIn: "Done in {seconds} s",
     diagramError: "Mermaid could not draw this diagram:",
     diagramPending: "Drawing the diagram…",
     diagramStreaming: "Diagram (drawn when the block is complete)",
@@ -125,10 +126,11 @@ export const MESSAGES = {
     failed: "失敗",
     running: "実行中…",
     connectionLost: "回答が終わる前に接続が切れました。",
+    cancelledElsewhere: "回答は完了前に停止されました（別のウィンドウまたはサーバーによる）。",
     reconnecting: "接続が切れました。再開しています…",
     runFailed: "回答に失敗しました: {message}",
     requestFailed: "リクエストに失敗しました: {message}",
-    finishedIn: "{seconds} 秒",
+    finishedIn: "{seconds} 秒で完了",
     diagramError: "Mermaidでこの図を描けませんでした:",
     diagramPending: "図を描いています…",
     diagramStreaming: "図（ブロックが完成したら描画します）",
@@ -160,7 +162,12 @@ export function translate(lang, key, args) {
 export function applyLanguage(lang, root = document) {
   const each = (attr, apply) => {
     for (const el of root.querySelectorAll(`[${attr}]`)) {
-      const args = el.dataset.i18nArgs ? JSON.parse(el.dataset.i18nArgs) : undefined;
+      let args;
+      try {
+        args = el.dataset.i18nArgs ? JSON.parse(el.dataset.i18nArgs) : undefined;
+      } catch {
+        continue;
+      }
       apply(el, translate(lang, el.getAttribute(attr), args));
     }
   };

@@ -73,6 +73,10 @@ const PURIFY_MARKDOWN = {
   // no restyling of the page, and no controls that could pass for the page's own
   FORBID_TAGS: ["style", "form", "button", "textarea", "select", "dialog"],
   FORBID_ATTR: ["style"],
+  // no data-* from an answer (the page's own hooks: data-i18n, data-testid...), except the
+  // two that diagram placeholders use
+  ALLOW_DATA_ATTR: false,
+  ADD_ATTR: ["data-diagram", "data-closed"],
   SANITIZE_NAMED_PROPS: true, // ids and names from an answer cannot clobber page globals
   RETURN_DOM_FRAGMENT: true,
 };
@@ -218,7 +222,12 @@ function showDiagram(block) {
     block.replaceChildren(
       h(
         "div",
-        { class: "error-box diagram-error", role: "alert", "data-testid": "error-box", "data-kind": "diagram" },
+        {
+          class: "error-box diagram-error",
+          role: "alert",
+          "data-testid": "error-box",
+          "data-kind": "diagram",
+        },
         h("p", { class: "error-title", i18n: "diagramError" }),
         h("pre", { class: "error-message", text: diagram.error }),
         h("pre", { class: "mermaid-source" }, h("code", { text: source })),
