@@ -26,7 +26,7 @@ the table shows medians, and the ratios tokenrelay / baseline are per round, the
 Every response is checked: the answer text must be exactly the model's answer.
 
 Usage:
-  python bench/bench_langchain.py                     # ~1 min
+  python bench/bench_langchain.py                     # about a minute
   python bench/bench_langchain.py --rounds 7 --tokens 400 --interval-ms 0
 Server only (used internally): python bench/bench_langchain.py --serve MODE --port P ...
 """

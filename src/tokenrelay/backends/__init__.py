@@ -77,8 +77,17 @@ def _scripted(arg: str, settings: Settings) -> Backend:
     return ScriptedBackend(replies=[arg or "Hello!"])
 
 
+def _langchain(arg: str, settings: Settings) -> Backend:
+    try:
+        from tokenrelay.integrations.langchain_backend import backend_from_model_id
+    except ImportError:
+        raise ConfigError("langchain: models need the langchain extra: pip install 'tokenrelay[langchain]'") from None
+    return backend_from_model_id(arg)
+
+
 _REGISTRY: dict[str, BackendFactory] = {
     "llamacpp": _llamacpp,
+    "langchain": _langchain,
     "openai": _openai,
     "scripted": _scripted,
 }

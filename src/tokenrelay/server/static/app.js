@@ -10,7 +10,7 @@
 //   resumed stream (GET /runs/{id}/events with Last-Event-ID) skips what was already seen;
 // * Stop cancels the run on the server (POST /runs/{id}/cancel), not only in the browser.
 
-import { h, setText, t } from "./dom.js";
+import { clearText, h, setText, t } from "./dom.js";
 import { LANGUAGES, applyLanguage, detectLanguage } from "./i18n.js";
 import { markdownView, renderMarkdown } from "./markdown.js";
 import { readEvents } from "./sse.js";
@@ -446,7 +446,7 @@ function handleEvent(run, { event, data, id }) {
   switch (event) {
     case "run_started":
       run.runId = run.runId || data.run_id;
-      if (turn.status.dataset.i18n === "reconnecting") turn.status.textContent = "";
+      if (turn.status.dataset.i18n === "reconnecting") clearText(turn.status);
       break;
     case "answer_delta":
       run.answer += data.text;
@@ -506,7 +506,7 @@ function paint(run, final) {
   if (turn.reasoningText.textContent.length !== run.reasoning.length) {
     turn.reasoningText.textContent = run.reasoning;
   }
-  if (turn.status.dataset.i18n === "reconnecting") turn.status.textContent = "";
+  if (turn.status.dataset.i18n === "reconnecting") clearText(turn.status);
 }
 
 function finishRun(run) {
@@ -523,7 +523,7 @@ function finishRun(run) {
 function connectionLost(run) {
   if (run.finished) return;
   finishRun(run);
-  run.turn.status.textContent = "";
+  clearText(run.turn.status);
   showError(run.turn, "connectionLost", undefined, { retry: true });
 }
 
@@ -541,8 +541,9 @@ async function stopRun() {
 async function cancelOnServer(run) {
   const giveUp = () => {
     if (run.finished) return;
+    // the server did not confirm in time: stop following; the cancel may still land
     run.abandoned = true;
-    run.controller.abort(); // disconnecting cancels the run server-side too
+    run.controller.abort();
     finishRun(run);
     setText(run.turn.status, "stopped");
   };
@@ -631,6 +632,7 @@ function newChat() {
 }
 
 async function openSession(sessionId) {
+  if (sessionId === state.sessionId && state.run) return; // already here, and busy
   abandonRun();
   const token = ++state.loadToken;
   let session;
@@ -702,8 +704,7 @@ function setDocument(doc) {
   els.documentNotice.hidden = true;
   els.documentNotice.textContent = "";
   if (!doc) {
-    els.documentName.textContent = "";
-    delete els.documentName.dataset.i18n;
+    clearText(els.documentName);
   } else if (doc.total_chars !== undefined) {
     setText(els.documentName, "attached", { name: doc.name, chars: doc.total_chars.toLocaleString() });
   } else {

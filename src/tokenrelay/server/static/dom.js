@@ -41,3 +41,10 @@ export function setText(el, key, args) {
   el.textContent = t(key, args);
 }
 
+
+/** Empty an element that held translatable text. */
+export function clearText(el) {
+  delete el.dataset.i18n;
+  delete el.dataset.i18nArgs;
+  el.textContent = "";
+}
