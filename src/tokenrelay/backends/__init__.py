@@ -81,7 +81,7 @@ def _langchain(arg: str, settings: Settings) -> Backend:
     try:
         from tokenrelay.integrations.langchain_backend import backend_from_model_id
     except ImportError:
-        raise ConfigError("langchain: models need the langchain extra: pip install 'tokenrelay[langchain]'") from None
+        raise ConfigError("langchain: models need: pip install 'tokenrelay[langchain]'") from None
     return backend_from_model_id(arg)
 
 
