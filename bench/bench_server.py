@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -477,6 +478,7 @@ class Case:
     ramp_s: float
     sequential: int = 1  # streams run one after another (single-stream scenario)
     gc_tune: str = "off"
+    src: str | None = None  # a tokenrelay source tree to import instead of the installed one
 
 
 async def run_load(port: int, pid: int, case: Case, expected: str, rss_base: int) -> dict[str, Any]:
@@ -607,7 +609,10 @@ class Server:
         ]
         if args.str_pieces:
             cmd.append("--str-pieces")
-        self.proc = subprocess.Popen(cmd)
+        env = dict(os.environ)
+        if case.src:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (case.src, env.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen(cmd, env=env)
 
     async def wait_ready(self) -> None:
         deadline = time.monotonic() + 30
@@ -717,7 +722,6 @@ def _fmt(v: float, spec: str = ".1f") -> str:
 async def main_async(args: argparse.Namespace) -> None:
     modes = args.modes.split(",")
     scenarios = args.scenarios.split(",")
-    tr_modes = [m for m in modes if m != "bare"]
     gc_label = "tokenrelay-json+gc"
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     table: list[list[str]] = []
@@ -736,7 +740,7 @@ async def main_async(args: argparse.Namespace) -> None:
         "client CPU",
         "srv CPU",
         "srv rq wait",
-        "GC>5ms",
+        "GC >5ms/full",
         "streams/core",
     ]
     t_start = time.monotonic()
@@ -756,12 +760,12 @@ async def main_async(args: argparse.Namespace) -> None:
                     _fmt(_med(rs, "ttft_p99")),
                     str(sum(r["errors"] for r in rs)),
                     str(sum(r["mismatches"] for r in rs)),
-                    _fmt(_med(rs, "rss_kb_stream"), ".0f"),
+                    _fmt(_med(rs, "rss_kb_stream"), ".0f") if paced else "-",
                     _fmt(_med(rs, "frames_per_stream"), ".0f"),
                     _fmt(_med(rs, "client_cpu_pct"), ".0f") + "%",
                     _fmt(_med(rs, "server_cpu_pct"), ".0f") + "%",
                     _fmt(_med(rs, "server_rqwait_pct"), ".0f") + "%",
-                    str(int(_med(rs, "gc_over5"))),
+                    f"{_med(rs, 'gc_over5'):.0f}/{_med(rs, 'gc_full'):.0f}",
                     _fmt(1e6 / (cpu * 20), ".0f") if paced else "-",
                 ]
             )
@@ -770,7 +774,15 @@ async def main_async(args: argparse.Namespace) -> None:
         for rs in rows.values():
             for r in rs:
                 r["gc_over5"] = r["gc"]["over5ms"]
+                r["gc_full"] = r["gc"]["count"][2]
         return rows
+
+    def alt_cases(cases: dict[str, Case]) -> dict[str, Case]:
+        """With --alt-src: each tokenrelay case again, importing tokenrelay from that tree."""
+        if not args.alt_src:
+            return {}
+        src = os.path.abspath(args.alt_src)
+        return {f"{k}@alt": dataclasses.replace(c, src=src) for k, c in cases.items() if c.mode != "bare"}
 
     n_single = args.single_tokens
     if "single" in scenarios:
@@ -780,16 +792,19 @@ async def main_async(args: argparse.Namespace) -> None:
         )
         tps = FAST_TPS if args.fast == "yield" else None
         cases = {m: Case(m, n_single, tps, 1, 0, sequential=args.single_seq) for m in modes}
+        cases.update(alt_cases(cases))
         results["single"] = with_gc(await scenario_runs("single", cases, args.repeats, args))
         add_rows(f"1 x {n_single} fast", results["single"], paced=False)
     if "s200" in scenarios:
         _log(f"200 streams x 20 tok/s x {args.tokens} tokens")
         cases = {m: Case(m, args.tokens, 20.0, 200, args.ramp) for m in modes}
+        cases.update(alt_cases(cases))
         results["s200"] = with_gc(await scenario_runs("s200", cases, args.repeats, args))
         add_rows("200 x 20/s", results["s200"])
     if "s1000" in scenarios:
         _log(f"{args.streams} streams x 20 tok/s x {args.tokens} tokens")
         cases = {m: Case(m, args.tokens, 20.0, args.streams, args.ramp) for m in modes}
+        cases.update(alt_cases(cases))
         if args.gc_tune and "tokenrelay-json" in modes:
             cases[gc_label] = Case(
                 "tokenrelay-json", args.tokens, 20.0, args.streams, args.ramp, gc_tune="both"
@@ -850,8 +865,10 @@ async def main_async(args: argparse.Namespace) -> None:
     for scn, label in (("single", "1 stream, fast"), ("s200", "200 x 20/s")):
         if scn in results and "bare" in results[scn]:
             bare = _med(results[scn]["bare"], "cpu_us_tok")
-            for m in tr_modes:
-                ratio = _med(results[scn][m], "cpu_us_tok") / bare
+            for m, rs in results[scn].items():
+                if m == "bare":
+                    continue
+                ratio = _med(rs, "cpu_us_tok") / bare
                 print(f"  {verdict(ratio <= 1.5)} CPU/token <= 1.5x bare, {label}, {m}: {ratio:.2f}x")
     if "s1000" in results:
         for m, rs in results["s1000"].items():
@@ -933,6 +950,11 @@ def main() -> None:
         "after startup + gen0 threshold 50,000 (s1000 and capacity)",
     )
     p.add_argument("--store", choices=("memory", "sqlite"), default="memory")
+    p.add_argument(
+        "--alt-src",
+        help="also run every tokenrelay case with this tokenrelay source tree first on PYTHONPATH "
+        "(e.g. a patched copy: /tmp/trcopy/src), labelled @alt",
+    )
     p.add_argument(
         "--str-pieces",
         action="store_true",

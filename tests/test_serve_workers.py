@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fake_openai import FakeOpenAIServer, text_reply
+from fake_openai import DONE, FakeOpenAIServer, Reply, Sleep, chunk, sse, text_events, text_reply
 from server_fixture import free_port
 
 pytestmark = pytest.mark.services
@@ -422,6 +422,62 @@ def test_a_cancel_through_the_other_worker_stops_the_run_and_its_upstream_reques
     finally:
         for client in clients.values():
             client.close()
+
+
+@pytest.mark.xfail(
+    reason="RedisCoordinator uses redis.asyncio's default pool, which refuses a 101st concurrent "
+    "connection (MaxConnectionsError); `_mirror` then stops replicating that run for good, so "
+    "its log never ends and a follower on another worker waits forever (fix: a bounded "
+    "BlockingConnectionPool, and retry instead of giving up)",
+    strict=True,
+)
+def test_every_run_is_logged_whole_with_hundreds_in_flight_at_once(
+    paced: Serve, upstreams: list[FakeOpenAIServer]
+) -> None:
+    """300 runs whose tokens arrive in step (as when many users ask at once): every run's Redis
+    log must end with its terminal event, or it cannot be resumed on another worker."""
+    import asyncio
+
+    import redis
+
+    head = '{"action": "Final Answer", "action_input": "'
+    in_step = time.monotonic() + 3.0  # every stream sends its tokens at the same instants
+
+    def handler(_request: object) -> Reply:
+        events = text_events([head, "a ", "b ", "c", '"}'])
+        parts: list[Any] = [*events[:2], Sleep(max(0.0, in_step - time.monotonic()))]
+        for event in events[2:]:
+            parts += [event, Sleep(0.3)]
+        return Reply(parts=[*parts, sse(chunk(finish_reason="stop")), DONE])
+
+    previous = [upstream.handler for upstream in upstreams]
+    for upstream in upstreams:
+        upstream.handler = handler
+
+    async def chats() -> list[str]:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=None)) as client:
+
+            async def one(i: int) -> str:
+                r = await client.post(paced.url + "/chat", json={"text": f"q{i}", "stream": False})
+                assert r.status_code == 200 and r.json()["output"] == "a b c"
+                return str(r.json()["run_id"])
+
+            return await asyncio.gather(*(one(i) for i in range(300)))
+
+    try:
+        run_ids = asyncio.run(chats())
+    finally:
+        for upstream, before in zip(upstreams, previous, strict=True):
+            upstream.handler = before
+    time.sleep(1.0)
+    r = redis.Redis.from_url(REDIS)
+    unfinished = []
+    for run_id in run_ids:
+        last = r.xrevrange(f"{paced.prefix}run:{run_id}", count=1)
+        if not last or json.loads(last[0][1][b"e"])["type"] not in ("run_finished", "error"):
+            unfinished.append(run_id)
+    assert unfinished == [], f"{len(unfinished)} of {len(run_ids)} runs have an unfinished log in Redis"
+    assert r.hlen(f"{paced.prefix}active") == 0
 
 
 # -- last: it stops the module's scripted server ------------------------------------------------

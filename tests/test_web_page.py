@@ -570,7 +570,7 @@ def test_a_document_that_does_not_fit_says_what_was_left_out(open_page: PageFact
     notice = page.get_by_test_id("document-notice")
     expect(notice).to_be_visible()
     expect(notice).to_contain_text("Only part of big.txt fits")
-    expect(notice).to_contain_text(f"of {len(big)} characters")
+    expect(notice).to_contain_text(f"of {len(big):,} characters")
     expect(notice).to_contain_text("left out")  # the server's own words, too
 
 

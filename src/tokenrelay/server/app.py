@@ -8,6 +8,7 @@ requests share only those. Every error response, 4xx or 5xx, has the same JSON s
 from __future__ import annotations
 
 import asyncio
+import mimetypes
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -201,6 +202,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 def _mount_page(app: FastAPI) -> None:
     """The web chat page at `/`, its files under `/static` (shipped inside the package)."""
+    mimetypes.add_type("text/javascript", ".mjs")  # browsers refuse ES modules served otherwise
     index = STATIC_DIR / "index.html"
     if not index.is_file():
         return

@@ -733,7 +733,12 @@ async function attachDocument(file) {
     setDocument(result);
     if (result.truncated) {
       const pct = Math.floor((100 * result.kept_chars) / Math.max(1, result.total_chars));
-      const args = { name: result.name, kept: result.kept_chars, total: result.total_chars, pct };
+      const args = {
+        name: result.name,
+        kept: result.kept_chars.toLocaleString(),
+        total: result.total_chars.toLocaleString(),
+        pct,
+      };
       els.documentNotice.replaceChildren(
         h("span", { i18n: "truncated", i18nArgs: args }),
         result.notice ? h("span", { class: "server-notice", text: ` (${result.notice})` }) : null,
