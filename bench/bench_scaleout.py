@@ -21,20 +21,35 @@ Load generator: this process, asyncio + raw sockets (bench_server.py's ``_Stream
 chunked decoding and SSE frames, per-frame timestamps); streams are ramped in over max(1 s,
 streams / 1000 s). A stream's gaps are the times between consecutive answer frames (50 ms
 nominal); the p99 is over every gap of every stream. A level holds when p99 gap <= 75 ms with
-no errors and no text mismatches; a failing level is retried once (a noisy shared machine).
+no errors and no text mismatches.
 
-Capacity: levels ascending until one fails, then one (quick) or two bisection steps between
-the last held and the first failed level. CPU: on-CPU time of the worker processes
+Capacity: levels ascending until one fails (a failing level is retried once), then two
+bisection steps between the last held and the first failed level (quick: coarse levels, no
+retries, no bisection). CPU: on-CPU time of the worker processes
 (/proc/<pid>/task/*/schedstat) and, when Redis runs on this machine, of redis-server, over the
-load window, divided by the tokens delivered. The event-log section runs one worker at a
-fixed load with and without Redis, interleaved ``--repeats`` times (medians), and prints the
-ratio. Nothing is pinned: workers, Redis and the load generator share the machine's CPUs
-(the client's own CPU share is printed).
+load window, divided by the tokens delivered; "CPU wait" is the workers' time runnable but
+not running (a busy or shared machine). Nothing is pinned: workers, Redis and the load
+generator share the machine's CPUs (the client's own CPU share is printed).
+
+Event-log cost: one worker at a fixed load (``--cost-streams``), interleaved ``--repeats`` times
+(medians), as shipped and with two changes applied from outside (monkeypatched in the server
+process, src/ untouched), printed as ratios to "no Redis":
+
+* ``-bp``       the coordinator's Redis client on a bounded BlockingConnectionPool (50): the fix
+                for the pool overflow below, with complete logs;
+* ``-batched``  one writer task per worker sending every run's new events in one pipeline
+                (the next batch accumulates while one is in flight), instead of one pipeline
+                round trip per run per token.
+
+"logs lost" counts runs whose event log the server abandoned or never began: RedisCoordinator
+uses redis.asyncio's default pool, which raises MaxConnectionsError past 100 connections, and
+``_mirror`` gives up on a run after one failure. Such runs cannot be resumed or cancelled
+through another worker; the shipped "Redis" figures then undercount the cost of whole logs.
 
 Usage:
-  python bench/bench_scaleout.py --quick           # < 3 min
-  python bench/bench_scaleout.py                   # finer ramp, 3 configurations, 3 repeats
-  python bench/bench_scaleout.py --levels 500,1000,2000 --configs 1w,2w+redis
+  python bench/bench_scaleout.py --quick           # < 3 min: coarse levels, no retries
+  python bench/bench_scaleout.py                   # finer ramp with bisection and retries, 3 repeats
+  python bench/bench_scaleout.py --levels 500,1000,2000 --configs 1w,2w+redis,2w+redis-batched
   python bench/bench_scaleout.py --redis redis://127.0.0.1:6379/0
 Server only (used internally): python bench/bench_scaleout.py --serve --port P --workers N ...
 """
@@ -51,8 +66,10 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +87,16 @@ from bench_server import (
 )
 
 CONFIGS = ("1w", "1w+redis", "2w+redis")
+#: "-bp" configurations (e.g. 2w+redis-bp) patch the worker's Redis client onto a bounded
+#: BlockingConnectionPool: the proposed fix for the pool overflow (see the module docstring)
+#: "-batched" ones replace the per-run replication by one writer per worker (a design experiment)
+COST_CONFIGS = ("1w", "1w+redis", "1w+redis-bp", "1w+redis-batched")
+COST_LABELS = {
+    "1w": "no Redis",
+    "1w+redis": "Redis event log (resumable)",
+    "1w+redis-bp": "  same, blocking pool (fix)",
+    "1w+redis-batched": "  same, one batched writer",
+}
 TPS = 20.0
 GAP_LIMIT_MS = 75.0
 ENV_KEY = "BENCH_SCALEOUT"
@@ -86,6 +113,95 @@ class _Forget(list):  # type: ignore[type-arg]
         pass
 
 
+def _blocking_redis_pool(max_connections: int = 50) -> None:
+    """The proposed fix, applied from outside: RedisCoordinator builds its client with
+    `redis.asyncio.from_url(url)`, whose pool raises MaxConnectionsError past 100 connections;
+    here that client waits for one of `max_connections` pooled connections instead."""
+    import redis.asyncio as aioredis
+
+    def from_url(url: str, **kwargs: Any) -> Any:
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=None)
+        return aioredis.Redis(connection_pool=pool, **kwargs)
+
+    aioredis.from_url = from_url
+
+
+def _batched_redis_writer() -> None:
+    """A design experiment, applied from outside: instead of one pipeline round trip per run
+    per batch of events (the shipped `RedisCoordinator._mirror`), every run of the worker hands
+    its new events to one writer task, which sends everything queued so far in one pipeline;
+    while that pipeline is in flight, the next batch accumulates. One connection, one round
+    trip per batch for the whole worker, whatever the number of runs."""
+    from tokenrelay.server import coordination
+
+    writers: dict[int, _Writer] = {}
+
+    def writer_of(coord: Any) -> _Writer:
+        w = writers.get(id(coord))
+        if w is None:
+            w = writers[id(coord)] = _Writer(coord)
+        return w
+
+    async def mirror(self: Any, channel: Any) -> None:
+        w = writer_of(self)
+        stream = self._key("run", channel.run_id)
+        info = self._key("runinfo", channel.run_id)
+        retention = int(self.retention_s * 1000)
+        owner = {"owner": channel.owner or "", "worker": self.worker_id, "session": channel.session_id or ""}
+        w.add(lambda pipe: pipe.hset(info, mapping=owner))
+        w.add(lambda pipe: pipe.hset(self._key("active"), channel.run_id, self.worker_id))
+        index = 0
+        while True:
+            events = channel.events
+            if index < len(events):
+                for i in range(index, len(events)):
+                    data, entry = coordination._encode(events[i]), f"{i + 1}-0"
+                    w.add(lambda pipe, data=data, entry=entry: pipe.xadd(stream, {"e": data}, id=entry))
+                index = len(events)
+                if channel.done:
+                    w.add(lambda pipe: pipe.hdel(self._key("active"), channel.run_id))
+                    w.add(lambda pipe: pipe.pexpire(stream, retention))
+                    w.add(lambda pipe: pipe.pexpire(info, retention))
+                continue
+            if channel.done:
+                return
+            await channel.next_event(index)
+
+    def replicate(self: Any, channel: Any) -> Any:
+        task = asyncio.create_task(mirror(self, channel), name=f"replicate {channel.run_id}")
+        writer_of(self).tasks.add(task)  # a strong reference until it ends
+        task.add_done_callback(writer_of(self).tasks.discard)
+        return task
+
+    coordination.RedisCoordinator.replicate = replicate  # type: ignore[method-assign]
+
+
+class _Writer:
+    def __init__(self, coord: Any) -> None:
+        self.coord = coord
+        self.ops: list[Callable[[Any], Any]] = []
+        self.wake = asyncio.Event()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.task = asyncio.create_task(self.run(), name="redis writer")
+
+    def add(self, op: Callable[[Any], Any]) -> None:
+        self.ops.append(op)
+        self.wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            ops, self.ops = self.ops, []
+            pipe = self.coord._redis.pipeline(transaction=False)
+            for op in ops:
+                op(pipe)
+            try:
+                await pipe.execute(raise_on_error=False)
+            except Exception as exc:
+                print(f"replicating a batch to Redis failed: {exc}", file=sys.stderr, flush=True)
+
+
 def worker_app() -> Any:
     """The app of one worker (uvicorn factory): configuration from the environment."""
     from tokenrelay.backends.base import TextChunk
@@ -95,6 +211,10 @@ def worker_app() -> Any:
     from tokenrelay.testing import ScriptedBackend
 
     cfg = json.loads(os.environ[ENV_KEY])
+    if cfg["redis_pool"] == "blocking":
+        _blocking_redis_pool()
+    elif cfg["redis_pool"] == "batched":
+        _batched_redis_writer()
     tokens = make_tokens(cfg["tokens"], cfg["token_size"])
     pieces = [TextChunk(p) for p in json_action_pieces(tokens)]
     backend = ScriptedBackend(replies=[pieces], tokens_per_second=cfg["tps"], calls=_Forget())
@@ -126,7 +246,7 @@ def serve(args: argparse.Namespace) -> None:
 
     os.environ[ENV_KEY] = json.dumps(
         {"tokens": args.tokens, "token_size": args.token_size, "tps": TPS, "redis": args.redis_url,
-         "prefix": args.prefix}
+         "prefix": args.prefix, "redis_pool": args.redis_pool}
     )  # fmt: skip
     uvicorn.run(
         "bench_scaleout:worker_app",
@@ -157,11 +277,18 @@ def children_of(pid: int) -> list[int]:
 
 
 def cpu_of(pids: list[int]) -> float:
-    total = 0.0
+    return sched_of(pids)[0]
+
+
+def sched_of(pids: list[int]) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for a CPU) of these processes."""
+    on = wait = 0.0
     for pid in pids:
         with contextlib.suppress(OSError, ValueError):
-            total += server_cpu_s(pid)[0]
-    return total
+            a, b = server_cpu_s(pid)
+            on += a
+            wait += b if b == b else 0.0
+    return on, wait
 
 
 class Redis:
@@ -195,6 +322,22 @@ class Server:
     port: int
     proc: subprocess.Popen[bytes]
     prefix: str
+    log_path: str
+    log_seen: int = 0
+
+    def log_tail(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()[-3000:]
+
+    def replication_failures(self) -> int:
+        """Runs whose Redis event log the server gave up on since the last call: its warning
+        "replicating run ... to Redis failed", or the replication task dying before it began
+        (asyncio's "Task exception was never retrieved" for `_mirror`)."""
+        with open(self.log_path, "rb") as f:
+            f.seek(self.log_seen)
+            new = f.read()
+        self.log_seen += len(new)
+        return new.count(b"to Redis failed") + new.count(b"coro=<RedisCoordinator._mirror()")
 
     @property
     def workers(self) -> int:
@@ -212,10 +355,13 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        with contextlib.suppress(OSError):
+            os.unlink(self.log_path)
 
 
-def spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(cmd)
+def spawn(cmd: list[str], log_path: str) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
 async def start_server(config: str, args: argparse.Namespace) -> Server:
@@ -223,15 +369,18 @@ async def start_server(config: str, args: argparse.Namespace) -> Server:
     prefix = f"bench:{uuid.uuid4().hex[:8]}:"
     redis_url = args.redis if "redis" in config else ""
     workers = 2 if config.startswith("2w") else 1
+    pool = "blocking" if config.endswith("-bp") else "batched" if config.endswith("-batched") else "default"
     cmd = [sys.executable, SELF, "--serve", "--port", str(port), "--workers", str(workers),
            "--tokens", str(args.tokens), "--token-size", str(args.token_size), "--prefix", prefix,
-           "--redis-url", redis_url]  # fmt: skip
-    server = Server(config, port, spawn(cmd), prefix)
+           "--redis-url", redis_url, "--redis-pool", pool]  # fmt: skip
+    log_path = os.path.join(tempfile.gettempdir(), f"bench_scaleout_{prefix.split(':')[1]}.log")
+    server = Server(config, port, spawn(cmd, log_path), prefix, log_path)
     deadline = time.monotonic() + 60
     seen: set[str] = set()
     while time.monotonic() < deadline:  # ready once every worker has answered /health
         if server.proc.poll() is not None:
-            raise RuntimeError(f"{config}: server exited with {server.proc.returncode}")
+            tail = server.log_tail()
+            raise RuntimeError(f"{config}: server exited with {server.proc.returncode}:\n{tail}")
         worker = await _get(port, "/health")
         if worker is not None:
             seen.add(worker)
@@ -313,6 +462,7 @@ async def run_load(
     sampler = loop.create_task(sample_redis())
     pids = server.pids()
     per_worker0 = [cpu_of([p]) for p in pids]
+    waiting0 = sched_of(pids)[1]
     redis_pids = [redis.pid] if redis is not None and redis.pid else []
     rcpu0, c0, w0 = cpu_of(redis_pids), os.times(), time.monotonic()
     t_begin = loop.time() + 0.01
@@ -323,6 +473,7 @@ async def run_load(
     except TimeoutError:
         res.errors["timeout"] += res.n - res.done_count
     per_worker1 = [cpu_of([p]) for p in pids]
+    waiting1 = sched_of(pids)[1]
     rcpu1, c1, w1 = cpu_of(redis_pids), os.times(), time.monotonic()
     stop.set()
     await sampler
@@ -338,6 +489,7 @@ async def run_load(
         "redis_us_tok": (rcpu1 - rcpu0) / delivered * 1e6 if delivered and redis_pids else float("nan"),
         "worker_cpu_pct": scpu / wall * 100,
         "worker_split": [round(c / wall * 100) for c in worker_cpu if c > 0.05 * wall] or [0],
+        "worker_rqwait_pct": (waiting1 - waiting0) / wall * 100,
         "redis_cpu_pct": (rcpu1 - rcpu0) / wall * 100 if redis_pids else float("nan"),
         "client_cpu_pct": ((c1.user - c0.user) + (c1.system - c0.system)) / wall * 100,
         "gap_p50": _pct(gaps, 50) * 1000,
@@ -347,12 +499,17 @@ async def run_load(
         "error_kinds": dict(res.errors),
         "mismatches": res.mismatches,
         "redis_clients": peak_clients[0],
+        "log_failures": server.replication_failures(),
         "tok_s": delivered / wall,
     }
 
 
 def held(out: dict[str, Any]) -> bool:
     return bool(out["gap_p99"] <= GAP_LIMIT_MS and out["errors"] == 0 and out["mismatches"] == 0)
+
+
+def lost_logs(out: dict[str, Any]) -> str:
+    return f", {out['log_failures']} runs' Redis logs abandoned" if out["log_failures"] else ""
 
 
 def _log(msg: str) -> None:
@@ -365,8 +522,9 @@ def _describe(out: dict[str, Any]) -> str:
     kinds = f" {out['error_kinds']}" if out["errors"] else ""
     return (
         f"p99 gap {out['gap_p99']:.0f} ms, p99 ttft {out['ttft_p99']:.0f} ms, "
-        f"err {out['errors']}{kinds}, mism {out['mismatches']}, workers {split}%{redis}, "
-        f"client {out['client_cpu_pct']:.0f}%"
+        f"err {out['errors']}{kinds}, mism {out['mismatches']}, workers {split}% "
+        f"(+{out['worker_rqwait_pct']:.0f}% waiting for a CPU){redis}, "
+        f"client {out['client_cpu_pct']:.0f}%{lost_logs(out)}"
     )
 
 
@@ -380,13 +538,13 @@ async def capacity(config: str, args: argparse.Namespace, redis: Redis | None) -
     results: dict[int, dict[str, Any]] = {}
 
     async def level(n: int) -> bool:
-        for attempt in range(2):
+        for attempt in range(1 + args.retries):
             out = await run_load(server, n, args.tokens, expected, redis if "redis" in config else None)
             ok = held(out)
             notes.append(f"{n}{'' if ok else ' FAIL'}: {_describe(out)}")
             _log(f"  {config:9} {notes[-1]}")
             await asyncio.sleep(1.0)
-            if ok or attempt == 1:
+            if ok or attempt == args.retries:
                 results[n] = out
                 return ok
         return False
@@ -419,9 +577,9 @@ async def capacity(config: str, args: argparse.Namespace, redis: Redis | None) -
 
 async def event_log_cost(args: argparse.Namespace, redis: Redis) -> dict[str, list[dict[str, Any]]]:
     expected = "".join(make_tokens(args.tokens, args.token_size))
-    rows: dict[str, list[dict[str, Any]]] = {"1w": [], "1w+redis": []}
+    rows: dict[str, list[dict[str, Any]]] = {config: [] for config in COST_CONFIGS}
     for r in range(args.repeats):
-        order = ["1w", "1w+redis"] if r % 2 == 0 else ["1w+redis", "1w"]
+        order = list(COST_CONFIGS) if r % 2 == 0 else list(reversed(COST_CONFIGS))
         for config in order:
             server = await start_server(config, args)
             try:
@@ -458,13 +616,15 @@ def _pct_cell(v: float) -> str:
 def _capacity_row(config: str, c: dict[str, Any]) -> list[str]:
     o = c["at_held"]
     if not o:
-        return [config, str(c["held"]), str(c["first_failed"] or "-"), *["-"] * 8]
+        return [config, str(c["held"]), str(c["first_failed"] or "-"), *["-"] * 10]
     redis_on = "redis" in config
     return [
         config, str(c["held"]), str(c["first_failed"] or "-"), _fmt(o["gap_p50"]), _fmt(o["gap_p99"]),
         _fmt(o["ttft_p99"], ".0f"), "+".join(str(x) for x in o["worker_split"]) + "%",
+        _pct_cell(o["worker_rqwait_pct"]),
         _pct_cell(o["redis_cpu_pct"]) if redis_on else "-", _pct_cell(o["client_cpu_pct"]),
         _fmt(o["worker_us_tok"]), str(o["redis_clients"]) if redis_on else "-",
+        str(o["log_failures"]) if redis_on else "-",
     ]  # fmt: skip
 
 
@@ -505,10 +665,11 @@ async def main_async(args: argparse.Namespace) -> None:
         print()
         print(
             f"capacity: concurrent {TPS:g} tok/s streams with p99 gap <= {GAP_LIMIT_MS:g} ms, no errors "
-            "(figures at the highest level held)"
+            "(figures at the highest level held; CPU wait = worker time runnable but not running)"
         )
         hdr = ["config", "streams held", "first failed", "gap p50", "gap p99", "TTFT p99", "worker CPU"]
-        hdr += ["redis CPU", "client CPU", "worker us/tok", "redis conns"]
+        hdr.append("CPU wait")
+        hdr += ["redis CPU", "client CPU", "worker us/tok", "redis conns", "logs lost"]
         rows = [_capacity_row(config, c) for config, c in cap.items()]
         _table(hdr, rows)
         for base in ("1w", "1w+redis"):
@@ -521,25 +682,39 @@ async def main_async(args: argparse.Namespace) -> None:
             f"event log cost: one worker, {args.cost_streams} streams x {TPS:g} tok/s, "
             f"medians of {args.repeats}; CPU per delivered token"
         )
-        hdr = ["", "worker us/tok", "redis us/tok", "total us/tok", "gap p99", "worker CPU", "redis CPU"]
-        hdr.append("redis conns")
+        hdr = ["", "worker us/tok", "redis us/tok", "total us/tok", "gap p99", "worker CPU", "CPU wait"]
+        hdr.append("redis CPU")
+        hdr += ["redis conns", "logs lost"]
         rows = []
-        for config, label in (("1w", "no Redis"), ("1w+redis", "Redis event log (resumable)")):
+        for config, label in COST_LABELS.items():
             rs = cost[config]
             w, rd = _med(rs, "worker_us_tok"), _med(rs, "redis_us_tok")
-            redis_on = config != "1w"
+            redis_on = "redis" in config
             redis_cpu = _pct_cell(_med(rs, "redis_cpu_pct")) if redis_on else "-"
             conns = str(max(r["redis_clients"] for r in rs)) if redis_on else "-"
+            lost = str(sum(r["log_failures"] for r in rs)) if redis_on else "-"
             total = w + (rd if rd == rd else 0.0)
             gap = _fmt(_med(rs, "gap_p99"))
             worker_cpu = _pct_cell(_med(rs, "worker_cpu_pct"))
-            rows.append([label, _fmt(w), _fmt(rd), _fmt(total), gap, worker_cpu, redis_cpu, conns])
+            wait = _pct_cell(_med(rs, "worker_rqwait_pct"))
+            row = [label, _fmt(w), _fmt(rd), _fmt(total), gap, worker_cpu, wait, redis_cpu, conns, lost]
+            rows.append(row)
         _table(hdr, rows)
-        w0, w1 = _med(cost["1w"], "worker_us_tok"), _med(cost["1w+redis"], "worker_us_tok")
-        r1 = _med(cost["1w+redis"], "redis_us_tok")
-        print(f"  ratio, worker CPU per token, with / without the event log: {w1 / w0:.2f}x")
-        if r1 == r1:
-            print(f"  ratio, worker + redis-server CPU per token, with / without: {(w1 + r1) / w0:.2f}x")
+        w0 = _med(cost["1w"], "worker_us_tok")
+        for config in COST_CONFIGS[1:]:
+            w1, r1 = _med(cost[config], "worker_us_tok"), _med(cost[config], "redis_us_tok")
+            both = f"; worker + redis-server: {(w1 + r1) / w0:.2f}x" if r1 == r1 else ""
+            print(f"  CPU per token, {COST_LABELS[config]} / no Redis: worker {w1 / w0:.2f}x{both}")
+    lost = sum(c["at_held"]["log_failures"] for c in cap.values() if c["at_held"])
+    lost += sum(r["log_failures"] for rs in (cost or {}).values() for r in rs)
+    if lost:
+        print()
+        print(
+            "note: 'logs lost' counts runs whose Redis event log the server abandoned or never began "
+            "(MaxConnectionsError: redis.asyncio's default pool refuses a 101st concurrent connection). "
+            "Those runs cannot be resumed or cancelled through another worker, and the Redis figures "
+            "undercount the cost of complete logs."
+        )
     if args.json_out:
         write_json(args.json_out, {"capacity": cap, "cost": cost})
 
@@ -551,10 +726,19 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--prefix", default="bench:", help=argparse.SUPPRESS)
     p.add_argument("--redis-url", default="", help=argparse.SUPPRESS)
-    p.add_argument("--quick", action="store_true", help="< 3 min: coarse levels, 60-token streams, 1 repeat")
-    p.add_argument("--configs", default=",".join(CONFIGS), help="of " + ",".join(CONFIGS))
+    p.add_argument("--redis-pool", default="default", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--quick", action="store_true", help="< 3 min: coarse levels, no retries, 60-token streams, 1 repeat"
+    )
+    p.add_argument(
+        "--configs",
+        default=",".join(CONFIGS),
+        help=f"of {','.join(CONFIGS)}; a '-bp' or '-batched' suffix on a Redis one (e.g. 2w+redis-batched) "
+        "runs it with the blocking pool fix or the batched writer",
+    )
     p.add_argument("--levels", help="concurrent streams to try, ascending (default: 250,500,...,4000)")
     p.add_argument("--bisect", type=int, default=2, help="bisection steps after the first failing level")
+    p.add_argument("--retries", type=int, default=1, help="retries of a failing level (a noisy machine)")
     p.add_argument("--tokens", type=int, default=100, help="tokens per stream (20 tok/s: 5 s per stream)")
     p.add_argument("--token-size", type=int, default=4, help="characters per token")
     p.add_argument("--cost-streams", type=int, default=200, help="streams of the event-log cost runs")
@@ -568,10 +752,8 @@ def main() -> None:
         return
     levels = "250,500,750,1000,1250,1500,2000,2500,3000,4000"
     if args.quick:
-        levels = "250,500,1000,1500,2000,3000"
-        args.tokens, args.repeats, args.bisect = 60, 1, min(args.bisect, 1)
-        if "--configs" not in sys.argv:
-            args.configs = "1w,2w+redis"
+        levels = "200,400,800,1200"
+        args.tokens, args.repeats, args.bisect, args.retries = 60, 1, 0, 0
     args.level_list = [int(x) for x in (args.levels or levels).split(",")]
     _raise_nofile()
     asyncio.run(main_async(args))

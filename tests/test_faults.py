@@ -658,11 +658,15 @@ class EndlessBackend(Backend):
     reason="BUG: a run's event buffer has no cap: with a backend that ignores max_tokens the buffer "
     "(and RSS) grows without bound, with or without a reader; needs Settings.max_buffered_events",
 )
-def test_a_run_that_never_ends_is_stopped_at_max_buffered_events(serve: Callable[..., LiveServer]) -> None:
+def test_a_run_that_never_ends_is_stopped_at_max_buffered_events(tmp_path: Path) -> None:
+    from tokenrelay.config import Settings
+    from tokenrelay.server.app import create_app
+
     backend = EndlessBackend()
     settings_cap = 5_000
-    server = serve(backend)
-    server.app.state.settings.max_buffered_events = settings_cap  # the proposed setting
+    settings = Settings(db=f"sqlite:///{tmp_path / 'endless.db'}")
+    settings.max_buffered_events = settings_cap  # type: ignore[attr-defined]  # the proposed setting
+    server = nodelay(LiveServer(create_app(settings, backend=backend))).start()
     before = rss_bytes()
     reader = threading.Thread(
         target=_slow_reader, args=(server.port, "/chat/events", ENDPOINTS["/chat/events"], 3.0), daemon=True
@@ -680,6 +684,7 @@ def test_a_run_that_never_ends_is_stopped_at_max_buffered_events(serve: Callable
         assert wait_until(lambda: backend.closed, 1.0)
     finally:
         reader.join(10)
+        server.stop()
 
 
 # =========================================================================== restart mid-run

@@ -334,12 +334,14 @@ def owner_of(run_id: str) -> str:
     return bytes(worker).decode()
 
 
+@pytest.mark.services
 def test_requests_through_nginx_reach_both_workers(stack: tuple[Proxy, list[Worker]]) -> None:
     proxy, workers = stack
     seen = {httpx.get(proxy.url + "/health", timeout=10).json()["worker"] for _ in range(6)}
     assert seen == {w.id for w in workers}
 
 
+@pytest.mark.services
 def test_sse_tokens_pass_through_nginx_as_they_are_made(stack: tuple[Proxy, list[Worker]]) -> None:
     proxy, _ = stack
     t0 = time.monotonic()
@@ -365,6 +367,7 @@ def test_sse_tokens_pass_through_nginx_as_they_are_made(stack: tuple[Proxy, list
     assert max(gaps) < 1.0, max(gaps)  # no lump held back by a buffer
 
 
+@pytest.mark.services
 def test_plain_text_chat_passes_through_nginx_as_it_is_made(stack: tuple[Proxy, list[Worker]]) -> None:
     proxy, _ = stack
     t0 = time.monotonic()
@@ -380,6 +383,7 @@ def test_plain_text_chat_passes_through_nginx_as_it_is_made(stack: tuple[Proxy, 
     assert arrivals[-1] - arrivals[0] > 2.0, (arrivals[0], arrivals[-1])
 
 
+@pytest.mark.services
 def test_a_run_resumes_through_nginx_on_either_worker(stack: tuple[Proxy, list[Worker]]) -> None:
     proxy, workers = stack
     run_id, _, last_id, before = start_run(proxy.url, "resume me through nginx", take=3)
@@ -396,6 +400,7 @@ def test_a_run_resumes_through_nginx_on_either_worker(stack: tuple[Proxy, list[W
     assert all(e["status"] == "200" for e in resumes)
 
 
+@pytest.mark.services
 def test_a_cancel_through_nginx_reaches_the_worker_running_the_answer(
     stack: tuple[Proxy, list[Worker]],
 ) -> None:
@@ -418,6 +423,7 @@ def test_a_cancel_through_nginx_reaches_the_worker_running_the_answer(
 # -- last: it stops a worker -----------------------------------------------------------------------
 
 
+@pytest.mark.services
 def test_nginx_skips_a_dead_worker(stack: tuple[Proxy, list[Worker]]) -> None:
     proxy, workers = stack
     dead = workers[1]

@@ -660,7 +660,8 @@ def test_health_counts_the_active_runs_of_every_key(
     serve: Callable[..., LiveServer], http: httpx.Client
 ) -> None:
     reply = ['{"action": "Final Answer", "action_input": "', "slow", '"}']
-    server = serve(ScriptedBackend([reply], tokens_per_second=2), api_keys=frozenset({"k1"}))
+    # slow enough that a loaded machine cannot finish the run before /health answers
+    server = serve(ScriptedBackend([reply], tokens_per_second=0.2), api_keys=frozenset({"k1"}))
     with http.stream(
         "POST", server.url + "/chat/events", json={"text": "q"}, headers={"X-API-Key": "k1"}
     ) as r:

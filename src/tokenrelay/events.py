@@ -30,6 +30,7 @@ __all__ = [
     "Usage",
     "event_from_dict",
     "event_to_dict",
+    "new_answer_delta",
 ]
 
 
@@ -73,6 +74,20 @@ class AnswerDelta:
 
     text: str
     type: Literal["answer_delta"] = "answer_delta"
+
+
+_new = object.__new__
+_set_delta_text = AnswerDelta.__dict__["text"].__set__  # the slot descriptors
+_set_delta_type = AnswerDelta.__dict__["type"].__set__
+
+
+def new_answer_delta(text: str) -> AnswerDelta:
+    """`AnswerDelta(text=text)` at half the cost (the per-token hot path): a frozen dataclass's
+    generated `__init__` goes through `object.__setattr__` per field; this sets the slots directly."""
+    event: AnswerDelta = _new(AnswerDelta)
+    _set_delta_text(event, text)
+    _set_delta_type(event, "answer_delta")
+    return event
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

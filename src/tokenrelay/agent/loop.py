@@ -63,6 +63,7 @@ from tokenrelay.events import (
     ToolCallFinished,
     ToolCallStarted,
     Usage,
+    new_answer_delta,
 )
 from tokenrelay.memory.base import SessionStore, Turn, TurnStatus
 from tokenrelay.messages import Message, ToolCall
@@ -98,7 +99,7 @@ class _RunState:
         if self.first_token_s is None:
             self.first_token_s = time.perf_counter() - self.started
         self.parts.append(text)
-        return AnswerDelta(text=text)
+        return new_answer_delta(text)
 
 
 class Agent:

@@ -13,7 +13,19 @@ __all__ = ["create_app", "create_app_from_env", "serve"]
 
 
 def create_app_from_env() -> Any:
-    return create_app(Settings.from_env())
+    """The app for a server process of its own (`tokenrelay serve`, `uvicorn tokenrelay.server:app`).
+
+    Such a process also tunes the garbage collector: thousands of streams allocate many small
+    objects per second, and the default thresholds make full collections (tens of ms, a stall
+    for every stream at once) frequent. Objects alive at start-up are frozen out of collections.
+    An application that embeds `create_app` keeps its own settings."""
+    import gc
+
+    app = create_app(Settings.from_env())
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    return app
 
 
 def __getattr__(name: str) -> Any:

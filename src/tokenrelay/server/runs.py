@@ -19,12 +19,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast, overload
 
-from tokenrelay.events import Event, RunError, RunFinished
+from tokenrelay.events import AnswerDelta, Event, RunError, RunFinished, new_answer_delta
 
 __all__ = ["RunChannel", "RunRegistry"]
+
+
+_TERMINAL = (RunFinished, RunError)
+
+
+class FinishedEvents(Sequence[Event]):
+    """A finished run's events, kept `retention_s` for late readers (Last-Event-ID), with each
+    answer delta stored as its text: a `str` is not tracked by the garbage collector, an
+    `AnswerDelta` is (48 bytes and a GC header each), and every full collection walks all
+    of them. Readers get `AnswerDelta`s back, built on access."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        self._items: list[Any] = [e.text if type(e) is AnswerDelta else e for e in events]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, index: int) -> Event: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Event]: ...
+    def __getitem__(self, index: int | slice) -> Event | list[Event]:
+        if isinstance(index, slice):
+            return [new_answer_delta(x) if type(x) is str else x for x in self._items[index]]
+        x = self._items[index]
+        return new_answer_delta(x) if type(x) is str else cast(Event, x)
+
+    def __iter__(self) -> Iterator[Event]:
+        for x in self._items:
+            yield new_answer_delta(x) if type(x) is str else x
 
 
 @dataclass(eq=False)
@@ -32,7 +65,8 @@ class RunChannel:
     run_id: str
     owner: str | None
     session_id: str | None
-    events: list[Event] = field(default_factory=list)
+    #: a list while the run goes on (followers read it by index), `FinishedEvents` once it ended
+    events: Sequence[Event] = field(default_factory=list)
     done: bool = False
     task: asyncio.Task[None] | None = None
     finished_at: float | None = None
@@ -43,10 +77,12 @@ class RunChannel:
     def publish(self, event: Event) -> None:
         if self.done:
             return
-        self.events.append(event)
-        if isinstance(event, RunFinished | RunError):
+        cast(list[Event], self.events).append(event)
+        if type(event) in _TERMINAL:
             self.done = True
             self.finished_at = time.monotonic()
+            # current followers keep reading the list they hold; later ones get the compact copy
+            self.events = FinishedEvents(self.events)
         if self._waiters:
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:

@@ -17,13 +17,17 @@ __all__ = ["KEEPALIVE", "encode_batch", "encode_event"]
 
 KEEPALIVE = b": keep-alive\n\n"
 
-_DELTA_HEAD = 'id: {}\nevent: answer_delta\ndata: {{"type":"answer_delta","text":'
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+#: a str as a JSON string literal, exactly what `_dumps(str)` returns, without the encoder's dispatch
+_quote = json.encoder.encode_basestring
 
 
 def encode_event(event: Event, event_id: int) -> str:
     if type(event) is AnswerDelta:
-        return _DELTA_HEAD.format(event_id) + _dumps(event.text) + "}\n\n"
+        return (  # one f-string (a single BUILD_STRING): about half the cost of str.format + concatenation
+            f'id: {event_id}\nevent: answer_delta\ndata: {{"type":"answer_delta","text":'
+            f"{_quote(event.text)}}}\n\n"
+        )
     return f"id: {event_id}\nevent: {event.type}\ndata: {_dumps(event_to_dict(event))}\n\n"
 
 
@@ -34,8 +38,10 @@ def encode_batch(events: Sequence[Event], first_id: int) -> bytes:
     only the number of frames shrinks when a follower finds several events queued at once.
     A merged frame's id is the index of the last event it covers, so a client resuming with
     Last-Event-ID never receives text twice."""
-    parts: list[str] = []
     n = len(events)
+    if n == 1:  # the common case: the follower keeps up, one event per wake-up
+        return encode_event(events[0], first_id).encode()
+    parts: list[str] = []
     i = 0
     while i < n:
         event = events[i]
