@@ -24,6 +24,7 @@ class InMemorySessionStore:
         self._order: dict[str, int] = {}  # creation order: tie-break for equal updated_at
         self._turns: dict[int, Turn] = {}  # insertion order == id order
         self._documents: dict[str, Document] = {}
+        self._by_session: dict[str, list[int]] = {}  # turn ids per session, in order
         self._seq = itertools.count(1)
 
     async def create_session(
@@ -56,7 +57,7 @@ class InMemorySessionStore:
             return False
         del self._sessions[session_id], self._order[session_id]
         self._documents.pop(session_id, None)
-        for turn_id in [t.id for t in self._turns.values() if t.session_id == session_id]:
+        for turn_id in self._by_session.pop(session_id, []):
             del self._turns[turn_id]
         return True
 
@@ -66,6 +67,7 @@ class InMemorySessionStore:
             raise KeyError(session_id)
         now = time.time()
         turn_id = next(self._seq)
+        self._by_session.setdefault(session_id, []).append(turn_id)
         self._turns[turn_id] = Turn(
             id=turn_id,
             session_id=session_id,
@@ -103,7 +105,7 @@ class InMemorySessionStore:
     async def history(self, session_id: str, *, limit: int | None = None) -> list[Turn]:
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be 0 or more, not {limit}")
-        turns = [t for t in self._turns.values() if t.session_id == session_id]
+        turns = [self._turns[i] for i in self._by_session.get(session_id, ())]
         return turns if limit is None else turns[max(0, len(turns) - limit) :]
 
     async def interrupt_run(self, run_id: str, *, error: str) -> bool:
