@@ -736,7 +736,7 @@ def main() -> None:
         help=f"of {','.join(CONFIGS)}; a '-bp' or '-batched' suffix on a Redis one (e.g. 2w+redis-batched) "
         "runs it with the blocking pool fix or the batched writer",
     )
-    p.add_argument("--levels", help="concurrent streams to try, ascending (default: 250,500,...,4000)")
+    p.add_argument("--levels", help="concurrent streams to try, ascending (default: 100,250,500,...,4000)")
     p.add_argument("--bisect", type=int, default=2, help="bisection steps after the first failing level")
     p.add_argument("--retries", type=int, default=1, help="retries of a failing level (a noisy machine)")
     p.add_argument("--tokens", type=int, default=100, help="tokens per stream (20 tok/s: 5 s per stream)")
@@ -750,9 +750,9 @@ def main() -> None:
     if args.serve:
         serve(args)
         return
-    levels = "250,500,750,1000,1250,1500,2000,2500,3000,4000"
+    levels = "100,250,500,750,1000,1250,1500,2000,2500,3000,4000"
     if args.quick:
-        levels = "200,400,800,1200"
+        levels = "100,200,400,800,1200"
         args.tokens, args.repeats, args.bisect, args.retries = 60, 1, 0, 0
     args.level_list = [int(x) for x in (args.levels or levels).split(",")]
     _raise_nofile()

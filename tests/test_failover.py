@@ -364,11 +364,6 @@ async def test_all_upstreams_down_is_one_error_naming_each_failure(
     assert backend.healthy() == [False, True, False]
 
 
-@pytest.mark.xfail(
-    reason="FailoverBackend joins the upstreams' messages as they are, and an HTTP status error does "
-    "not say which base URL it came from (fix: prefix each failure with the upstream's URL)",
-    strict=True,
-)
 async def test_all_down_error_says_which_upstream_gave_which_status(
     up: dict[str, FakeOpenAIServer], make_failover: Callable[..., FailoverBackend]
 ) -> None:

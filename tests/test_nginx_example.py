@@ -150,6 +150,7 @@ class Worker:
 
     def __init__(self, db: str, prefix: str, log: Path) -> None:
         self.port = free_port()
+        self.prefix = prefix
         self.address = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.address}"
         self.log = log.open("wb")
@@ -324,14 +325,13 @@ def rest_text(events: list[tuple[str, dict[str, Any]]]) -> str:
     return "".join(str(d["text"]) for name, d in events if name == "answer_delta")
 
 
-def owner_of(run_id: str) -> str:
+def owner_of(worker: Worker, run_id: str) -> str:
+    """The id of the worker that runs `run_id` (from the run's record in Redis)."""
     import redis
 
-    prefixes = redis.Redis.from_url(REDIS).keys(f"trtest:*:runinfo:{run_id}")
-    assert len(prefixes) == 1
-    worker = redis.Redis.from_url(REDIS).hget(prefixes[0], "worker")
-    assert worker is not None
-    return bytes(worker).decode()
+    owner = redis.Redis.from_url(REDIS).hget(f"{worker.prefix}runinfo:{run_id}", "worker")
+    assert owner is not None, f"run {run_id} is not in Redis"
+    return bytes(owner).decode()
 
 
 @pytest.mark.services
@@ -413,7 +413,7 @@ def test_a_cancel_through_nginx_reaches_the_worker_running_the_answer(
     log = proxy.access()
     started = next(e for e in log if e["run"] == run_id and e["uri"] == "/chat/events")
     cancel = next(e for e in log if e["uri"] == f"/runs/{run_id}/cancel")
-    owner = next(w for w in workers if w.id == owner_of(run_id))
+    owner = next(w for w in workers if w.id == owner_of(workers[0], run_id))
     assert started["upstream"] == owner.address
     assert cancel["upstream"] != owner.address  # the other worker relayed it (Redis pub/sub)
     turns = httpx.get(f"{proxy.url}/sessions/{session_id}", timeout=10).json()["turns"]

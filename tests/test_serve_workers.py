@@ -424,13 +424,6 @@ def test_a_cancel_through_the_other_worker_stops_the_run_and_its_upstream_reques
             client.close()
 
 
-@pytest.mark.xfail(
-    reason="RedisCoordinator uses redis.asyncio's default pool, which refuses a 101st concurrent "
-    "connection (MaxConnectionsError); `_mirror` then stops replicating that run for good, so "
-    "its log never ends and a follower on another worker waits forever (fix: a bounded "
-    "BlockingConnectionPool, and retry instead of giving up)",
-    strict=True,
-)
 def test_every_run_is_logged_whole_with_hundreds_in_flight_at_once(
     paced: Serve, upstreams: list[FakeOpenAIServer]
 ) -> None:

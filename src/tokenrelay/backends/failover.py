@@ -67,8 +67,11 @@ class FailoverBackend(Backend):
                 except StopAsyncIteration:
                     return
                 except BackendError as exc:
+                    if exc.status in (400, 413, 422):  # the request is bad, not the upstream
+                        raise
                     self._down_until[index] = time.monotonic() + self.cooldown_s
-                    failures.append(str(exc))
+                    where = getattr(upstream, "shown_url", upstream.name)
+                    failures.append(f"{where}: {exc}")
                     continue
                 self._down_until[index] = 0.0
                 yield first

@@ -180,6 +180,11 @@ class OpenAIBackend(Backend):
     def __repr__(self) -> str:
         return f"OpenAIBackend(model={self.model!r}, base_url={self._shown_url!r})"
 
+    @property
+    def shown_url(self) -> str:
+        """The base URL without credentials, for messages."""
+        return self._shown_url
+
     # -- client ---------------------------------------------------------------------------
 
     def _get_client(self) -> httpx.AsyncClient:

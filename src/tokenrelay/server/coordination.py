@@ -10,6 +10,9 @@ Keys (prefix `tokenrelay:` by default):
 * `worker:{id}`: exists while the worker is alive (refreshed every `heartbeat_s`, expires
   after `lease_s`).
 * `active`: a hash run id → worker id of runs in flight, swept for runs of dead workers.
+
+Writes go through one batching writer per worker (one pipeline round trip per batch for all
+its runs); blocking reads use a separate connection pool so readers never starve writers.
 * `cancel`: the pub/sub channel that carries run ids to cancel.
 
 Invariants: the owning worker appends events in order, in batches (one pipeline round trip
@@ -31,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from tokenrelay.errors import ConfigError
-from tokenrelay.events import Event, RunError, event_from_dict, event_to_dict
+from tokenrelay.events import Event, RunError, RunFinished, event_from_dict, event_to_dict
 from tokenrelay.server.runs import RunChannel
 
 __all__ = ["RedisCoordinator"]
@@ -59,6 +62,8 @@ class RedisCoordinator:
         self.lease_s = lease_s
         self.prefix = prefix
         self._redis: Any = None
+        self._reader: Any = None
+        self._writer: _BatchWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._on_worker_lost: Callable[[str], Awaitable[None]] | None = None
 
@@ -75,11 +80,23 @@ class RedisCoordinator:
             raise ConfigError(
                 "Redis coordination needs the redis extra: pip install 'tokenrelay[redis]'"
             ) from None
-        self._redis = aioredis.from_url(self.url)
+        # blocking pools: under load callers wait for a connection instead of failing
+        self._redis = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                self.url, max_connections=32, timeout=None
+            )
+        )
+        # blocking XREADs of readers get their own connections, so they never starve writes
+        self._reader = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                self.url, max_connections=256, timeout=None
+            )
+        )
         try:
             await self._redis.ping()
         except Exception as exc:
             raise ConfigError(f"cannot connect to Redis at {_safe(self.url)}: {exc}") from None
+        self._writer = _BatchWriter(self._redis)
         self._on_worker_lost = on_worker_lost
         await self._beat()
         self._tasks = [
@@ -92,6 +109,10 @@ class RedisCoordinator:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._writer is not None:
+            await self._writer.close()
+        if self._reader is not None:
+            await self._reader.aclose()
         if self._redis is not None:
             with contextlib.suppress(Exception):
                 await self._redis.delete(self._key("worker", self.worker_id))
@@ -116,44 +137,31 @@ class RedisCoordinator:
 
     # -- the owning side ---------------------------------------------------------------
 
-    def replicate(self, channel: RunChannel) -> asyncio.Task[None]:
-        """Mirror a local run's events into its stream, in batches, until the run ends."""
-        return asyncio.create_task(self._mirror(channel), name=f"replicate {channel.run_id}")
-
-    async def _mirror(self, channel: RunChannel) -> None:
-        r = self._redis
+    def replicate(self, channel: RunChannel) -> None:
+        """Mirror a local run's events into its stream as they are published. Every run of
+        this worker shares one writer: one pipeline round trip per batch for all runs."""
+        writer = self._writer
+        assert writer is not None, "start() first"
         stream = self._key("run", channel.run_id)
         info = self._key("runinfo", channel.run_id)
-        await r.hset(
-            info,
-            mapping={
-                "owner": channel.owner or "",
-                "worker": self.worker_id,
-                "session": channel.session_id or "",
-            },
-        )
-        await r.hset(self._key("active"), channel.run_id, self.worker_id)
-        index = 0
-        try:
-            while True:
-                events = channel.events
-                if index < len(events):
-                    batch = events[index:]
-                    pipe = r.pipeline(transaction=False)
-                    for offset, event in enumerate(batch):
-                        pipe.xadd(stream, {"e": _encode(event)}, id=f"{index + offset + 1}-0")
-                    if channel.done:
-                        pipe.hdel(self._key("active"), channel.run_id)
-                        pipe.pexpire(stream, int(self.retention_s * 1000))
-                        pipe.pexpire(info, int(self.retention_s * 1000))
-                    await pipe.execute()
-                    index += len(batch)
-                    continue
-                if channel.done:
-                    return
-                await channel.next_event(index)
-        except Exception as exc:  # the local stream goes on; remote readers will see a gap-free prefix
-            log.warning("replicating run %s to Redis failed: %s", channel.run_id, exc)
+        retention = int(self.retention_s * 1000)
+        active = self._key("active")
+        run_id = channel.run_id
+        writer.add("hset", info, mapping={
+            "owner": channel.owner or "", "worker": self.worker_id, "session": channel.session_id or "",
+        })  # fmt: skip
+        writer.add("hset", active, run_id, self.worker_id)
+
+        def sink(index: int, event: Event) -> None:
+            writer.add("xadd", stream, {"e": _encode(event)}, id=f"{index + 1}-0")
+            if type(event) is RunFinished or type(event) is RunError:
+                writer.add("hdel", active, run_id)
+                writer.add("pexpire", stream, retention)
+                writer.add("pexpire", info, retention)
+
+        for index, event in enumerate(channel.events):  # anything published before now
+            sink(index, event)
+        channel.sink = sink
 
     async def publish_cancel(self, run_id: str) -> None:
         await self._redis.publish(self._key("cancel"), run_id.encode())
@@ -247,6 +255,50 @@ class RedisCoordinator:
                 raise
             except Exception as exc:
                 log.warning("dead-worker sweep failed: %s", exc)
+
+
+class _BatchWriter:
+    """One task that sends every queued Redis command in one pipeline; while a pipeline is in
+    flight the next batch accumulates. A failed batch is retried (entries already written are
+    refused by their ids, so a retry never duplicates an event)."""
+
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis
+        self._ops: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="tokenrelay redis writer")
+
+    def add(self, name: str, *args: Any, **kwargs: Any) -> None:
+        self._ops.append((name, args, kwargs))
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            ops, self._ops = self._ops, []
+            pipe = self._redis.pipeline(transaction=False)
+            for name, args, kwargs in ops:
+                getattr(pipe, name)(*args, **kwargs)
+            try:
+                await pipe.execute(raise_on_error=False)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("writing run logs to Redis failed (%s); retrying", exc)
+                self._ops = ops + self._ops
+                await asyncio.sleep(0.5)
+                self._wake.set()
+
+    async def close(self) -> None:
+        """Flush what is queued (best effort), then stop."""
+        for _ in range(20):
+            if not self._ops:
+                break
+            await asyncio.sleep(0.05)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 def _encode(event: Event) -> bytes:

@@ -72,12 +72,16 @@ class RunChannel:
     finished_at: float | None = None
     followers: int = 0
     detached: bool = False
+    #: called with (index, event) for each event as it is published (e.g. the Redis log)
+    sink: Callable[[int, Event], None] | None = None
     _waiters: list[asyncio.Future[bool]] = field(default_factory=list)
 
     def publish(self, event: Event) -> None:
         if self.done:
             return
         cast(list[Event], self.events).append(event)
+        if self.sink is not None:
+            self.sink(len(self.events) - 1, event)
         if type(event) in _TERMINAL:
             self.done = True
             self.finished_at = time.monotonic()
