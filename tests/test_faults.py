@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import sqlite3
@@ -968,3 +969,48 @@ async def test_200_simultaneous_runs_on_all_endpoints_get_exactly_their_own_answ
         owners = {u.split()[0] for u in users}
         assert len(owners) == 1, users  # one conversation's words only
         assert all(u.startswith(by_prompt[u.split()[0]]) for u in users)
+
+
+# =========================================================================== several workers
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: with --workers > 1 uvicorn binds the shared socket with proto 0, so asyncio never sets "
+    "TCP_NODELAY on accepted connections: every response (and every streamed token after the first "
+    "unacknowledged write) waits ~40 ms for the client's delayed ACK",
+)
+def test_several_workers_answer_without_the_nagle_delay(tmp_path: Path) -> None:
+    port = free_port()
+    reply = 'scripted:{"action": "Final Answer", "action_input": "Hello"}'
+    command = [sys.executable, "-m", "tokenrelay.cli", "serve", "--model", reply, "--workers", "2"]
+    command += ["--port", str(port), "--db", str(tmp_path / "workers.db")]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return httpx.get(url + "/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        assert wait_until(up, 60.0, 0.1), "the workers did not start"
+        with httpx.Client(timeout=10) as http:
+            http.get(url + "/health")
+            timings = []
+            for _ in range(15):
+                started = time.perf_counter()
+                assert http.get(url + "/health").status_code == 200
+                timings.append(time.perf_counter() - started)
+        median = sorted(timings)[len(timings) // 2]
+        assert median < 0.015, f"median GET /health {median * 1000:.1f} ms (one worker: about 1 ms)"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)

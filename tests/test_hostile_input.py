@@ -11,6 +11,7 @@ tests/test_web_page.py::test_html_in_an_answer_stays_inert (a browser test).
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -587,7 +588,7 @@ def framing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[L
 
 
 @settings(
-    max_examples=40,
+    max_examples=int(os.environ.get("TOKENRELAY_FRAMING_EXAMPLES", "40")),
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],

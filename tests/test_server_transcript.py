@@ -665,7 +665,8 @@ def test_health_counts_the_active_runs_of_every_key(
     with http.stream(
         "POST", server.url + "/chat/events", json={"text": "q"}, headers={"X-API-Key": "k1"}
     ) as r:
-        next(r.iter_raw())  # the run has started
+        chunks = r.iter_raw()  # keep the iterator: dropping it closes the stream (a disconnect)
+        next(chunks)  # the run has started
         assert http.get(server.url + "/health").json()["active_runs"] == 1
 
 

@@ -68,6 +68,7 @@ async def start_run(
     history: Sequence[tuple[str, str]] = (),
     use_session: bool = True,
     resumable: bool = False,
+    streamed: bool = False,
 ) -> tuple[RunChannel, str | None]:
     """Validate, resolve the session (404 if it is not the caller's), and start the run."""
     runner = _runner(request)
@@ -88,7 +89,15 @@ async def start_run(
     events = runner.agent.run(
         text, session_id=session_id if use_session else None, mode=mode, run_id=run_id, history=history
     )
-    channel = _registry(request).start(run_id, events, owner=owner, session_id=session_id, detached=resumable)
+    # a streamed, non-resumable run lives and dies with its response: let the response drive it
+    channel = _registry(request).start(
+        run_id,
+        events,
+        owner=owner,
+        session_id=session_id,
+        detached=resumable,
+        inline=streamed and not resumable,
+    )
     return channel, session_id
 
 
@@ -114,7 +123,13 @@ async def _chat(request: Request, body: ChatRequest, owner: str | None) -> Respo
     if not body.stream and body.session_id is not None and known and memory_k:
         prior = await runner.store.history(body.session_id, limit=memory_k)
     channel, session_id = await start_run(
-        request, body.text, owner=owner, session_id=body.session_id, mode=body.mode, resumable=body.resumable
+        request,
+        body.text,
+        owner=owner,
+        session_id=body.session_id,
+        mode=body.mode,
+        resumable=body.resumable,
+        streamed=body.stream,
     )
     assert session_id is not None
     headers = {"X-Session-Id": session_id, "X-Run-Id": channel.run_id}
@@ -226,6 +241,7 @@ async def chat_events(
         session_id=body.session_id,
         mode=mode or body.mode,
         resumable=body.resumable,
+        streamed=True,
     )
     assert session_id is not None
     return _sse_response(channel, {"X-Session-Id": session_id, "X-Run-Id": channel.run_id})

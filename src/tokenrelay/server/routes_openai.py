@@ -110,7 +110,7 @@ def _finish(last: Event) -> str:
 async def chat_completions(request: Request, body: OpenAIChatRequest, owner: Owner) -> Response:
     text, history = _split(body.messages)
     channel, _ = await start_run(
-        request, text, owner=owner, session_id=None, history=history, use_session=False
+        request, text, owner=owner, session_id=None, history=history, use_session=False, streamed=body.stream
     )
     completion_id = "chatcmpl-" + channel.run_id.removeprefix("run_")
     model = body.model or _runner(request).backend.name

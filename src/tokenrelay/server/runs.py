@@ -74,12 +74,18 @@ class RunChannel:
     detached: bool = False
     #: called with (index, event) for each event as it is published (e.g. the Redis log)
     sink: Callable[[int, Event], None] | None = None
+    #: an inline run's event source, until its first follower takes it and drives it itself
+    source: AsyncIterator[Event] | None = None
+    #: an inline run's keep-alive: called on a registry tick when nothing was published since
+    on_idle: Callable[[], None] | None = None
+    _fresh: bool = False
     _waiters: list[asyncio.Future[bool]] = field(default_factory=list)
 
     def publish(self, event: Event) -> None:
         if self.done:
             return
         cast(list[Event], self.events).append(event)
+        self._fresh = True
         if self.sink is not None:
             self.sink(len(self.events) - 1, event)
         if type(event) in _TERMINAL:
@@ -104,6 +110,9 @@ class RunChannel:
 
     def tick(self) -> None:
         """Wake idle followers so they can send a keep-alive."""
+        if self.on_idle is not None and not self._fresh:
+            self.on_idle()
+        self._fresh = False
         if self._waiters:
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
@@ -138,10 +147,17 @@ class RunRegistry:
         owner: str | None,
         session_id: str | None,
         detached: bool = False,
+        inline: bool = False,
     ) -> RunChannel:
+        """Register a run. By default it runs as a task of its own; `inline` leaves `events`
+        on the channel for the response that follows it to drive, saving a task wake-up per
+        event (for runs that end with their connection anyway)."""
         self._sweep()
         channel = RunChannel(run_id=run_id, owner=owner, session_id=session_id, detached=detached)
-        channel.task = asyncio.create_task(self._pump(channel, events), name=f"run {run_id}")
+        if inline:
+            channel.source = events
+        else:
+            channel.task = asyncio.create_task(self._pump(channel, events), name=f"run {run_id}")
         self._runs[run_id] = channel
         if self.on_start is not None:
             self.on_start(channel)
@@ -216,6 +232,10 @@ async def _aclose(events: AsyncIterator[Event]) -> None:
     aclose = getattr(events, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+def answer_so_far(channel: RunChannel) -> str:
+    return _answer(channel)
 
 
 def _answer(channel: RunChannel) -> str:

@@ -10,14 +10,15 @@ looks whole.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from tokenrelay.events import Event, RunError
-from tokenrelay.server.runs import RunChannel
+from tokenrelay.server.runs import RunChannel, answer_so_far
 
 __all__ = ["FollowResponse", "IncompleteStream", "install_log_filter"]
 
@@ -73,6 +74,7 @@ class FollowResponse(Response):
         self.epilogue = epilogue
         self.abort_on_error = abort_on_error
         self.cancel_on_disconnect = cancel_on_disconnect
+        self._pings: set[asyncio.Task[None]] = set()
         self.status_code = status_code
         raw = {
             "content-type": media_type,
@@ -88,6 +90,24 @@ class FollowResponse(Response):
         channel.followers += 1
         sender = asyncio.current_task()
         disconnected = False
+        finished = False
+        source = channel.source
+        if source is not None:  # an inline run: this response drives it (one task, not two)
+            channel.source = None
+            channel.task = sender
+            keepalive = self.keepalive
+            if keepalive is not None:
+
+                async def ping() -> None:
+                    if not finished:
+                        await send({"type": "http.response.body", "body": keepalive, "more_body": True})
+
+                def idle() -> None:
+                    task = asyncio.create_task(ping())
+                    self._pings.add(task)
+                    task.add_done_callback(self._pings.discard)
+
+                channel.on_idle = idle
 
         async def listen() -> None:
             nonlocal disconnected
@@ -109,22 +129,41 @@ class FollowResponse(Response):
             index = self.start
             events = channel.events
             while True:
-                if index < len(events):
-                    batch = events[index:]
-                    body = self.encode(batch, index)
-                    index += len(batch)
-                    if body:
-                        await send({"type": "http.response.body", "body": body, "more_body": True})
-                    continue
-                if channel.done:
-                    break
-                ticked = await channel.next_event(index)
-                if ticked and self.keepalive is not None and len(events) == index and not channel.done:
-                    await send({"type": "http.response.body", "body": self.keepalive, "more_body": True})
+                try:
+                    if index < len(events):
+                        batch = events[index:]
+                        body = self.encode(batch, index)
+                        index += len(batch)
+                        if body:
+                            await send({"type": "http.response.body", "body": body, "more_body": True})
+                        continue
+                    if channel.done:
+                        break
+                    if source is not None:
+                        await self._drive(source, channel)
+                        continue
+                    ticked = await channel.next_event(index)
+                    if ticked and self.keepalive is not None and len(events) == index and not channel.done:
+                        await send({"type": "http.response.body", "body": self.keepalive, "more_body": True})
+                except asyncio.CancelledError:
+                    if disconnected or source is None or channel.done:
+                        raise
+                    # a cancel request for the inline run this response drives: end it with an
+                    # error event, which this response still sends
+                    current = asyncio.current_task()
+                    if current is not None:
+                        current.uncancel()
+                    await _close(source)
+                    channel.publish(
+                        RunError(
+                            message="the run was cancelled", code="cancelled", answer=answer_so_far(channel)
+                        )
+                    )
             last = events[-1]
             if self.abort_on_error and isinstance(last, RunError):
                 raise IncompleteStream(last.message)
             tail = self.epilogue(last) if self.epilogue is not None else b""
+            finished = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except asyncio.CancelledError:
             if not disconnected:
@@ -136,7 +175,39 @@ class FollowResponse(Response):
         except OSError:  # the socket broke under a write
             disconnected = True
         finally:
+            finished = True
             listener.cancel()
             channel.followers -= 1
-            if disconnected and self.cancel_on_disconnect and channel.followers == 0 and not channel.detached:
+            channel.on_idle = None
+            if source is not None:
+                if not channel.done:  # the client left while this response drove the run
+                    await _close(source)
+                    channel.publish(
+                        RunError(
+                            message="the client disconnected", code="cancelled", answer=answer_so_far(channel)
+                        )
+                    )
+            elif (
+                disconnected and self.cancel_on_disconnect and channel.followers == 0 and not channel.detached
+            ):
                 channel.cancel()
+
+    async def _drive(self, source: AsyncIterator[Event], channel: RunChannel) -> None:
+        """Advance an inline run by one event (cancellation is the caller's to handle)."""
+        try:
+            event = await anext(source)
+        except StopAsyncIteration:
+            channel.publish(RunError(message="the run ended without a result", code="internal"))
+            return
+        except Exception as exc:  # the agent turns failures into events; a last resort
+            channel.publish(RunError(message=f"internal error: {type(exc).__name__}", code="internal"))
+            return
+        channel.publish(event)
+
+
+async def _close(source: AsyncIterator[Event]) -> None:
+    """Close a run's generator: its cleanup stores the turn as interrupted."""
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
