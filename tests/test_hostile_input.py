@@ -217,12 +217,6 @@ def test_control_characters_are_accepted_as_text_and_come_back_exactly(
     assert response.json()["choices"][0]["message"]["content"] == "You said: " + text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: bodies FastAPI cannot parse (invalid UTF-8, nesting too deep, a number over "
-    "Python's 4300-digit limit) get a 400 'There was an error parsing the body' that does not say "
-    "what is wrong",
-)
 @pytest.mark.parametrize(
     ("name", "says"),
     [("invalid-utf8", "UTF-8"), ("deep-array", "nest"), ("huge-integer", "number")],
@@ -236,11 +230,6 @@ def test_unparseable_bodies_say_what_is_wrong(
     assert says.lower() in error_of(response).lower()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an OpenAI content part whose 'text' is not a string (e.g. a number) crashes "
-    "routes_openai._text with TypeError: a 500 with a text/plain body",
-)
 @pytest.mark.parametrize("text", [5, None, ["a"], {"t": 1}])
 def test_openai_content_parts_with_a_non_string_text_are_a_4xx(
     hostile_server: tuple[LiveServer, ScriptedBackend], http: httpx.Client, text: Any
@@ -261,12 +250,6 @@ LONE_SURROGATES: dict[str, tuple[str, bytes]] = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: JSON strings with a lone UTF-16 surrogate escape (\\ud800-\\udfff) pass validation where "
-    "a field is a plain str (OpenAI content and model, document content) and crash later when encoded "
-    "as UTF-8 (response, SQLite): a 500 with a text/plain body",
-)
 @pytest.mark.parametrize("name", list(LONE_SURROGATES))
 def test_lone_surrogates_are_a_4xx(
     hostile_server: tuple[LiveServer, ScriptedBackend], http: httpx.Client, name: str
@@ -279,11 +262,6 @@ def test_lone_surrogates_are_a_4xx(
     error_of(response)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a 422 lists every validation problem, so a 1 MB body of unknown keys gets a 2 MB "
-    "error message back (amplification); the list should be capped",
-)
 def test_a_validation_error_is_not_bigger_than_the_request(
     hostile_server: tuple[LiveServer, ScriptedBackend], http: httpx.Client
 ) -> None:

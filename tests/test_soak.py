@@ -56,10 +56,6 @@ def test_no_growth_in_fds_threads_tasks_or_memory_after_2000_runs(soak: dict[str
     assert growth < 0.10, f"RSS grew {growth:.1%}: {before['rss'] >> 20} -> {after['rss'] >> 20} MB"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the run registry keeps every finished run (all its events) for retention_s=300 s with "
-    "no cap on their number: at ~600 runs/s that is ~180k runs; after the 10,000-run soak RSS is +42%",
-)
 def test_finished_runs_kept_for_resume_are_capped(soak: dict[str, Any]) -> None:
-    assert soak["after"]["runs_retained"] <= 1000, soak["after"]["runs_retained"]
+    # the proposed cap: the newest 1,000 finished runs, +25% between two sweeps
+    assert soak["after"]["runs_retained"] <= 1500, soak["after"]["runs_retained"]

@@ -61,6 +61,8 @@ class Settings:
     max_text_chars: int = 32_000
     max_body_bytes: int = 1_000_000
     keepalive_s: float = 15.0
+    #: a run that produces more events than this is stopped with an error (memory bound per run)
+    max_buffered_events: int = 100_000
     presets_file: str | None = None
     #: Redis URL for several workers: shared run event logs, cancel anywhere, worker leases
     redis_url: str | None = None

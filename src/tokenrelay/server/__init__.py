@@ -58,6 +58,8 @@ def serve(settings: Settings) -> int:
             os.environ["TOKENRELAY_" + name.upper()] = str(value)
     if settings.openai_api_key:
         os.environ.setdefault("OPENAI_API_KEY", settings.openai_api_key)
+    if settings.workers > 1:
+        _nodelay_shared_socket()
     uvicorn.run(
         "tokenrelay.server:create_app_from_env",
         factory=True,
@@ -68,3 +70,26 @@ def serve(settings: Settings) -> int:
         access_log=False,  # a line per request costs more than the request at thousands of streams
     )
     return 0
+
+
+def _nodelay_shared_socket() -> None:
+    """Several workers share a socket that uvicorn binds with `socket.socket(family)`, proto 0,
+    so asyncio does not set TCP_NODELAY on the connections it accepts, and every response
+    written in more than one piece (headers, then each token) waits for the client's delayed
+    ACK (~40 ms, Nagle). Set on the listening socket, Linux passes it on to accepted ones."""
+    import socket
+
+    import uvicorn.config
+
+    bind = uvicorn.config.Config.bind_socket
+    if getattr(bind, "tokenrelay_nodelay", False):
+        return
+
+    def bind_socket(self: uvicorn.config.Config) -> socket.socket:
+        sock = bind(self)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    bind_socket.tokenrelay_nodelay = True  # type: ignore[attr-defined]
+    uvicorn.config.Config.bind_socket = bind_socket  # type: ignore[method-assign]

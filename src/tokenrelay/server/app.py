@@ -8,7 +8,9 @@ requests share only those. Every error response, 4xx or 5xx, has the same JSON s
 from __future__ import annotations
 
 import asyncio
+import json
 import mimetypes
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -88,6 +90,17 @@ class BodyLimit:
                 return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
             return await receive()
 
+        if _SURROGATE_ESCAPE.search(b"".join(chunks)) and _has_lone_surrogate(b"".join(chunks)):
+            response = JSONResponse(
+                error_body(
+                    "the JSON body contains a lone UTF-16 surrogate escape (\\ud800-\\udfff without "
+                    "its pair), which is not valid Unicode",
+                    code="invalid_unicode",
+                ),
+                status_code=422,
+            )
+            await response(scope, replay, send)
+            return
         await self.app(scope, replay, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -96,6 +109,34 @@ class BodyLimit:
             status_code=413,
         )
         await response(scope, receive, send)
+
+
+_MAX_PROBLEMS = 20
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(body: bytes) -> bool:
+    """Whether a JSON body decodes to a string with a lone surrogate (which cannot be encoded
+    as UTF-8: it would crash the response, the store, the upstream request)."""
+    try:
+        value = json.loads(body)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    except (ValueError, RecursionError):
+        return False  # not JSON: the route's own validation says so
+    return False
+
+
+def _parse_problem(exc: BaseException | None) -> str | None:
+    """What is wrong with a body the JSON parser rejected (FastAPI chains the cause)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"the request body is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at {exc.start})"
+    if isinstance(exc, RecursionError):
+        return "the request body's JSON is nested too deeply"
+    if isinstance(exc, ValueError) and "digits" in str(exc):
+        return f"the request body has a number that is too long: {exc}"
+    return None
 
 
 def create_app(
@@ -118,7 +159,7 @@ def create_app(
         if load is not None:
             await load()  # the first request should not pay for loading the model
         runner = Runner(settings, own_backend, own_store)
-        registry = RunRegistry()
+        registry = RunRegistry(max_events=settings.max_buffered_events)
         app.state.runner = runner
         app.state.registry = registry
         app.state.coordinator = None
@@ -163,6 +204,8 @@ def create_app(
         if exc.status_code >= 500:
             kind = "server_error"
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 400:
+            message = _parse_problem(exc.__cause__) or message
         return JSONResponse(
             error_body(message, type_=kind, code=str(exc.status_code)),
             status_code=exc.status_code,
@@ -181,11 +224,19 @@ def create_app(
                 status_code=415,
             )
         problems = []
-        for err in exc.errors():
+        errors = exc.errors()
+        for err in errors[:_MAX_PROBLEMS]:
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-            problems.append(f"{where}: {err.get('msg', 'invalid')}")
+            problems.append(f"{where[:100]}: {err.get('msg', 'invalid')}")
+        if len(errors) > _MAX_PROBLEMS:
+            problems.append(f"and {len(errors) - _MAX_PROBLEMS} more problems")
         message = "; ".join(problems) or "invalid request"
         return JSONResponse(error_body(message, code="invalid_request"), status_code=422)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> JSONResponse:
+        # a bug: still the documented JSON shape (the server logs the traceback)
+        return JSONResponse(error_body("internal server error", type_="server_error"), status_code=500)
 
     from tokenrelay.server import routes_chat, routes_documents, routes_openai, routes_sessions
 

@@ -33,7 +33,10 @@ def _text(message: OpenAIMessage) -> str:
         return ""
     if isinstance(content, str):
         return content
-    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    texts = [part.get("text", "") for part in content if isinstance(part, dict)]
+    if not all(isinstance(text, str) for text in texts):
+        raise HTTPException(422, "messages: a content part's text must be a string")
+    return "".join(texts)
 
 
 def _split(messages: list[OpenAIMessage]) -> tuple[str, list[tuple[str, str]]]:

@@ -11,7 +11,9 @@ Invariants:
   max_tokens per model call and max_iterations, so the buffer is bounded too);
 * a run whose last follower leaves (client disconnect) is cancelled, unless it was started
   detached; the agent then records the turn as interrupted with its partial answer;
-* finished runs are forgotten after `retention_s`.
+* finished runs are forgotten after `retention_s`, and beyond the newest `max_finished`;
+* a run that reaches `max_events` events is stopped (`too_large`): with a backend that ignores
+  max_tokens, that is the only bound on its buffer.
 """
 
 from __future__ import annotations
@@ -79,6 +81,24 @@ class RunChannel:
     #: an inline run's keep-alive: called on a registry tick when nothing was published since
     on_idle: Callable[[], None] | None = None
     _fresh: bool = False
+    #: a run that publishes this many events is stopped (`too_large`): bounded memory per run
+    max_events: int = 100_000
+
+    @property
+    def over_limit(self) -> bool:
+        return not self.done and len(self.events) >= self.max_events - 1  # room for the error
+
+    async def stop_over_limit(self, source: AsyncIterator[Event]) -> None:
+        """Close the run's generator (the agent stores the turn interrupted) and end it."""
+        await _aclose(source)
+        self.publish(
+            RunError(
+                message=f"the run produced {self.max_events} events and was stopped (max_buffered_events)",
+                code="too_large",
+                answer=_answer(self),
+            )
+        )
+
     _waiters: list[asyncio.Future[bool]] = field(default_factory=list)
 
     def publish(self, event: Event) -> None:
@@ -129,9 +149,16 @@ class RunChannel:
 class RunRegistry:
     """The runs of this process, by id."""
 
-    def __init__(self, retention_s: float = 300.0) -> None:
+    def __init__(
+        self, retention_s: float = 300.0, *, max_events: int = 100_000, max_finished: int = 1000
+    ) -> None:
         self._runs: dict[str, RunChannel] = {}
         self.retention_s = retention_s
+        #: a run with this many events is stopped with a `too_large` error
+        self.max_events = max_events
+        #: finished runs kept for resume: the newest this many (+25% between sweeps)
+        self.max_finished = max_finished
+        self._sweep_at = max_finished
         self._last_sweep = time.monotonic()
         #: called with each new channel (e.g. to mirror its events to Redis)
         self.on_start: Callable[[RunChannel], object] | None = None
@@ -154,6 +181,7 @@ class RunRegistry:
         event (for runs that end with their connection anyway)."""
         self._sweep()
         channel = RunChannel(run_id=run_id, owner=owner, session_id=session_id, detached=detached)
+        channel.max_events = self.max_events
         if inline:
             channel.source = events
         else:
@@ -184,6 +212,9 @@ class RunRegistry:
         try:
             async for event in events:
                 channel.publish(event)
+                if channel.over_limit:
+                    await channel.stop_over_limit(events)
+                    return
         except asyncio.CancelledError:
             # closing the generator runs the agent's cleanup (turn stored as interrupted)
             with contextlib.suppress(Exception):
@@ -198,17 +229,19 @@ class RunRegistry:
                 channel.publish(RunError(message="the run ended without a result", code="internal"))
 
     def _sweep(self) -> None:
+        """Forget finished runs older than `retention_s`, and all but the newest `max_finished`
+        (a burst of short runs must not keep all their events for minutes). Runs every 5 s, or
+        sooner once `max_finished // 4` runs more are registered: O(1) amortized per run."""
         now = time.monotonic()
-        if now - self._last_sweep < 5.0:
+        if now - self._last_sweep < 5.0 and len(self._runs) <= self._sweep_at:
             return
         self._last_sweep = now
-        stale = [
-            run_id
-            for run_id, c in self._runs.items()
-            if c.done and c.finished_at is not None and now - c.finished_at > self.retention_s
-        ]
-        for run_id in stale:
-            del self._runs[run_id]
+        finished = sorted((c.finished_at or 0.0, run_id) for run_id, c in self._runs.items() if c.done)
+        excess = len(finished) - self.max_finished
+        for i, (finished_at, run_id) in enumerate(finished):
+            if i < excess or now - finished_at > self.retention_s:
+                del self._runs[run_id]
+        self._sweep_at = len(self._runs) + max(self.max_finished // 4, 16)
 
     async def keepalive(self, interval_s: float) -> None:
         """Every `interval_s`, wake idle followers to send a keep-alive: one timer for the

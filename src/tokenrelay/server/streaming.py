@@ -203,6 +203,8 @@ class FollowResponse(Response):
             channel.publish(RunError(message=f"internal error: {type(exc).__name__}", code="internal"))
             return
         channel.publish(event)
+        if channel.over_limit:
+            await channel.stop_over_limit(source)
 
 
 async def _close(source: AsyncIterator[Event]) -> None:

@@ -14,8 +14,10 @@ function runs. Invariants of `Tool.invoke`:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import json
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
@@ -130,17 +132,45 @@ class Tool:
                 if inspect.iscoroutinefunction(self.function):
                     value = await self.function(**kwargs)
                 else:
-                    value = await asyncio.to_thread(self.function, **kwargs)
+                    value = await _in_daemon_thread(self.function, kwargs, self.name)
         except TimeoutError:
             return ToolOutcome(error=f"{self.name} timed out after {timeout_s:g} s")
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a tool's failure is an observation, not a crash
+        except (Exception, SystemExit) as exc:  # a tool's failure is an observation, not a crash
             return ToolOutcome(error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
         if len(text) > _MAX_OBSERVATION_CHARS:
             text = text[:_MAX_OBSERVATION_CHARS] + f"… [truncated {len(text) - _MAX_OBSERVATION_CHARS} chars]"
         return ToolOutcome(result=text)
+
+
+def _in_daemon_thread(function: Callable[..., Any], kwargs: dict[str, Any], name: str) -> asyncio.Future[Any]:
+    """Run a sync tool in a daemon thread of its own: one that never returns is abandoned after
+    the timeout without holding up shutdown (the default executor's threads are joined)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(value: Any, error: BaseException | None) -> None:
+        if not future.done():
+            if error is None:
+                future.set_result(value)
+            else:
+                future.set_exception(error)
+
+    def work() -> None:
+        try:
+            value, error = context.run(function, **kwargs), None
+        except BaseException as exc:  # handed to the awaiting task
+            value, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, value, error)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    threading.Thread(target=work, name=f"tool-{name}", daemon=True).start()
+    return future
 
 
 @overload
