@@ -8,7 +8,6 @@ machines run; skipped with the reason when they are missing, except in CI (CI=tr
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -24,6 +23,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from apps.worker import ANSWER
 from server_fixture import free_port
+from sse_frames import parse_sse as _sse
 
 pytestmark = pytest.mark.services
 
@@ -117,26 +117,6 @@ def workers(database: str, tmp_path: Path) -> Iterator[tuple[Worker, Worker]]:
     yield a, b
     a.stop()
     b.stop()
-
-
-def _sse(lines: Iterator[str]) -> Iterator[tuple[int | None, str, dict[str, object]]]:
-    """(id, event, data) from an SSE line iterator."""
-    event_id: int | None = None
-    name = "message"
-    data: list[str] = []
-    for line in lines:
-        if line == "":
-            if data:
-                yield event_id, name, json.loads("\n".join(data))
-            event_id, name, data = None, "message", []
-        elif line.startswith(":"):
-            continue
-        elif line.startswith("id:"):
-            event_id = int(line[3:].strip())
-        elif line.startswith("event:"):
-            name = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].lstrip(" "))
 
 
 def _start(worker: Worker, text: str, *, take: int) -> tuple[str, str, int, str]:

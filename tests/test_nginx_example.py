@@ -16,7 +16,6 @@ check, when PostgreSQL or Redis is missing (outside CI: see test_multiworker.py)
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -37,6 +36,7 @@ from server_fixture import free_port
 
 sys.path.insert(0, str(Path(__file__).parent))
 from apps.worker import ANSWER
+from sse_frames import parse_sse as _sse
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "nginx" / "tokenrelay.conf"
 PG_ADMIN = os.environ.get("TOKENRELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -269,25 +269,6 @@ def stack(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
             proxy.stop()
         for worker in workers:
             worker.stop()
-
-
-def _sse(lines: Iterator[str]) -> Iterator[tuple[int | None, str, dict[str, Any]]]:
-    event_id: int | None = None
-    name = "message"
-    data: list[str] = []
-    for line in lines:
-        if line == "":
-            if data:
-                yield event_id, name, json.loads("\n".join(data))
-            event_id, name, data = None, "message", []
-        elif line.startswith(":"):
-            continue
-        elif line.startswith("id:"):
-            event_id = int(line[3:].strip())
-        elif line.startswith("event:"):
-            name = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].lstrip(" "))
 
 
 def start_run(url: str, text: str, take: int) -> tuple[str, str, int, str]:

@@ -34,6 +34,7 @@ import pytest
 
 from fake_openai import DONE, FakeOpenAIServer, Reply, Sleep, chunk, sse, text_events, text_reply
 from server_fixture import free_port
+from sse_frames import parse_sse as _sse
 
 pytestmark = pytest.mark.services
 
@@ -223,26 +224,6 @@ def paced(
     server = Serve(args, env=env, log=log)
     yield server
     server.stop()
-
-
-def _sse(lines: Iterator[str]) -> Iterator[tuple[int | None, str, dict[str, Any]]]:
-    """(id, event, data) from an SSE line iterator."""
-    event_id: int | None = None
-    name = "message"
-    data: list[str] = []
-    for line in lines:
-        if line == "":
-            if data:
-                yield event_id, name, json.loads("\n".join(data))
-            event_id, name, data = None, "message", []
-        elif line.startswith(":"):
-            continue
-        elif line.startswith("id:"):
-            event_id = int(line[3:].strip())
-        elif line.startswith("event:"):
-            name = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].lstrip(" "))
 
 
 def start_run(client: httpx.Client, text: str, *, take: int) -> tuple[str, str, int, str]:
