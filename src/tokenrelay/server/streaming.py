@@ -114,6 +114,8 @@ class FollowResponse(Response):
             while True:
                 message: Message = await receive()
                 if message["type"] == "http.disconnect":
+                    if finished:  # the response is complete: nothing to interrupt
+                        return
                     disconnected = True
                     if sender is not None:
                         sender.cancel()
@@ -179,6 +181,8 @@ class FollowResponse(Response):
             listener.cancel()
             channel.followers -= 1
             channel.on_idle = None
+            if source is not None and channel.task is sender:
+                channel.task = None  # the request's task outlives this run: never cancel it later
             if source is not None:
                 if not channel.done:  # the client left while this response drove the run
                     await _close(source)
