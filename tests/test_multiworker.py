@@ -8,7 +8,6 @@ machines run; skipped with the reason when they are missing, except in CI (CI=tr
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -23,33 +22,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from apps.worker import ANSWER
 from server_fixture import free_port
+from services import PG_ADMIN, REDIS
+from services import services_or_skip as _services_or_skip
 from sse_frames import parse_sse as _sse
 
 pytestmark = pytest.mark.services
-
-PG_ADMIN = os.environ.get("TOKENRELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS = os.environ.get("TOKENRELAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
-
-
-def _services_or_skip() -> None:
-    problems = []
-    try:
-        import psycopg
-
-        with psycopg.connect(PG_ADMIN, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-    except Exception as exc:
-        problems.append(f"PostgreSQL at {PG_ADMIN}: {exc}")
-    try:
-        import redis
-
-        redis.Redis.from_url(REDIS, socket_connect_timeout=3).ping()
-    except Exception as exc:
-        problems.append(f"Redis at {REDIS}: {exc}")
-    if problems:
-        if os.environ.get("CI"):
-            pytest.fail("services missing in CI: " + "; ".join(problems))
-        pytest.skip("services missing: " + "; ".join(problems))
 
 
 @pytest.fixture(scope="module")

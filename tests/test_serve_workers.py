@@ -34,39 +34,18 @@ import pytest
 
 from fake_openai import DONE, FakeOpenAIServer, Reply, Sleep, chunk, sse, text_events, text_reply
 from server_fixture import free_port
+from services import PG_ADMIN, REDIS
+from services import services_or_skip as _services_or_skip
 from sse_frames import parse_sse as _sse
 
 pytestmark = pytest.mark.services
 
-PG_ADMIN = os.environ.get("TOKENRELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS = os.environ.get("TOKENRELAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 ANSWER = 'Two workers, one service: 日本語の答え, "quotes", } braces and a \\ backslash. ' * 3
 SCRIPTED = json.dumps({"action": "Final Answer", "action_input": ANSWER}, ensure_ascii=False)
 #: the paced upstreams' answer: 60 pieces at 20 per second, about 3 s per run
 PACED_WORDS = [f"w{i:02d} " for i in range(60)]
 PACED_ANSWER = "".join(PACED_WORDS)
-
-
-def _services_or_skip() -> None:
-    problems = []
-    try:
-        import psycopg
-
-        with psycopg.connect(PG_ADMIN, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-    except Exception as exc:
-        problems.append(f"PostgreSQL at {PG_ADMIN}: {exc}")
-    try:
-        import redis
-
-        redis.Redis.from_url(REDIS, socket_connect_timeout=3).ping()
-    except Exception as exc:
-        problems.append(f"Redis at {REDIS}: {exc}")
-    if problems:
-        if os.environ.get("CI"):
-            pytest.fail("services missing in CI: " + "; ".join(problems))
-        pytest.skip("services missing: " + "; ".join(problems))
 
 
 def _tokenrelay_command() -> list[str]:
