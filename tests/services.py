@@ -3,11 +3,14 @@ skipped with the reason on a machine without them, a failure in CI (where .ci/ru
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
+from collections.abc import Iterator
 
 import pytest
 
-__all__ = ["PG_ADMIN", "REDIS", "services_or_skip"]
+__all__ = ["PG_ADMIN", "REDIS", "fresh_database", "services_or_skip"]
 
 PG_ADMIN = os.environ.get("TOKENRELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("TOKENRELAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -32,3 +35,19 @@ def services_or_skip() -> None:
         if os.environ.get("CI"):
             pytest.fail("services missing in CI: " + "; ".join(problems))
         pytest.skip("services missing: " + "; ".join(problems))
+
+
+@contextlib.contextmanager
+def fresh_database(prefix: str) -> Iterator[str]:
+    """A throwaway PostgreSQL database (its URL), dropped afterwards; skips without services."""
+    services_or_skip()
+    import psycopg
+
+    name = f"tokenrelay_{prefix}_" + uuid.uuid4().hex[:10]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

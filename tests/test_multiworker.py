@@ -22,8 +22,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from apps.worker import ANSWER
 from server_fixture import free_port
-from services import PG_ADMIN, REDIS
-from services import services_or_skip as _services_or_skip
+from services import REDIS, fresh_database
 from sse_frames import parse_sse as _sse
 
 pytestmark = pytest.mark.services
@@ -31,15 +30,8 @@ pytestmark = pytest.mark.services
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
-    _services_or_skip()
-    import psycopg
-
-    name = "tokenrelay_mw_" + uuid.uuid4().hex[:10]
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield PG_ADMIN.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database("mw") as url:
+        yield url
 
 
 class Worker:

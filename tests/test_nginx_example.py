@@ -36,8 +36,7 @@ from server_fixture import free_port
 
 sys.path.insert(0, str(Path(__file__).parent))
 from apps.worker import ANSWER
-from services import PG_ADMIN, REDIS
-from services import services_or_skip as _services_or_skip
+from services import REDIS, fresh_database
 from sse_frames import parse_sse as _sse
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "nginx" / "tokenrelay.conf"
@@ -221,15 +220,8 @@ class Proxy:
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
-    _services_or_skip()
-    import psycopg
-
-    name = "tokenrelay_nx_" + uuid.uuid4().hex[:10]
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield PG_ADMIN.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database("nx") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

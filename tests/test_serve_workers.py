@@ -34,8 +34,7 @@ import pytest
 
 from fake_openai import DONE, FakeOpenAIServer, Reply, Sleep, chunk, sse, text_events, text_reply
 from server_fixture import free_port
-from services import PG_ADMIN, REDIS
-from services import services_or_skip as _services_or_skip
+from services import REDIS, fresh_database
 from sse_frames import parse_sse as _sse
 
 pytestmark = pytest.mark.services
@@ -55,15 +54,8 @@ def _tokenrelay_command() -> list[str]:
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
-    _services_or_skip()
-    import psycopg
-
-    name = "tokenrelay_sw_" + uuid.uuid4().hex[:10]
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield PG_ADMIN.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database("sw") as url:
+        yield url
 
 
 class Serve:
