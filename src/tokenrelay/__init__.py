@@ -16,6 +16,7 @@ from tokenrelay.errors import BackendError, ConfigError, TokenrelayError
 from tokenrelay.events import (
     AnswerDelta,
     Event,
+    Narration,
     ReasoningDelta,
     RunError,
     RunFinished,
@@ -37,6 +38,7 @@ __all__ = [
     "Event",
     "GenerationSettings",
     "Message",
+    "Narration",
     "ReasoningDelta",
     "RunError",
     "RunFinished",

@@ -5,8 +5,11 @@ function of one stream of these events. Invariants of a well-formed stream:
 
 * it starts with exactly one `RunStarted`;
 * it ends with exactly one terminal event, `RunFinished` or `RunError`, and nothing follows it;
-* the concatenated `AnswerDelta.text` equals `RunFinished.answer` (or the partial answer a
-  `RunError` carries);
+* the concatenated `AnswerDelta.text`, with the text of every `Narration` taken out, equals
+  `RunFinished.answer` (or the partial answer a `RunError` carries);
+* a `Narration` re-labels answer text already streamed: its `text` is exactly the end of the
+  answer text streamed since the previous `Narration` (or since the start). A consumer that
+  ignores it still shows correct text: what the model said, in order;
 * every `ToolCallStarted` is followed by one `ToolCallFinished` with the same `call_id`.
 
 The `type` field is a `Literal` discriminator and is also the SSE `event:` name.
@@ -30,6 +33,7 @@ __all__ = [
     "Usage",
     "event_from_dict",
     "event_to_dict",
+    "Narration",
     "new_answer_delta",
 ]
 
@@ -99,6 +103,25 @@ class ReasoningDelta:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Narration:
+    """Answer text already streamed turned out to be the model speaking before it acted.
+
+    Answer text streams the moment the model writes it. When the same model message then
+    calls a tool, the text streamed since the last `Narration` (or since the run started) was
+    narration ("Let me calculate that."), not the final answer. It stays shown; this event
+    tells typed consumers to re-label exactly the trailing `text` of what they received as
+    answer text (the page folds it into the tool step that follows). It is never part of
+    `RunFinished.answer`, and a consumer that ignores this event still shows every character
+    once, in order: narration, then the answer. The agent ends narration with a blank line
+    (streamed as an answer delta, and part of `text`) so that plain-text consumers see the
+    narration and the answer as separate paragraphs.
+    """
+
+    text: str
+    type: Literal["narration"] = "narration"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ToolCallStarted:
     call_id: str
     name: str
@@ -129,7 +152,10 @@ class RunError:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RunFinished:
-    """Terminal: the run completed. `answer` is the whole final answer."""
+    """Terminal: the run completed. `answer` is the whole final answer (narration excluded).
+
+    `finish_reason` is `stop`, or `length` when the last model call hit its token limit and the
+    answer was cut off."""
 
     answer: str
     usage: Usage = field(default_factory=Usage)
@@ -140,7 +166,14 @@ class RunFinished:
 
 
 Event = (
-    RunStarted | AnswerDelta | ReasoningDelta | ToolCallStarted | ToolCallFinished | RunError | RunFinished
+    RunStarted
+    | AnswerDelta
+    | ReasoningDelta
+    | Narration
+    | ToolCallStarted
+    | ToolCallFinished
+    | RunError
+    | RunFinished
 )
 
 TERMINAL_TYPES = frozenset({"run_finished", "error"})
@@ -175,6 +208,7 @@ _BY_TYPE: dict[str, type[Any]] = {
         RunStarted,
         AnswerDelta,
         ReasoningDelta,
+        Narration,
         ToolCallStarted,
         ToolCallFinished,
         RunError,
