@@ -43,7 +43,11 @@ class Settings:
     openai_base_url: str | None = None
     openai_api_key: str | None = field(default=None, repr=False)
     request_timeout_s: float = 60.0
-    llama_n_ctx: int = 4096
+    #: context window of llama.cpp models; None: the model's own (GGUF metadata), capped by
+    #: llama_max_ctx and by available memory
+    llama_n_ctx: int | None = None
+    llama_max_ctx: int = 32768
+    #: llama.cpp threads (decode and prompt); None: from the CPUs this process may use
     llama_n_threads: int | None = None
     # agent
     memory_k: int = 5

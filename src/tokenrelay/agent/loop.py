@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import anyio
 
+from tokenrelay.agent.embedded import embedded_policy
 from tokenrelay.agent.final_answer import FinalAnswerExtractor
 from tokenrelay.agent.prompts import (
     DEFAULT_SYSTEM,
@@ -150,6 +151,12 @@ class Agent:
         self.plain_final_answer = (
             backend.enforces_json_schema if plain_final_answer is None else plain_final_answer
         )
+        # In-process models (llama.cpp) decide by their own likelihoods instead: agent/embedded.py
+        self._embedded = (
+            embedded_policy(backend, self.tools, generation=generation)
+            if tool_protocol == "json" and plain_final_answer is not False
+            else None
+        )
 
     # -- the run -----------------------------------------------------------------------
 
@@ -234,6 +241,22 @@ class Agent:
         *,
         given: Sequence[tuple[str, str]],
     ) -> AsyncGenerator[Event, None]:
+        if self._embedded is not None:
+            async with aclosing(
+                self._embedded.run(
+                    self._plain_messages(text, turns, document, given),
+                    text,
+                    document,
+                    mode,
+                    _EmbeddedHooks(self, state),
+                    forced_stop=FORCED_STOP_MESSAGE
+                    if self.max_iterations < 2 and self.early_stopping_method == "force"
+                    else None,
+                )
+            ) as embedded_events:
+                async for embedded_event in embedded_events:
+                    yield embedded_event
+            return
         messages = self._initial_messages(text, turns, document, given)
         if self.tool_protocol == "json" and self.plain_final_answer:
             state.plain = self._plain_messages(text, turns, document, given)
@@ -458,3 +481,19 @@ class Agent:
 
 
 _DONE = object()  # a step's private signal: the final answer has been produced
+
+
+class _EmbeddedHooks:
+    """The run state as the embedded policy sees it (`agent.embedded.RunHooks`)."""
+
+    def __init__(self, agent: Agent, state: _RunState) -> None:
+        self.agent, self.state = agent, state
+
+    def answer(self, text: str) -> Event:
+        return self.state.answer_delta(text)
+
+    def add_usage(self, usage: Usage) -> None:
+        self.state.usage = self.state.usage + usage
+
+    def call_tool(self, name: str, arguments: Any) -> AsyncGenerator[Event, None]:
+        return self.agent._call_tool("call_" + uuid.uuid4().hex[:12], name, arguments, self.state)

@@ -1,6 +1,8 @@
 """Model backends, chosen by one model string.
 
-`llamacpp` (the embedded default), `llamacpp:/path/to/model.gguf`, `openai:<model>` (any
+`llamacpp` (the embedded default), `llamacpp:/path/to/model.gguf`, `hf:OWNER/REPO/FILE.gguf`
+or `hf:<alias>` (a GGUF file from the Hugging Face Hub, downloaded once, run on llama.cpp;
+aliases in `tokenrelay.models`), `openai:<model>` (any
 OpenAI-compatible server; base URL and key from settings or OPENAI_BASE_URL/OPENAI_API_KEY),
 and `scripted:<text>` (the test double, never a default). Third parties add prefixes with
 `register_backend`. Backend modules are imported lazily, so choosing `openai` never loads
@@ -45,7 +47,26 @@ def _llamacpp(arg: str, settings: Settings) -> Backend:
     from tokenrelay.backends.llamacpp import LlamaCppBackend
 
     return LlamaCppBackend(
-        model_path=arg or None, n_ctx=settings.llama_n_ctx, n_threads=settings.llama_n_threads
+        model_path=arg or None,
+        n_ctx=settings.llama_n_ctx,
+        n_threads=settings.llama_n_threads,
+        max_ctx=settings.llama_max_ctx,
+    )
+
+
+def _hf(arg: str, settings: Settings) -> Backend:
+    """`hf:OWNER/REPO/FILE.gguf[@REVISION]` or `hf:<alias>`: downloaded (once) when the
+    backend is built, so a server starts only with its model on disk."""
+    from tokenrelay.backends.hf import ensure_local, parse_hf
+    from tokenrelay.backends.llamacpp import LlamaCppBackend
+
+    ref = parse_hf(arg)
+    return LlamaCppBackend(
+        model_path=ensure_local(ref),
+        n_ctx=settings.llama_n_ctx,
+        n_threads=settings.llama_n_threads,
+        max_ctx=settings.llama_max_ctx,
+        name=ref.model,
     )
 
 
@@ -86,6 +107,7 @@ def _langchain(arg: str, settings: Settings) -> Backend:
 
 
 _REGISTRY: dict[str, BackendFactory] = {
+    "hf": _hf,
     "llamacpp": _llamacpp,
     "langchain": _langchain,
     "openai": _openai,

@@ -74,6 +74,8 @@ from typing import Final, TypeAlias
 
 __all__ = [
     "CALCULATOR_DESCRIPTION",
+    "CONSTANT_NAMES",
+    "FUNCTION_NAMES",
     "MAX_DEPTH",
     "MAX_EXPRESSION_LENGTH",
     "MAX_FACTORIAL",
@@ -387,6 +389,9 @@ _FUNCTIONS: Final[dict[str, _Function]] = {
 }
 
 _FUNCTION_LIST: Final = ", ".join(_FUNCTIONS)
+FUNCTION_NAMES: Final[tuple[str, ...]] = tuple(_FUNCTIONS)
+"""The function names an expression may call (for grammars and parsers of expressions)."""
+CONSTANT_NAMES: Final[tuple[str, ...]] = tuple(_CONSTANTS)
 
 _NAME_HINTS: Final[dict[str, str]] = {
     "ln": "use log(x) for the natural logarithm",
