@@ -158,7 +158,7 @@ async def print_dev_margins(agent: Agent) -> None:
     low = min(margins["maths"])
     high = max(margins["chat"]) if margins["chat"] else float("-inf")
     print(
-        f"\ndevelopment set margins: maths min {low:+.2f}, chat max {high:+.2f} (questions with numbers only)"
+        f"\ndevelopment set margins: maths min {low:+.2f}, chat max {high:+.2f} (the model alone on every development question)"
     )
     print(f"  maths {sorted(round(m, 2) for m in margins['maths'])}")
     print(f"  chat  {sorted(round(m, 2) for m in margins['chat'])}")
@@ -168,10 +168,10 @@ async def print_dev_margins(agent: Agent) -> None:
 
 TTFT_PROMPTS: dict[str, list[str]] = {
     "chit-chat": ["Tell me about Paris.", "What is photosynthesis?", "How do I make a cup of tea?"],
-    "chit-chat with numbers": [
-        "I have 2 cats. What names would you suggest for them?",
-        "Give me 3 tips for better sleep.",
-        "What happened in 1969?",
+    "chit-chat, one number": ["I have 2 cats. What names would you suggest?", "What happened in 1969?"],
+    "chit-chat, two numbers": [
+        "I have 2 cats and 3 dogs. What names would you suggest?",
+        "What happened in Europe between 1939 and 1945?",
     ],
     "arithmetic": ["What is 1234 * 5678?", "What is twelve times seven?", "What is the square root of 71?"],
     "word problem": [

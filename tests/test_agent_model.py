@@ -1,8 +1,9 @@
 """The agent end to end on the real embedded model (SmolLM2-135M through llama.cpp).
 
-The answers of a 135M model are not asserted: what is guaranteed, by grammar-constrained
-decoding and the loop, is the structure: every run ends with one `RunFinished`, the answer
-deltas add up to it, and the iteration limit with `generate` still yields an answer.
+The answers of a 135M model are not asserted: what is guaranteed is the structure: every run
+ends with one `RunFinished`, the answer deltas add up to it, and the iteration limit with
+`generate` still yields an answer. (tests/test_embedded_agent.py checks the embedded agent's
+decisions on this model.)
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ async def run_agent(agent: Agent, text: str) -> list[Event]:
     last = events[-1]
     assert isinstance(last, RunFinished), last
     assert last.answer == "".join(e.text for e in events if isinstance(e, AnswerDelta))
-    assert last.usage.completion_tokens > 0
+    if not any(isinstance(e, ToolCallFinished) for e in events):
+        assert last.usage.completion_tokens > 0  # (a quoted Calculator result needs no model call)
     return events
 
 

@@ -96,8 +96,9 @@ def _by_model(model: str) -> ModelInfo | None:
     return next((m for m in _RECOMMENDED if m.model.lower() == model.lower()), None)
 
 
-def cached() -> list[ModelInfo]:
-    """The default model and every GGUF file in huggingface_hub's cache (no network)."""
+def cached(cache_dir: str | Path | None = None) -> list[ModelInfo]:
+    """The default model and every GGUF file in huggingface_hub's cache (`cache_dir`, default
+    its usual place: `HF_HUB_CACHE` / `HF_HOME`); no network."""
     from tokenrelay.backends.llamacpp import default_model_path
     from tokenrelay.errors import ConfigError
 
@@ -114,7 +115,7 @@ def cached() -> list[ModelInfo]:
     except ImportError:  # pragma: no cover - a dependency; only a broken install lacks it
         return found
     try:
-        info = scan_cache_dir()
+        info = scan_cache_dir(cache_dir)
     except (CacheNotFound, OSError):
         return found
     for repo in sorted(info.repos, key=lambda r: r.repo_id.lower()):

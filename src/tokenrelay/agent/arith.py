@@ -13,8 +13,10 @@ question contains exactly one, together with how sure the reading is:
   as often ranges and dates as arithmetic: the model decides, and the expression is still
   offered as the argument if it chooses the Calculator.
 
-`mentions_numbers` is the Calculator's necessary condition: without a number (digits, a
-number word, pi) there is nothing to compute, so the model is not asked at all.
+`could_compute` is the Calculator's necessary condition: a computation needs two numbers
+(digits, number words, pi), or one number and a one-operand math word ("square root",
+"squared", "factorial", "half"...). Without that there is nothing to compute - "What
+happened in 1969?", "Give me 3 tips" - and the model is not asked at all.
 
 Everything here is pure text processing; nothing is evaluated except by the Calculator's own
 safe evaluator, which validates every candidate.
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 
 from tokenrelay.tools.calculator import CONSTANT_NAMES, FUNCTION_NAMES, CalculatorError, calculate
 
-__all__ = ["Arithmetic", "mentions_numbers", "normalize", "read_arithmetic"]
+__all__ = ["Arithmetic", "could_compute", "normalize", "read_arithmetic"]
 
 _UNITS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
@@ -227,6 +229,16 @@ def read_arithmetic(question: str) -> Arithmetic | None:
     return found[0] if len(found) == 1 else None
 
 
-def mentions_numbers(question: str) -> bool:
-    """Whether there is anything to compute: digits, number words, pi."""
-    return bool(re.search(r"\d|\bpi\b", normalize(question), re.IGNORECASE))
+_UNARY_WORDS = re.compile(
+    r"\b(?:square|squared|cube|cubed|root|roots|factorial|log|logarithm|ln|sin|sine|cos|cosine|tan|tangent"
+    r"|exp|exponential|half|double|twice|triple|third|quarter|percent|reciprocal|absolute|round|rounded"
+    r"|floor|ceiling|power)\b|[%!√]|\b(?:" + "|".join(FUNCTION_NAMES) + r")\s*\(",
+    re.IGNORECASE,
+)
+
+
+def could_compute(question: str) -> bool:
+    """Whether `question` has something a calculator could compute (see the module docstring)."""
+    text = normalize(question)
+    numbers = len(re.findall(r"\d+(?:\.\d+)?|\bpi\b", text, re.IGNORECASE))
+    return numbers >= 2 or (numbers == 1 and bool(_UNARY_WORDS.search(question + " " + text)))

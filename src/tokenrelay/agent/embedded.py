@@ -6,8 +6,9 @@ Used by `Agent` on backends that implement `LocalModel` (llama.cpp). One run:
 1. **Language.** On an English-only model (the tiny default) a question or document in
    another script (Japanese, Chinese, Korean, Cyrillic...) gets a plain notice of how to
    switch models, with no model call.
-2. **Candidates.** The Calculator is a candidate only when the question mentions a number
-   (`arith.mentions_numbers`); user tools always are. No candidate: answer at once.
+2. **Candidates.** The Calculator is a candidate only when the question has something to
+   compute: two numbers, or one and a math word (`arith.could_compute`); user tools always
+   are. No candidate: answer at once.
 3. **Decision.** A question that spells its arithmetic out ("1234 * 5678", "twelve times
    seven", "the square root of 71") goes to the Calculator without asking the model (the
    deterministic pre-check, `arith.read_arithmetic`). Otherwise the model scores the labels
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from tokenrelay.agent import embedded_prompts as prompts
-from tokenrelay.agent.arith import Arithmetic, mentions_numbers, normalize, read_arithmetic
+from tokenrelay.agent.arith import Arithmetic, could_compute, normalize, read_arithmetic
 from tokenrelay.backends.base import Backend, FinishChunk, GenerationSettings, TextChunk
 from tokenrelay.backends.local import LocalModel, SplitPrompt
 from tokenrelay.events import Event, ReasoningDelta, ToolCallFinished, Usage
@@ -111,6 +112,8 @@ class EmbeddedPolicy:
         self.tools = list(tools)
         self.generation = generation
         self.margin = margin
+        #: the deterministic pre-check (arith.py) may filter candidates, decide explicit
+        #: arithmetic and supply the expression; False leaves all of it to the model
         self.precheck = precheck
         self.calculator = next((t for t in self.tools if t is builtin_calculator), None)
         self._split: dict[str, tuple[str, str] | None] = {}
@@ -175,11 +178,13 @@ class EmbeddedPolicy:
                 yield event
 
     async def decide(self, question: str, hooks: RunHooks) -> Decision:
-        candidates = [t for t in self.tools if t is not self.calculator or mentions_numbers(question)]
+        candidates = [
+            t for t in self.tools if t is not self.calculator or not self.precheck or could_compute(question)
+        ]
         if not candidates:
             return Decision(None, reason="no candidate")
-        found = read_arithmetic(question) if self.calculator in candidates else None
-        if self.precheck and found is not None and found.explicit:
+        found = read_arithmetic(question) if self.precheck and self.calculator in candidates else None
+        if found is not None and found.explicit:
             return Decision(self.calculator, found.expression, reason="explicit arithmetic")
         labels = [prompts.label_of(t, self.calculator) for t in candidates]
         prompt = await self._prompt(

@@ -5,7 +5,9 @@ optionally `@REVISION` at the end, or `hf:<alias>` for a recommended model
 (`tokenrelay.models`, e.g. `hf:qwen2.5-1.5b`).
 
 Downloads go through `huggingface_hub.hf_hub_download` into its cache (`HF_HOME`, honouring
-`HF_ENDPOINT`, `HF_TOKEN` and offline mode), with its progress bar on stderr. Invariants:
+`HF_ENDPOINT`, `HF_TOKEN` and offline mode). Progress goes to stderr: a tqdm bar on a
+terminal, a line every 10% otherwise (logs, pipes: a bar's carriage returns would garble
+them). Invariants:
 
 * a file already in the cache is used without touching the network (so it also works
   offline, and startup costs no request);
@@ -20,10 +22,13 @@ Downloads go through `huggingface_hub.hf_hub_download` into its cache (`HF_HOME`
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tokenrelay.errors import BackendError, ConfigError
 from tokenrelay.progress import human_size, note
@@ -95,6 +100,43 @@ def _verify(pointer: Path) -> None:
         )
 
 
+def _progress_class(label: str) -> type[Any] | None:
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - huggingface_hub depends on tqdm
+        return None
+
+    class DownloadProgress(tqdm):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.pop("name", None)  # huggingface_hub's own bar class takes a group name
+            self._lines = not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+            self._bytes = int(kwargs.get("initial") or 0)
+            self._size = kwargs.get("total")
+            self._label = label
+            kwargs["desc"] = label
+            self._next_percent = 10
+            kwargs.setdefault("file", sys.stderr)
+            if self._lines:
+                kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if self._lines and n:
+                self._bytes += int(n)
+                if self._size:
+                    percent = 100 * self._bytes // int(self._size)
+                    if percent >= self._next_percent:
+                        note(
+                            f"{self._label}: {min(percent, 100)}% "
+                            f"({human_size(self._bytes)} of {human_size(int(self._size))})"
+                        )
+                        self._next_percent = (percent // 10 + 1) * 10
+            result: bool | None = super().update(n)
+            return result
+
+    return DownloadProgress
+
+
 def ensure_local(ref: HfFile) -> Path:
     """The local path of `ref`, downloading it first when it is not cached."""
     try:
@@ -115,7 +157,11 @@ def ensure_local(ref: HfFile) -> Path:
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     note(f"downloading {ref.filename} from {ref.repo_id} ({endpoint}) into the Hugging Face cache, once")
     try:
-        path = Path(hf_hub_download(ref.repo_id, ref.filename, revision=ref.revision))
+        options: dict[str, Any] = {}
+        progress = _progress_class(Path(ref.filename).name)
+        if progress is not None and "tqdm_class" in inspect.signature(hf_hub_download).parameters:
+            options["tqdm_class"] = progress
+        path = Path(hf_hub_download(ref.repo_id, ref.filename, revision=ref.revision, **options))
     except GatedRepoError:
         raise ConfigError(
             f"{ref.repo_id} is gated: accept its terms on the Hub and set HF_TOKEN, or pick another model"

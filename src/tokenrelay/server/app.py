@@ -238,9 +238,10 @@ def create_app(
         # a bug: still the documented JSON shape (the server logs the traceback)
         return JSONResponse(error_body("internal server error", type_="server_error"), status_code=500)
 
-    from tokenrelay.server import routes_chat, routes_documents, routes_openai, routes_sessions
+    from tokenrelay.server import routes_chat, routes_documents, routes_info, routes_openai, routes_sessions
 
     app.include_router(routes_chat.router)
+    app.include_router(routes_info.router)
     app.include_router(routes_sessions.router)
     app.include_router(routes_documents.router)
     app.include_router(routes_openai.router)
