@@ -158,7 +158,8 @@ async def print_dev_margins(agent: Agent) -> None:
     low = min(margins["maths"])
     high = max(margins["chat"]) if margins["chat"] else float("-inf")
     print(
-        f"\ndevelopment set margins: maths min {low:+.2f}, chat max {high:+.2f} (the model alone on every development question)"
+        f"\ndevelopment set margins: maths min {low:+.2f}, chat max {high:+.2f} "
+        "(the model alone on every development question)"
     )
     print(f"  maths {sorted(round(m, 2) for m in margins['maths'])}")
     print(f"  chat  {sorted(round(m, 2) for m in margins['chat'])}")

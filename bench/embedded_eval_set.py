@@ -197,7 +197,8 @@ DEV_CHAT = [
     "Who won the World Cup in 2018?", "Is 13 an unlucky number?", "Give me 2 reasons to learn Python.",
     "What is chapter 4 of the document about?", "Can you help me write an email?",
     "What is the best way to learn math?", "Tell me about Apollo 11.", "Thank you!",
-    "I have 2 sisters and 1 brother. What games can we play together?", "Tell me about the years 1914 to 1918.",
+    "I have 2 sisters and 1 brother. What games can we play together?",
+    "Tell me about the years 1914 to 1918.",
     "My 2 kids are 5 and 8 years old. What movie should we watch?", "Recommend 3 books from the 1990s.",
     "I sleep 6 hours and work 10 hours a day. Any advice?", "Compare the iPhone 14 and the iPhone 15.",
 ]  # fmt: skip

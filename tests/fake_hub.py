@@ -137,14 +137,14 @@ class FakeHub:
                     self.close_connection = True
                     self.connection.shutdown(2)
 
-            def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+            def do_HEAD(self) -> None:
                 hub.requests.append(("HEAD", self.path, self.headers.get("Range")))
                 if self.path.startswith("/cdn/"):
                     self._cdn()
                 else:
                     self._resolve(body=False)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 hub.requests.append(("GET", self.path, self.headers.get("Range")))
                 if self.path.startswith("/cdn/"):
                     self._cdn()

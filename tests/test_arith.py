@@ -120,7 +120,7 @@ def _spell(n: int) -> str:
     units = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
     units += "sixteen seventeen eighteen nineteen"
     small = units.split()
-    tens = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+    tens = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 
     def below_thousand(x: int) -> str:
         parts = []
