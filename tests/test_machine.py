@@ -78,6 +78,8 @@ def test_physical_cores_count_hyperthreads_once(tmp_path: Path) -> None:
 
 def test_configured_threads_win() -> None:
     assert choose_threads(3) == Threads(decode=3, batch=3)
+    assert choose_threads(3, 5) == Threads(decode=3, batch=5)
+    assert choose_threads(None, 5).batch == 5
 
 
 def test_default_threads_use_every_available_core() -> None:

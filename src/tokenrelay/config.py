@@ -47,8 +47,10 @@ class Settings:
     #: llama_max_ctx and by available memory
     llama_n_ctx: int | None = None
     llama_max_ctx: int = 32768
-    #: llama.cpp threads (decode and prompt); None: from the CPUs this process may use
+    #: llama.cpp threads for decoding (and for prompts unless llama_n_threads_batch is set);
+    #: None: from the CPUs this process may use (backends/machine.py)
     llama_n_threads: int | None = None
+    llama_n_threads_batch: int | None = None
     # agent
     memory_k: int = 5
     max_iterations: int = 3

@@ -177,6 +177,24 @@ class EmbeddedPolicy:
             async for event in events:
                 yield event
 
+    async def warm(self) -> None:
+        """Evaluate the shared prompt prefixes now (a server calls this at startup), so the
+        first question that needs a decision does not pay for them (~400 tokens)."""
+        candidates = list(self.tools)
+        if not candidates:
+            return
+        labels = [prompts.label_of(t, self.calculator) for t in candidates]
+        question = "1 + 1"
+        prompt = await self._prompt(
+            "decide:" + ",".join(labels),
+            lambda q: prompts.decision_messages(candidates, self.calculator, q),
+            question,
+        )
+        await self.model.choose(prompt, ["chat"])
+        if self.calculator is not None:
+            prompt = await self._prompt("expression", prompts.expression_messages, question)
+            await self.model.complete(prompt, grammar=prompts.expression_grammar(), max_tokens=1)
+
     async def decide(self, question: str, hooks: RunHooks) -> Decision:
         candidates = [
             t for t in self.tools if t is not self.calculator or not self.precheck or could_compute(question)

@@ -158,6 +158,11 @@ class Agent:
             else None
         )
 
+    async def warm(self) -> None:
+        """Do now what the first run would pay for (the embedded agent's shared prompts)."""
+        if self._embedded is not None:
+            await self._embedded.warm()
+
     # -- the run -----------------------------------------------------------------------
 
     async def run(

@@ -50,6 +50,7 @@ def _llamacpp(arg: str, settings: Settings) -> Backend:
         model_path=arg or None,
         n_ctx=settings.llama_n_ctx,
         n_threads=settings.llama_n_threads,
+        n_threads_batch=settings.llama_n_threads_batch,
         max_ctx=settings.llama_max_ctx,
     )
 
@@ -65,6 +66,7 @@ def _hf(arg: str, settings: Settings) -> Backend:
         model_path=ensure_local(ref),
         n_ctx=settings.llama_n_ctx,
         n_threads=settings.llama_n_threads,
+        n_threads_batch=settings.llama_n_threads_batch,
         max_ctx=settings.llama_max_ctx,
         name=ref.model,
     )

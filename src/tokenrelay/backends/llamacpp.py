@@ -376,6 +376,7 @@ class LlamaCppBackend(Backend):
         *,
         n_ctx: int | None = None,
         n_threads: int | None = None,
+        n_threads_batch: int | None = None,
         max_ctx: int = 32768,
         name: str | None = None,
     ) -> None:
@@ -385,7 +386,7 @@ class LlamaCppBackend(Backend):
         self.model_path = path
         self.n_ctx = context_size(path, n_ctx, max_ctx)
         self.context_window = self.n_ctx
-        self.threads = choose_threads(n_threads)
+        self.threads = choose_threads(n_threads, n_threads_batch)
         self.name = name or ("llamacpp" if model_path is None else f"llamacpp:{path.name}")
         #: the tiny default model understands English only (the embedded agent says so)
         self.english_only = path.name == DEFAULT_MODEL_FILE

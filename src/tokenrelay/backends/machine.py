@@ -155,12 +155,16 @@ class Threads:
     batch: int
 
 
-def choose_threads(configured: int | None = None) -> Threads:
-    """Threads for llama.cpp. `configured` (TOKENRELAY_LLAMA_N_THREADS) sets both; otherwise
-    decode uses one thread per available physical core and prompt evaluation (wide matrix
-    products that do gain from hyper-threads) one per available logical CPU."""
-    if configured is not None and configured > 0:
-        return Threads(decode=configured, batch=configured)
+def choose_threads(configured: int | None = None, configured_batch: int | None = None) -> Threads:
+    """Threads for llama.cpp. `configured` (TOKENRELAY_LLAMA_N_THREADS) sets decode threads and,
+    unless `configured_batch` (TOKENRELAY_LLAMA_N_THREADS_BATCH) is given, prompt threads too.
+    Otherwise decode uses one thread per available physical core and prompt evaluation (wide
+    matrix products that do gain from hyper-threads) one per available logical CPU."""
     quota = cpu_quota()
     logical = available_cpus()
-    return Threads(decode=min(logical, physical_cores(quota=quota)), batch=logical)
+    decode = configured if configured and configured > 0 else min(logical, physical_cores(quota=quota))
+    if configured_batch and configured_batch > 0:
+        batch = configured_batch
+    else:
+        batch = configured if configured and configured > 0 else logical
+    return Threads(decode=decode, batch=batch)

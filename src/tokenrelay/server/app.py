@@ -159,6 +159,8 @@ def create_app(
         if load is not None:
             await load()  # the first request should not pay for loading the model
         runner = Runner(settings, own_backend, own_store)
+        if load is not None:
+            await runner.agent.warm()  # the first question should not pay for the agent's prompts
         registry = RunRegistry(max_events=settings.max_buffered_events)
         app.state.runner = runner
         app.state.registry = registry
