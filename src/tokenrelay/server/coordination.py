@@ -11,9 +11,17 @@ Keys (prefix `tokenrelay:` by default):
   after `lease_s`).
 * `active`: a hash run id → worker id of runs in flight, swept for runs of dead workers.
 
-Writes go through one batching writer per worker (one pipeline round trip per batch for all
-its runs); blocking reads use a separate connection pool so readers never starve writers.
 * `cancel`: the pub/sub channel that carries run ids to cancel.
+
+Connections: writes go through one batching writer per worker (one pipeline round trip per
+batch for all its runs) on the main pool; blocking reads (XREAD) use a separate pool, so
+readers never starve writers; the heartbeat has a connection of its own, so nothing a client
+does can make the worker's lease lapse while it is alive.
+
+Failures: every loop that talks to Redis retries with exponential backoff and a cap; the
+writer gives up on a batch after a few attempts and then keeps only the ops that end runs
+(terminal events, `active` clean-up), so a long outage costs bounded memory. A reader that
+finds a hole in a run's log (events dropped during an outage) ends with an error, never waits.
 
 Invariants: the owning worker appends events in order, in batches (one pipeline round trip
 per batch, not per token); an entry id can be written once, so when a dead worker's run is
@@ -29,19 +37,28 @@ import json
 import logging
 import os
 import socket
+import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, cast, overload
 
 from tokenrelay.errors import ConfigError
 from tokenrelay.events import Event, RunError, RunFinished, event_from_dict, event_to_dict
 from tokenrelay.server.runs import RunChannel
 
-__all__ = ["RedisCoordinator"]
+__all__ = ["EventIdPastEnd", "RedisCoordinator"]
 
 log = logging.getLogger("tokenrelay.server")
 
 WORKER_LOST = "the worker running this answer stopped before it finished"
+LOG_GAP = "the run's event log lost events while Redis was unreachable"
+#: how long a reader waits for a run that is still going to reach a Last-Event-ID past its
+#: end (the owner's writes lag by one batch) before answering like the owner: 422
+PAST_END_WAIT_S = 1.0
+
+
+class EventIdPastEnd(Exception):
+    """A Last-Event-ID beyond the run's last event (the owning worker answers 422 too)."""
 
 
 class RedisCoordinator:
@@ -63,6 +80,7 @@ class RedisCoordinator:
         self.prefix = prefix
         self._redis: Any = None
         self._reader: Any = None
+        self._beat_client: Any = None
         self._writer: _BatchWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._on_worker_lost: Callable[[str], Awaitable[None]] | None = None
@@ -92,9 +110,16 @@ class RedisCoordinator:
                 self.url, max_connections=256, timeout=None
             )
         )
+        # the heartbeat's own connection: a lapse would make the other workers close our runs
+        self._beat_client = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                self.url, max_connections=1, timeout=None, socket_timeout=self.lease_s
+            )
+        )
         try:
             await self._redis.ping()
         except Exception as exc:
+            await self._close_clients()
             raise ConfigError(f"cannot connect to Redis at {_safe(self.url)}: {exc}") from None
         self._writer = _BatchWriter(self._redis)
         self._on_worker_lost = on_worker_lost
@@ -111,18 +136,25 @@ class RedisCoordinator:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._writer is not None:
             await self._writer.close()
-        if self._reader is not None:
-            await self._reader.aclose()
         if self._redis is not None:
             with contextlib.suppress(Exception):
                 await self._redis.delete(self._key("worker", self.worker_id))
-            await self._redis.aclose()
+        await self._close_clients()
+
+    async def _close_clients(self) -> None:
+        for client in (self._reader, self._beat_client, self._redis):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+                # a client given its pool does not close it: disconnect every connection
+                with contextlib.suppress(Exception):
+                    await client.connection_pool.disconnect()
 
     def _key(self, kind: str, name: str = "") -> str:
         return f"{self.prefix}{kind}:{name}" if name else f"{self.prefix}{kind}"
 
     async def _beat(self) -> None:
-        await self._redis.set(self._key("worker", self.worker_id), b"1", px=int(self.lease_s * 1000))
+        await self._beat_client.set(self._key("worker", self.worker_id), b"1", px=int(self.lease_s * 1000))
 
     async def _heartbeat(self) -> None:
         while True:
@@ -153,11 +185,14 @@ class RedisCoordinator:
         writer.add("hset", active, run_id, self.worker_id)
 
         def sink(index: int, event: Event) -> None:
-            writer.add("xadd", stream, {"e": _encode(event)}, id=f"{index + 1}-0")
             if type(event) is RunFinished or type(event) is RunError:
-                writer.add("hdel", active, run_id)
-                writer.add("pexpire", stream, retention)
-                writer.add("pexpire", info, retention)
+                # what ends a run survives an outage: readers then end instead of waiting
+                writer.add_essential("xadd", stream, {"e": _encode(event)}, id=f"{index + 1}-0")
+                writer.add_essential("hdel", active, run_id)
+                writer.add_essential("pexpire", stream, retention)
+                writer.add_essential("pexpire", info, retention)
+            else:
+                writer.add("xadd", stream, {"e": _encode(event)}, id=f"{index + 1}-0")
 
         for index, event in enumerate(channel.events):  # anything published before now
             sink(index, event)
@@ -167,18 +202,28 @@ class RedisCoordinator:
         await self._redis.publish(self._key("cancel"), run_id.encode())
 
     async def _listen_cancel(self, on_cancel: Callable[[str], bool]) -> None:
+        """Follow the cancel channel for the worker's life. While Redis is away, reconnect
+        with exponential backoff (0.1 s doubling, capped at 5 s); a working subscription
+        resets the backoff."""
+        failures = 0
         while True:
+            pubsub = self._redis.pubsub()
             try:
-                pubsub = self._redis.pubsub()
                 await pubsub.subscribe(self._key("cancel"))
+                failures = 0
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
                         on_cancel(message["data"].decode())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("cancel listener lost Redis (%s); retrying", exc)
-                await asyncio.sleep(1.0)
+                failures += 1
+                delay = _backoff(failures)
+                log.warning("cancel listener lost Redis (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
 
     # -- the reading side --------------------------------------------------------------
 
@@ -190,30 +235,63 @@ class RedisCoordinator:
 
     async def remote_channel(self, run_id: str, *, owner: str | None, start: int) -> RunChannel | None:
         """A channel fed from the run's stream, from event index `start` on; None when the
-        run is unknown or belongs to another owner."""
+        run is unknown or belongs to another owner. Answers like the owning worker at the
+        edges: `start` just past a finished run's last event gives a channel that is already
+        done (an empty stream); further than that raises `EventIdPastEnd`. Any `start` costs
+        O(1) memory: the channel holds only the events it reads."""
         info = await self.run_info(run_id)
         if info is None or (info["owner"] or None) != owner:
             return None
-        channel = RunChannel(run_id=run_id, owner=owner, session_id=info["session"] or None, detached=True)
-        channel.events = cast(list[Event], [None] * start)  # indexes below `start` are never read
+        channel = RunChannel(run_id=run_id, owner=owner, session_id=info["session"] or None)
+        end, terminal = await self._tail(run_id)
+        deadline = time.monotonic() + PAST_END_WAIT_S
+        while start > end + 1 and terminal is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # the owner's last batch may still be on its way
+            end, terminal = await self._tail(run_id)
+        if start > end + 1:
+            raise EventIdPastEnd(start)
+        if start == end + 1 and terminal is not None:  # an EventSource reconnecting after the end
+            events = _OffsetEvents(end)
+            events.append(terminal)
+            channel.events = events
+            channel.done = True
+            return channel
+        channel.events = _OffsetEvents(start)
         channel.task = asyncio.create_task(self._read(channel, info["worker"], start), name=f"read {run_id}")
         return channel
 
+    async def _tail(self, run_id: str) -> tuple[int, Event | None]:
+        """The index of the run's last logged event (-1: none) and that event if it ends the run."""
+        last = await self._redis.xrevrange(self._key("run", run_id), count=1)
+        if not last:
+            return -1, None
+        entry_id, fields = last[0]
+        event = event_from_dict(json.loads(fields[b"e"]))
+        terminal = event if type(event) is RunFinished or type(event) is RunError else None
+        return int(entry_id.decode().split("-")[0]) - 1, terminal
+
     async def _read(self, channel: RunChannel, worker: str, start: int) -> None:
+        """Publish the run's logged events from index `start` into `channel` until the run
+        ends. Blocking reads go through the reader pool; the task is cancelled when the
+        channel's last follower leaves."""
         stream = self._key("run", channel.run_id)
-        last = f"{start}-0"
+        expected = start
         try:
             while not channel.done:
-                reply = await self._redis.xread(
-                    {stream: last}, block=int(self.heartbeat_s * 1000), count=1000
+                reply = await self._reader.xread(
+                    {stream: f"{expected}-0"}, block=int(self.heartbeat_s * 1000), count=1000
                 )
                 if reply:
                     for entry_id, fields in reply[0][1]:
-                        last = entry_id.decode()
+                        index = int(entry_id.decode().split("-")[0]) - 1
+                        if index != expected:  # a batch the owner could not write
+                            channel.publish(RunError(message=LOG_GAP, code="internal"))
+                            return
+                        expected += 1
                         channel.publish(event_from_dict(json.loads(fields[b"e"])))
                     continue
                 if not await self.worker_alive(worker):
-                    await self.close_dead_run(channel.run_id, last_index=int(last.split("-")[0]) - 1)
+                    await self.close_dead_run(channel.run_id, last_index=expected - 1)
         except asyncio.CancelledError:
             pass
         except Exception as exc:
@@ -257,37 +335,69 @@ class RedisCoordinator:
                 log.warning("dead-worker sweep failed: %s", exc)
 
 
+_Op = tuple[str, tuple[Any, ...], dict[str, Any], bool]
+
+
 class _BatchWriter:
     """One task that sends every queued Redis command in one pipeline; while a pipeline is in
-    flight the next batch accumulates. A failed batch is retried (entries already written are
-    refused by their ids, so a retry never duplicates an event)."""
+    flight the next batch accumulates. A failed batch is retried with exponential backoff
+    (entries already written are refused by their ids, so a retry never duplicates an event);
+    after `max_attempts` failures, or while more than `max_queued` ops wait, the ops that are
+    not essential (events before a run's last) are dropped: memory stays bounded however long
+    Redis is away, and readers see the hole and end with an error."""
 
-    def __init__(self, redis: Any) -> None:
+    def __init__(self, redis: Any, *, max_attempts: int = 6, max_queued: int = 100_000) -> None:
         self._redis = redis
-        self._ops: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        self.max_attempts = max_attempts
+        self.max_queued = max_queued
+        self._ops: list[_Op] = []
         self._wake = asyncio.Event()
+        #: ops dropped since start (for logs and tests)
+        self.dropped = 0
         self._task = asyncio.create_task(self._run(), name="tokenrelay redis writer")
 
     def add(self, name: str, *args: Any, **kwargs: Any) -> None:
-        self._ops.append((name, args, kwargs))
+        self._ops.append((name, args, kwargs, False))
+        self._wake.set()
+
+    def add_essential(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """An op that is kept through an outage (it ends a run)."""
+        self._ops.append((name, args, kwargs, True))
         self._wake.set()
 
     async def _run(self) -> None:
+        failures = 0
         while True:
             await self._wake.wait()
             self._wake.clear()
             ops, self._ops = self._ops, []
             pipe = self._redis.pipeline(transaction=False)
-            for name, args, kwargs in ops:
+            for name, args, kwargs, _ in ops:
                 getattr(pipe, name)(*args, **kwargs)
             try:
                 await pipe.execute(raise_on_error=False)
+                failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("writing run logs to Redis failed (%s); retrying", exc)
-                self._ops = ops + self._ops
-                await asyncio.sleep(0.5)
+                failures += 1
+                queued = ops + self._ops
+                if failures >= self.max_attempts or len(queued) > self.max_queued:
+                    kept = [op for op in queued if op[3]]
+                    self.dropped += len(queued) - len(kept)
+                    log.error(
+                        "writing run logs to Redis failed %d times (%s); dropped %d events, kept %d ops "
+                        "that end runs",
+                        failures,
+                        exc,
+                        len(queued) - len(kept),
+                        len(kept),
+                    )
+                    queued = kept
+                else:
+                    log.warning("writing run logs to Redis failed (%s); retrying", exc)
+                self._ops = queued
+                await asyncio.sleep(_backoff(failures))
                 self._wake.set()
 
     async def close(self) -> None:
@@ -299,6 +409,48 @@ class _BatchWriter:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+
+class _OffsetEvents(Sequence[Event]):
+    """A remote channel's events from index `offset` on: what a follower reads by index,
+    without a placeholder for each event before `offset` (any Last-Event-ID costs O(1))."""
+
+    __slots__ = ("_items", "offset")
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+        self._items: list[Event] = []
+
+    def append(self, event: Event) -> None:
+        self._items.append(event)
+
+    def __len__(self) -> int:
+        return self.offset + len(self._items)
+
+    @overload
+    def __getitem__(self, index: int) -> Event: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Event]: ...
+    def __getitem__(self, index: int | slice) -> Event | list[Event]:
+        if isinstance(index, slice):
+            start = index.start or 0
+            if start < self.offset or index.step not in (None, 1):
+                raise IndexError("events before the resume point are not held")
+            stop = None if index.stop is None else index.stop - self.offset
+            return self._items[start - self.offset : stop]
+        if index < 0:
+            return self._items[index]
+        if index < self.offset:
+            raise IndexError("events before the resume point are not held")
+        return self._items[index - self.offset]
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self._items)
+
+
+def _backoff(failures: int) -> float:
+    """Seconds to wait after `failures` failures in a row: 0.1 s doubling, capped at 5 s."""
+    return float(min(5.0, 0.1 * 2 ** min(failures, 16)))
 
 
 def _encode(event: Event) -> bytes:

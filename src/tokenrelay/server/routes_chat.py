@@ -267,15 +267,23 @@ async def run_events(
             raise HTTPException(422, "Last-Event-ID must be an event id (an integer)") from None
     if start < 0:
         raise HTTPException(422, f"Last-Event-ID {last_event_id} is not an event of this run")
+    past_end = HTTPException(422, f"Last-Event-ID {last_event_id} is not an event of this run")
     channel = _registry(request).get(run_id, owner=owner)
     if channel is None:
         coordinator = request.app.state.coordinator
         if coordinator is not None:
-            channel = await coordinator.remote_channel(run_id, owner=owner, start=start)
+            from tokenrelay.server.coordination import EventIdPastEnd
+
+            try:
+                channel = await coordinator.remote_channel(run_id, owner=owner, start=start)
+            except EventIdPastEnd:
+                raise past_end from None
         if channel is None:
             raise HTTPException(404, f"no run {run_id!r}")
-    elif start > len(channel.events):
-        raise HTTPException(422, f"Last-Event-ID {last_event_id} is not an event of this run")
+        # a reader of the shared log: it stops when its client leaves (the run goes on)
+        return _sse_response(channel, {"X-Run-Id": run_id}, start=start)
+    if start > len(channel.events):
+        raise past_end
     return _sse_response(channel, {"X-Run-Id": run_id}, start=start, detached=True)
 
 

@@ -112,7 +112,8 @@ class RunChannel:
             self.done = True
             self.finished_at = time.monotonic()
             # current followers keep reading the list they hold; later ones get the compact copy
-            self.events = FinishedEvents(self.events)
+            if type(self.events) is list:  # (a remote channel's events are compact already)
+                self.events = FinishedEvents(self.events)
         if self._waiters:
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
