@@ -217,6 +217,38 @@ async def test_history_window(store: Store) -> None:
 
 
 @pytest.mark.anyio
+async def test_the_answered_window_skips_turns_without_an_answer(store: Store) -> None:
+    """The memory window holds the last k turns that have an answer: failed, empty and still
+    running turns do not take a place in it (they pushed real turns out before)."""
+    s = await store.create_session()
+    for i in range(3):
+        tid = await store.begin_turn(s.id, run_id=f"r{i}", user_text=f"q{i}")
+        await store.finish_turn(tid, answer=f"a{i}", status="complete")
+    tid = await store.begin_turn(s.id, run_id="cut", user_text="cut short")
+    await store.finish_turn(tid, answer="half an ans", status="interrupted", error="client left")
+    for i in range(5):
+        tid = await store.begin_turn(s.id, run_id=f"f{i}", user_text=f"fail{i}")
+        await store.finish_turn(tid, answer="", status="failed", error="backend down")
+    tid = await store.begin_turn(s.id, run_id="empty", user_text="nothing")
+    await store.finish_turn(tid, answer="", status="interrupted")
+    for i in range(6):  # concurrent runs of the same session, still going
+        await store.begin_turn(s.id, run_id=f"live{i}", user_text=f"live{i}")
+
+    window = await store.history(s.id, limit=3, answered=True)
+    assert [(t.user_text, t.answer, t.status) for t in window] == [
+        ("q1", "a1", "complete"),
+        ("q2", "a2", "complete"),
+        ("cut short", "half an ans", "interrupted"),
+    ]
+    assert [t.user_text for t in await store.history(s.id, limit=50, answered=True)] == [
+        "q0", "q1", "q2", "cut short",
+    ]  # fmt: skip
+    assert await store.history(s.id, limit=0, answered=True) == []
+    assert len(await store.history(s.id)) == 16  # the whole history still has every turn
+    assert [t.user_text for t in await store.history(s.id, limit=2)] == ["live4", "live5"]
+
+
+@pytest.mark.anyio
 async def test_a_finished_turn_is_never_rewritten(store: Store) -> None:
     s = await store.create_session()
     tid = await store.begin_turn(s.id, run_id="r", user_text="q")

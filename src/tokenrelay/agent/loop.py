@@ -65,7 +65,7 @@ from tokenrelay.events import (
     Usage,
     new_answer_delta,
 )
-from tokenrelay.memory.base import SessionStore, Turn, TurnStatus
+from tokenrelay.memory.base import SessionStore, Turn, TurnStatus, remembered
 from tokenrelay.messages import Message, ToolCall
 from tokenrelay.run import new_run_id
 from tokenrelay.tools import default_tools
@@ -178,7 +178,7 @@ class Agent:
             document: str | None = None
             if self.store is not None and session_id is not None:
                 if self.memory_k:
-                    turns = await self.store.history(session_id, limit=self.memory_k)
+                    turns = await self.store.history(session_id, limit=self.memory_k, answered=True)
                 doc = await self.store.get_document(session_id)
                 document = doc.text if doc else None
                 turn_id = await self.store.begin_turn(session_id, run_id=run_id, user_text=text)
@@ -276,10 +276,8 @@ class Agent:
         messages = [Message.system(system)]
         for user_text, answer in given:
             messages += [Message.user(user_text), Message.assistant(answer)]
-        for turn in turns:
-            if turn.status == "running" or not turn.answer:
-                continue
-            messages += [Message.user(turn.user_text), Message.assistant(turn.answer)]
+        for user_text, answer in remembered(turns):
+            messages += [Message.user(user_text), Message.assistant(answer)]
         messages.append(Message.user(text))
         return messages
 
@@ -292,9 +290,8 @@ class Agent:
         messages = [Message.system(system)]
         for user_text, answer in given:
             messages += [Message.user(user_text), Message.assistant(answer)]
-        for turn in turns:
-            if turn.status != "running" and turn.answer:
-                messages += [Message.user(turn.user_text), Message.assistant(turn.answer)]
+        for user_text, answer in remembered(turns):
+            messages += [Message.user(user_text), Message.assistant(answer)]
         messages.append(Message.user(text))
         return messages
 

@@ -42,7 +42,7 @@ from tokenrelay.integrations.langchain_events import (
     TokenrelayCallbackHandler,
     follow_task,
 )
-from tokenrelay.memory.base import SessionStore, TurnStatus
+from tokenrelay.memory.base import SessionStore, TurnStatus, remembered
 from tokenrelay.run import new_run_id
 
 __all__ = ["RunnableAgent"]
@@ -158,8 +158,8 @@ class RunnableAgent:
             pairs = list(history)
             if store is not None and session_id is not None:
                 if self.memory_k:
-                    turns = await store.history(session_id, limit=self.memory_k)
-                    pairs += [(t.user_text, t.answer) for t in turns if t.status != "running" and t.answer]
+                    turns = await store.history(session_id, limit=self.memory_k, answered=True)
+                    pairs += remembered(turns)
                 turn.append(await store.begin_turn(session_id, run_id=run_id, user_text=text))
             messages: list[BaseMessage] = []
             for user_text, answer in pairs:

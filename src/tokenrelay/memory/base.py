@@ -9,12 +9,17 @@ and a session of another owner behaves exactly like a missing one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-__all__ = ["Document", "SessionInfo", "SessionStore", "Turn", "TurnStatus"]
+__all__ = ["INTERRUPTED_MARK", "Document", "SessionInfo", "SessionStore", "Turn", "TurnStatus", "remembered"]
 
 TurnStatus = Literal["running", "complete", "interrupted", "failed"]
+
+#: Ends the assistant message of a remembered turn whose answer was cut short (interrupted or
+#: failed after some text), so the model knows that answer is partial.
+INTERRUPTED_MARK = " [interrupted]"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -37,6 +42,19 @@ class Turn:
     error: str | None
     created_at: float
     finished_at: float | None
+
+
+def remembered(turns: Sequence[Turn]) -> list[tuple[str, str]]:
+    """The memory window as (user, assistant) pairs: turns with an answer, a partial answer
+    marked with `INTERRUPTED_MARK`. `turns` should come from `history(..., answered=True)`;
+    anything without an answer is skipped here too."""
+    pairs = []
+    for turn in turns:
+        if turn.status == "running" or not turn.answer:
+            continue
+        answer = turn.answer if turn.status == "complete" else turn.answer + INTERRUPTED_MARK
+        pairs.append((turn.user_text, answer))
+    return pairs
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -71,8 +89,12 @@ class SessionStore(Protocol):
         self, turn_id: int, *, answer: str, status: TurnStatus, error: str | None = None
     ) -> None: ...
 
-    async def history(self, session_id: str, *, limit: int | None = None) -> list[Turn]:
-        """The last `limit` turns (all when None), oldest first."""
+    async def history(
+        self, session_id: str, *, limit: int | None = None, answered: bool = False
+    ) -> list[Turn]:
+        """The last `limit` turns (all when None), oldest first. `answered`: only turns that
+        have an answer (finished, with a non-empty answer, partial ones included): the
+        memory window, so failed, empty and running turns never push real ones out."""
         ...
 
     async def update_partial(self, turn_id: int, answer: str) -> None:

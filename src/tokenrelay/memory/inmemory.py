@@ -102,10 +102,14 @@ class InMemorySessionStore:
                 turn, answer=answer, status=status, error=error, finished_at=time.time()
             )
 
-    async def history(self, session_id: str, *, limit: int | None = None) -> list[Turn]:
+    async def history(
+        self, session_id: str, *, limit: int | None = None, answered: bool = False
+    ) -> list[Turn]:
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be 0 or more, not {limit}")
         turns = [self._turns[i] for i in self._by_session.get(session_id, ())]
+        if answered:
+            turns = [t for t in turns if t.status != "running" and t.answer]
         return turns if limit is None else turns[max(0, len(turns) - limit) :]
 
     async def interrupt_run(self, run_id: str, *, error: str) -> bool:

@@ -119,10 +119,17 @@ _M0002_INDEXES = (
     " WHERE status = 'running'",
 )
 
+_M0101_ANSWERED_TURNS = (
+    # the memory window reads the last k turns with an answer: exact, however many failed
+    "CREATE INDEX IF NOT EXISTS tokenrelay_turns_answered ON tokenrelay_turns (session_id, id)"
+    " WHERE status <> 'running' AND answer <> ''",
+)
+
 #: Applied in this order; a name, once released, never changes meaning. Append only.
 MIGRATIONS: list[tuple[str, Sequence[str]]] = [
     ("0001_initial", _M0001_INITIAL),
     ("0002_indexes", _M0002_INDEXES),
+    ("0101_answered_turns", _M0101_ANSWERED_TURNS),
 ]
 
 
@@ -417,16 +424,20 @@ class PostgresSessionStore:
                 (_text(answer), status, _opt_text(error), now, turn_id),
             )
 
-    async def history(self, session_id: str, *, limit: int | None = None) -> list[Turn]:
-        """The last `limit` turns (all when None), oldest first."""
+    async def history(
+        self, session_id: str, *, limit: int | None = None, answered: bool = False
+    ) -> list[Turn]:
+        """The last `limit` turns (all when None), oldest first; `answered`: only those with
+        an answer (the memory window; see `SessionStore.history`)."""
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be 0 or more, not {limit}")
         if "\x00" in session_id:
             return []
+        where = "session_id = %s" + (" AND status <> 'running' AND answer <> ''" if answered else "")
         async with self._connection() as conn:
             cur = await conn.execute(
                 f"SELECT {_TURN_COLUMNS} FROM (SELECT {_TURN_COLUMNS} FROM tokenrelay_turns"
-                " WHERE session_id = %s ORDER BY id DESC LIMIT %s) AS last ORDER BY id ASC",
+                f" WHERE {where} ORDER BY id DESC LIMIT %s) AS last ORDER BY id ASC",
                 (session_id, limit),
             )
             rows = await cur.fetchall()

@@ -105,10 +105,19 @@ def _m0002_indexes(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS turns_running ON turns (status) WHERE status = 'running'")
 
 
+def _m0101_answered_turns(conn: sqlite3.Connection) -> None:
+    # the memory window reads the last k turns with an answer: exact, however many failed
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS turns_answered ON turns (session_id, id)"
+        " WHERE status != 'running' AND answer != ''"
+    )
+
+
 #: Applied in this order; a name, once released, never changes meaning. Append only.
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _m0001_initial),
     ("0002_indexes", _m0002_indexes),
+    ("0101_answered_turns", _m0101_answered_turns),
 ]
 
 
@@ -144,6 +153,8 @@ def apply_migrations(
 
 _SESSION_COLUMNS = "id, owner, title, created_at, updated_at"
 _TURN_COLUMNS = "id, session_id, run_id, user_text, answer, status, error, created_at, finished_at"
+#: the turns that have an answer: what the memory window holds (matches `turns_answered`)
+_ANSWERED = " AND status != 'running' AND answer != ''"
 
 
 def _session(row: tuple[object, ...]) -> SessionInfo:
@@ -334,14 +345,18 @@ class SQLiteSessionStore:
 
         await self._write(update)
 
-    async def history(self, session_id: str, *, limit: int | None = None) -> list[Turn]:
-        """The last `limit` turns (all when None), oldest first."""
+    async def history(
+        self, session_id: str, *, limit: int | None = None, answered: bool = False
+    ) -> list[Turn]:
+        """The last `limit` turns (all when None), oldest first; `answered`: only those with
+        an answer (the memory window; see `SessionStore.history`)."""
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be 0 or more, not {limit}")
+        where = "session_id = ?" + (_ANSWERED if answered else "")
 
         def select(conn: sqlite3.Connection) -> list[Turn]:
             rows = conn.execute(
-                f"SELECT {_TURN_COLUMNS} FROM (SELECT {_TURN_COLUMNS} FROM turns WHERE session_id = ?"
+                f"SELECT {_TURN_COLUMNS} FROM (SELECT {_TURN_COLUMNS} FROM turns WHERE {where}"
                 " ORDER BY id DESC LIMIT ?) ORDER BY id ASC",
                 (session_id, -1 if limit is None else limit),
             ).fetchall()

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 
 from tokenrelay.api import Runner
 from tokenrelay.events import AnswerDelta, Event, RunError, RunFinished
-from tokenrelay.memory.base import Turn
+from tokenrelay.memory.base import Turn, remembered
 from tokenrelay.run import new_run_id
 from tokenrelay.server.auth import require_owner
 from tokenrelay.server.runs import RunChannel, RunRegistry
@@ -107,11 +107,9 @@ def _encode_text(events: Sequence[Event], first_id: int) -> bytes:
 
 def _history_out(turns: list[Turn]) -> list[HistoryMessage]:
     out: list[HistoryMessage] = []
-    for turn in turns:  # what the agent's memory holds: finished turns with an answer
-        if turn.status == "running" or not turn.answer:
-            continue
-        out.append(HistoryMessage(role="user", content=turn.user_text))
-        out.append(HistoryMessage(role="assistant", content=turn.answer))
+    for user_text, answer in remembered(turns):  # what the agent's memory holds
+        out.append(HistoryMessage(role="user", content=user_text))
+        out.append(HistoryMessage(role="assistant", content=answer))
     return out
 
 
@@ -121,7 +119,7 @@ async def _chat(request: Request, body: ChatRequest, owner: str | None) -> Respo
     memory_k = runner.settings.memory_k
     known = body.session_id is not None and await runner.store.get_session(body.session_id, owner=owner)
     if not body.stream and body.session_id is not None and known and memory_k:
-        prior = await runner.store.history(body.session_id, limit=memory_k)
+        prior = await runner.store.history(body.session_id, limit=memory_k, answered=True)
     channel, session_id = await start_run(
         request,
         body.text,
