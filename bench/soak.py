@@ -197,7 +197,7 @@ async def request(
     """One HTTP/1.1 request on its own connection (`Connection: close`), parsed by hand."""
     result = Result()
     data = json.dumps(body).encode() if body is not None else b""
-    head = f"{method} {path} HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n"
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
     if body is not None:
         head += f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
     writer: asyncio.StreamWriter | None = None

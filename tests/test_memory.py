@@ -132,6 +132,21 @@ async def test_list_is_most_recently_updated_first_and_limited(store: Store) -> 
 
 
 @pytest.mark.anyio
+async def test_sessions_page_after_a_cursor_and_are_counted(store: Store) -> None:
+    """Keyset paging for GET /sessions: each session once, most recent first, ties on
+    updated_at broken by creation order; a cursor of another owner gives nothing."""
+    ids = [(await store.create_session(owner="o")).id for _ in range(7)]
+    page1 = await store.list_sessions(owner="o", limit=3)
+    page2 = await store.list_sessions(owner="o", limit=3, after=page1[-1].id)
+    page3 = await store.list_sessions(owner="o", limit=3, after=page2[-1].id)
+    assert [s.id for s in page1 + page2 + page3] == ids[::-1]
+    assert await store.list_sessions(owner="other", after=ids[0]) == []
+    assert await store.list_sessions(owner="o", after="s_missing") == []
+    assert await store.count_sessions(owner="o") == 7
+    assert await store.count_sessions() == 0
+
+
+@pytest.mark.anyio
 async def test_ownership_isolation(store: Store) -> None:
     alice = await store.create_session(owner="alice")
     anon = await store.create_session()

@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from server_fixture import LiveServer, wait_until
 from services import REDIS, services_or_skip
 from sse_frames import parse_sse
-
 from tokenrelay.config import Settings
 from tokenrelay.server.app import create_app
 from tokenrelay.testing import ScriptedBackend
@@ -205,9 +204,8 @@ def test_abandoned_readers_never_let_the_workers_heartbeat_lapse(
     for i in range(60):
         s = socket.create_connection(("127.0.0.1", b.port))
         target, given = (live_run, 0) if i % 4 == 0 else (run_id, last)
-        s.sendall(
-            f"GET /runs/{target}/events HTTP/1.1\r\nHost: 127.0.0.1\r\nLast-Event-ID: {given}\r\n\r\n".encode()
-        )
+        head = f"GET /runs/{target}/events HTTP/1.1\r\nHost: 127.0.0.1\r\nLast-Event-ID: {given}\r\n\r\n"
+        s.sendall(head.encode())
         sockets.append(s)
     worker = b.app.state.coordinator.worker_id  # type: ignore[attr-defined]
     client = redis.Redis.from_url(REDIS)

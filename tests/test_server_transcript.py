@@ -656,18 +656,20 @@ def test_api_keys(serve: Callable[..., LiveServer], http: httpx.Client) -> None:
     assert http.delete(url + f"/sessions/{session_id}", headers=k1).status_code == 204
 
 
-def test_health_counts_the_active_runs_of_every_key(
+def test_health_counts_the_active_runs_of_the_callers_key(
     serve: Callable[..., LiveServer], http: httpx.Client
 ) -> None:
     reply = ['{"action": "Final Answer", "action_input": "', "slow", '"}']
     # slow enough that a loaded machine cannot finish the run before /health answers
-    server = serve(ScriptedBackend([reply], tokens_per_second=0.2), api_keys=frozenset({"k1"}))
+    server = serve(ScriptedBackend([reply], tokens_per_second=0.2), api_keys=frozenset({"k1", "k2"}))
     with http.stream(
         "POST", server.url + "/chat/events", json={"text": "q"}, headers={"X-API-Key": "k1"}
     ) as r:
         chunks = r.iter_raw()  # keep the iterator: dropping it closes the stream (a disconnect)
         next(chunks)  # the run has started
-        assert http.get(server.url + "/health").json()["active_runs"] == 1
+        assert http.get(server.url + "/health", headers={"X-API-Key": "k1"}).json()["active_runs"] == 1
+        assert http.get(server.url + "/health", headers={"X-API-Key": "k2"}).json()["active_runs"] == 0
+        assert "active_runs" not in http.get(server.url + "/health").json()  # no key: liveness only
 
 
 def test_the_bundled_client_takes_the_key_from_the_environment(

@@ -64,6 +64,25 @@ class Settings:
     #: a run that produces more events than this is stopped with an error (memory bound per run)
     max_buffered_events: int = 100_000
     presets_file: str | None = None
+    #: host names a server without API keys answers besides localhost/127.0.0.1/[::1] and
+    #: `host` (DNS rebinding); "*" answers any
+    allowed_hosts: frozenset[str] = frozenset()
+    #: Swagger UI at /docs (it loads its script from a CDN, on the page's origin): off by default
+    api_docs: bool = False
+    # slow and greedy clients (see server/protocol.py and docs/reliability.md)
+    #: a request's head must arrive within this time (408 and the connection closes)
+    header_timeout_s: float = 10.0
+    #: a request's body must arrive within this time (408 and the connection closes)
+    body_timeout_s: float = 30.0
+    max_head_bytes: int = 32_768
+    #: connections waiting for a request head (new or idle) beyond this close the oldest
+    max_pending_connections: int = 1000
+    #: request bodies being read at once, all together (beyond: 503 with Retry-After)
+    max_buffered_body_bytes: int = 64_000_000
+    # per-key limits (only with API keys; 0 = no limit), 429 with Retry-After beyond them
+    max_runs_per_key: int = 32
+    max_sessions_per_key: int = 10_000
+    requests_per_minute_per_key: int = 600
     #: Redis URL for several workers: shared run event logs, cancel anywhere, worker leases
     redis_url: str | None = None
     redis_prefix: str = "tokenrelay:"
@@ -84,6 +103,15 @@ class Settings:
             raise ConfigError(
                 f"early_stopping_method must be 'generate' or 'force', not {self.early_stopping_method!r}"
             )
+        for name in ("header_timeout_s", "body_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be more than 0, not {getattr(self, name)}")
+        for name in ("max_head_bytes", "max_pending_connections", "max_buffered_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("max_runs_per_key", "max_sessions_per_key", "requests_per_minute_per_key"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 (no limit) or more, not {getattr(self, name)}")
         if self.tool_protocol not in ("auto", "native", "json"):
             raise ConfigError(f"tool_protocol must be auto, native or json, not {self.tool_protocol!r}")
 

@@ -75,8 +75,15 @@ class SessionStore(Protocol):
 
     async def get_session(self, session_id: str, *, owner: str | None = None) -> SessionInfo | None: ...
 
-    async def list_sessions(self, *, owner: str | None = None, limit: int = 100) -> list[SessionInfo]:
-        """Most recently updated first."""
+    async def list_sessions(
+        self, *, owner: str | None = None, limit: int = 100, after: str | None = None
+    ) -> list[SessionInfo]:
+        """Most recently updated first; `after`: only those listed after that session of
+        `owner` (the last one of the previous page; none when it is not `owner`'s)."""
+        ...
+
+    async def count_sessions(self, *, owner: str | None = None) -> int:
+        """How many sessions `owner` has (for the per-key limit)."""
         ...
 
     async def delete_session(self, session_id: str, *, owner: str | None = None) -> bool: ...

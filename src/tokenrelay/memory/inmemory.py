@@ -45,12 +45,23 @@ class InMemorySessionStore:
         info = self._sessions.get(session_id)
         return info if info is not None and info.owner == owner else None
 
-    async def list_sessions(self, *, owner: str | None = None, limit: int = 100) -> list[SessionInfo]:
+    async def list_sessions(
+        self, *, owner: str | None = None, limit: int = 100, after: str | None = None
+    ) -> list[SessionInfo]:
         if limit < 0:
             raise ValueError(f"limit must be 0 or more, not {limit}")
         mine = [s for s in self._sessions.values() if s.owner == owner]
         mine.sort(key=lambda s: (s.updated_at, self._order[s.id]), reverse=True)
+        if after is not None:
+            cursor = self._sessions.get(after)
+            if cursor is None or cursor.owner != owner:
+                return []
+            key = (cursor.updated_at, self._order[after])
+            mine = [s for s in mine if (s.updated_at, self._order[s.id]) < key]
         return mine[:limit]
+
+    async def count_sessions(self, *, owner: str | None = None) -> int:
+        return sum(1 for s in self._sessions.values() if s.owner == owner)
 
     async def delete_session(self, session_id: str, *, owner: str | None = None) -> bool:
         if await self.get_session(session_id, owner=owner) is None:

@@ -337,11 +337,22 @@ class PostgresSessionStore:
             row = await cur.fetchone()
         return None if row is None else _session(row)
 
-    async def list_sessions(self, *, owner: str | None = None, limit: int = 100) -> list[SessionInfo]:
-        """Most recently updated first (ties: most recently created first)."""
+    async def list_sessions(
+        self, *, owner: str | None = None, limit: int = 100, after: str | None = None
+    ) -> list[SessionInfo]:
+        """Most recently updated first (ties: most recently created first); `after`: those
+        after that session (keyset paging)."""
         if limit < 0:
             raise ValueError(f"limit must be 0 or more, not {limit}")
         condition, params = _owner_filter(owner)
+        if after is not None:
+            if "\x00" in after:
+                return []
+            condition = (
+                f"{condition} AND (updated_at, seq) < (SELECT updated_at, seq FROM tokenrelay_sessions"
+                f" WHERE id = %s AND {condition})"
+            )
+            params = (*params, after, *params)
         async with self._connection() as conn:
             cur = await conn.execute(
                 f"SELECT {_SESSION_COLUMNS} FROM tokenrelay_sessions WHERE {condition}"
@@ -350,6 +361,13 @@ class PostgresSessionStore:
             )
             rows = await cur.fetchall()
         return [_session(row) for row in rows]
+
+    async def count_sessions(self, *, owner: str | None = None) -> int:
+        condition, params = _owner_filter(owner)
+        async with self._connection() as conn:
+            cur = await conn.execute(f"SELECT count(*) FROM tokenrelay_sessions WHERE {condition}", params)
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
 
     async def delete_session(self, session_id: str, *, owner: str | None = None) -> bool:
         """Delete the session, its turns and its document (one transaction)."""

@@ -270,20 +270,35 @@ class SQLiteSessionStore:
 
         return await self._read(select)
 
-    async def list_sessions(self, *, owner: str | None = None, limit: int = 100) -> list[SessionInfo]:
-        """Most recently updated first."""
+    async def list_sessions(
+        self, *, owner: str | None = None, limit: int = 100, after: str | None = None
+    ) -> list[SessionInfo]:
+        """Most recently updated first; `after`: those after that session (keyset paging)."""
         if limit < 0:
             raise ValueError(f"limit must be 0 or more, not {limit}")
+        where, params = "owner IS ?", [owner]
+        if after is not None:
+            where += (
+                " AND (updated_at, rowid) <"
+                " (SELECT updated_at, rowid FROM sessions WHERE id = ? AND owner IS ?)"
+            )
+            params += [after, owner]
 
         def select(conn: sqlite3.Connection) -> list[SessionInfo]:
             rows = conn.execute(
-                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE owner IS ?"
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE {where}"
                 " ORDER BY updated_at DESC, rowid DESC LIMIT ?",
-                (owner, limit),
+                (*params, limit),
             ).fetchall()
             return [_session(row) for row in rows]
 
         return await self._read(select)
+
+    async def count_sessions(self, *, owner: str | None = None) -> int:
+        def count(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT count(*) FROM sessions WHERE owner IS ?", (owner,)).fetchone()[0])
+
+        return await self._read(count)
 
     async def delete_session(self, session_id: str, *, owner: str | None = None) -> bool:
         def delete(conn: sqlite3.Connection) -> bool:

@@ -37,7 +37,7 @@ def __getattr__(name: str) -> Any:
 
 
 _ENV_FIELDS = ("model", "db", "max_tokens", "temperature", "system_prompt", "openai_base_url",
-               "tool_protocol", "max_iterations", "early_stopping_method", "redis_url")  # fmt: skip
+               "tool_protocol", "max_iterations", "early_stopping_method", "redis_url", "host")  # fmt: skip
 
 
 def serve(settings: Settings) -> int:
@@ -60,9 +60,14 @@ def serve(settings: Settings) -> int:
         os.environ.setdefault("OPENAI_API_KEY", settings.openai_api_key)
     if settings.workers > 1:
         _nodelay_shared_socket()
+    from tokenrelay.server.protocol import http_protocol
+
     uvicorn.run(
         "tokenrelay.server:create_app_from_env",
         factory=True,
+        # uvicorn's own HTTP stack ("auto": httptools when installed) with a deadline and a
+        # size cap for request heads and a cap on idle connections (server/protocol.py)
+        http=http_protocol("auto"),
         host=settings.host,
         port=settings.port,
         workers=settings.workers,

@@ -28,6 +28,9 @@ from tokenrelay.api import Runner
 from tokenrelay.backends import Backend, load_backend
 from tokenrelay.config import Settings
 from tokenrelay.memory import SessionStore, open_store
+from tokenrelay.server.guard import RequestGuard
+from tokenrelay.server.protocol import LIMITS_KEY, ConnectionLimits
+from tokenrelay.server.quotas import Quotas, install_quota_errors
 from tokenrelay.server.runs import RunRegistry
 from tokenrelay.server.streaming import install_log_filter
 
@@ -46,11 +49,20 @@ def error_body(
 
 
 class BodyLimit:
-    """Reject bodies over `limit` bytes with 413 before they are read into memory."""
+    """Reject bodies over `limit` bytes with 413 before they are read into memory; a body
+    that does not arrive within `timeout_s` gets 408, and one that would take the bodies being
+    read at once past `max_buffered` bytes gets 503 with Retry-After (both close the
+    connection): slow or parallel uploads hold bounded memory for a bounded time."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: int, timeout_s: float = 30.0, max_buffered: int = 64_000_000
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.timeout_s = timeout_s
+        self.max_buffered = max_buffered
+        #: bytes of the bodies being read now, all requests together
+        self.buffered = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,18 +81,41 @@ class BodyLimit:
         # instead of failing inside the framework's parser; then replay it.
         chunks: list[bytes] = []
         seen = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client left before sending it all
-                return
-            body = message.get("body", b"")
-            seen += len(body)
-            if seen > self.limit:
-                await self._reject(scope, receive, send)
-                return
-            chunks.append(body)
-            if not message.get("more_body", False):
-                break
+        refusal: JSONResponse | None = None
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":  # the client left before sending it all
+                        return
+                    body = message.get("body", b"")
+                    seen += len(body)
+                    if seen > self.limit:
+                        await self._reject(scope, receive, send)
+                        return
+                    if self.buffered + len(body) > self.max_buffered:
+                        refusal = _closing(
+                            error_body("the server is reading too many request bodies; retry shortly",
+                                       type_="server_error", code="busy"),
+                            503, {"Retry-After": "1"},
+                        )  # fmt: skip
+                        break
+                    self.buffered += len(body)
+                    chunks.append(body)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            refusal = _closing(
+                error_body(
+                    f"the request body did not arrive within {self.timeout_s:g} s", code="body_timeout"
+                ),
+                408,
+            )
+        finally:
+            self.buffered -= sum(len(c) for c in chunks)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
         replayed = False
 
         async def replay() -> Any:
@@ -111,6 +146,11 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+def _closing(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error response that closes the connection (the rest of its body is never read)."""
+    return JSONResponse(body, status_code=status, headers={"Connection": "close", **(headers or {})})
+
+
 _MAX_PROBLEMS = 20
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
@@ -139,6 +179,14 @@ def _parse_problem(exc: BaseException | None) -> str | None:
     return None
 
 
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    return ConnectionLimits(
+        header_timeout_s=settings.header_timeout_s,
+        max_head_bytes=settings.max_head_bytes,
+        max_pending_connections=settings.max_pending_connections,
+    )
+
+
 def create_app(
     settings: Settings | None = None, *, backend: Backend | None = None, store: SessionStore | None = None
 ) -> FastAPI:
@@ -147,7 +195,7 @@ def create_app(
     settings = settings or Settings.from_env()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         install_log_filter()
         own_backend = backend or load_backend(settings.model, settings)
         own_store = store or open_store(settings.db)
@@ -176,9 +224,11 @@ def create_app(
             await coordinator.start(registry.cancel_local, worker_lost)
             registry.on_start = coordinator.replicate
             app.state.coordinator = coordinator
+        app.state.quotas = Quotas(settings, registry, own_store, app.state.coordinator)
         ticker = asyncio.create_task(registry.keepalive(settings.keepalive_s))
         try:
-            yield
+            # the guarded uvicorn protocols (server/protocol.py) read their limits from here
+            yield {LIMITS_KEY: connection_limits(settings)}
         finally:
             ticker.cancel()
             await registry.shutdown()
@@ -194,9 +244,19 @@ def create_app(
         version=__version__,
         description="Stream an LLM agent's answer token by token: raw text, typed SSE, OpenAI-compatible.",
         lifespan=lifespan,
+        # Swagger UI loads its script from a CDN onto the origin where the page keeps the API
+        # key: only when asked for (the OpenAPI description itself is always served)
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url=None,
     )
     app.state.settings = settings
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_s,
+        max_buffered=settings.max_buffered_body_bytes,
+    )
+    app.add_middleware(RequestGuard, settings=settings)  # outermost: before any body is read
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -238,6 +298,7 @@ def create_app(
         # a bug: still the documented JSON shape (the server logs the traceback)
         return JSONResponse(error_body("internal server error", type_="server_error"), status_code=500)
 
+    install_quota_errors(app)
     from tokenrelay.server import routes_chat, routes_documents, routes_openai, routes_sessions
 
     app.include_router(routes_chat.router)
@@ -252,16 +313,38 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 
 def _mount_page(app: FastAPI) -> None:
-    """The web chat page at `/`, its files under `/static` (shipped inside the package)."""
+    """The web chat page at `/`, its files under `/static` (shipped inside the package).
+
+    The page's Content-Security-Policy goes out as a header too (a `<meta>` policy cannot say
+    `frame-ancestors`): with `frame-ancestors 'none'` and `X-Frame-Options: DENY` no other
+    site can frame the page (clickjacking the origin that keeps the API key)."""
     mimetypes.add_type("text/javascript", ".mjs")  # browsers refuse ES modules served otherwise
     index = STATIC_DIR / "index.html"
     if not index.is_file():
         return
+    headers = {
+        "Cache-Control": "no-cache",
+        "Content-Security-Policy": page_policy(index.read_text(encoding="utf-8")),
+        "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
-        return FileResponse(
-            index, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"}
-        )
+        return FileResponse(index, media_type="text/html; charset=utf-8", headers=headers)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+
+_META_POLICY = re.compile(r'http-equiv="Content-Security-Policy"\s+content="([^"]+)"', re.IGNORECASE)
+DEFAULT_PAGE_POLICY = "default-src 'self'; object-src 'none'; base-uri 'self'"
+
+
+def page_policy(html: str) -> str:
+    """The page's own `<meta>` policy (the page's authors keep it) plus `frame-ancestors 'none'`."""
+    match = _META_POLICY.search(html)
+    policy = match.group(1).strip().rstrip(";") if match else DEFAULT_PAGE_POLICY
+    if "frame-ancestors" not in policy:
+        policy += "; frame-ancestors 'none'"
+    return policy

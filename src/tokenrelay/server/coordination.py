@@ -12,6 +12,8 @@ Keys (prefix `tokenrelay:` by default):
 * `active`: a hash run id → worker id of runs in flight, swept for runs of dead workers.
 
 * `cancel`: the pub/sub channel that carries run ids to cancel.
+* `runs:{owner}`, `rl:{owner}:{minute}`: per-key runs in flight and requests per minute, for
+  the per-key limits (server/quotas.py).
 
 Connections: writes go through one batching writer per worker (one pipeline round trip per
 batch for all its runs) on the main pool; blocking reads (XREAD) use a separate pool, so
@@ -40,7 +42,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Any, cast, overload
+from typing import Any, overload
 
 from tokenrelay.errors import ConfigError
 from tokenrelay.events import Event, RunError, RunFinished, event_from_dict, event_to_dict
@@ -184,11 +186,15 @@ class RedisCoordinator:
         })  # fmt: skip
         writer.add("hset", active, run_id, self.worker_id)
 
+        owner_runs = self._key("runs", channel.owner) if channel.owner is not None else None
+
         def sink(index: int, event: Event) -> None:
             if type(event) is RunFinished or type(event) is RunError:
                 # what ends a run survives an outage: readers then end instead of waiting
                 writer.add_essential("xadd", stream, {"e": _encode(event)}, id=f"{index + 1}-0")
                 writer.add_essential("hdel", active, run_id)
+                if owner_runs is not None:
+                    writer.add_essential("hdel", owner_runs, run_id)
                 writer.add_essential("pexpire", stream, retention)
                 writer.add_essential("pexpire", info, retention)
             else:
@@ -224,6 +230,28 @@ class RedisCoordinator:
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
+
+    # -- per-key limits (server/quotas.py) ----------------------------------------------
+
+    async def count_request(self, owner: str, minute: int) -> int:
+        """Count one request of `owner` in `minute`; the count so far (all workers)."""
+        key = self._key("rl", f"{owner}:{minute}")
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, 120)
+        count, _ = await pipe.execute()
+        return int(count)
+
+    async def claim_run(self, owner: str, run_id: str, limit: int) -> bool:
+        """Add `run_id` to `owner`'s runs in flight unless it has `limit` already (entries of
+        dead workers do not count and are dropped); True when added."""
+        added = await self._redis.eval(
+            _CLAIM_RUN, 1, self._key("runs", owner), limit, run_id, self.worker_id, f"{self.prefix}worker:"
+        )
+        return bool(added)
+
+    async def release_run(self, owner: str, run_id: str) -> None:
+        await self._redis.hdel(self._key("runs", owner), run_id)
 
     # -- the reading side --------------------------------------------------------------
 
@@ -451,6 +479,22 @@ class _OffsetEvents(Sequence[Event]):
 def _backoff(failures: int) -> float:
     """Seconds to wait after `failures` failures in a row: 0.1 s doubling, capped at 5 s."""
     return float(min(5.0, 0.1 * 2 ** min(failures, 16)))
+
+
+_CLAIM_RUN = """
+local entries = redis.call('HGETALL', KEYS[1])
+local n = 0
+for i = 1, #entries, 2 do
+  if redis.call('EXISTS', ARGV[4] .. entries[i + 1]) == 1 then
+    n = n + 1
+  else
+    redis.call('HDEL', KEYS[1], entries[i])
+  end
+end
+if n >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+return 1
+"""
 
 
 def _encode(event: Event) -> bytes:

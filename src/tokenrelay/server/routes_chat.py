@@ -21,6 +21,7 @@ from tokenrelay.events import AnswerDelta, Event, RunError, RunFinished
 from tokenrelay.memory.base import Turn, remembered
 from tokenrelay.run import new_run_id
 from tokenrelay.server.auth import require_owner
+from tokenrelay.server.quotas import quotas_of
 from tokenrelay.server.runs import RunChannel, RunRegistry
 from tokenrelay.server.schemas import ChatRequest, ChatResponse, HistoryMessage
 from tokenrelay.server.streaming import FollowResponse
@@ -45,17 +46,25 @@ def _registry(request: Request) -> RunRegistry:
 
 @router.get("/health", tags=["service"])
 async def health(request: Request) -> dict[str, Any]:
-    """Liveness, the model in use and the version (the tutorial's 🤙)."""
+    """Liveness (the tutorial's 🤙) and the version, for anyone. With a valid API key (or
+    when keys are off) also the model, this key's runs in flight and the worker's id: a
+    stranger learns nothing about the deployment or other keys' activity."""
     from tokenrelay.server.app import __version__
 
-    runner = _runner(request)
-    return {
-        "status": "🤙",
-        "model": runner.backend.name,
-        "version": __version__,
-        "active_runs": _registry(request).active_count(),
-        "worker": request.app.state.coordinator.worker_id if request.app.state.coordinator else os.getpid(),
-    }
+    out: dict[str, Any] = {"status": "🤙", "version": __version__}
+    try:
+        owner = await require_owner(request)
+    except HTTPException:
+        return out
+    keys_on = bool(request.app.state.settings.api_keys)
+    registry = _registry(request)
+    coordinator = request.app.state.coordinator
+    out.update(
+        model=_runner(request).backend.name,
+        active_runs=len(registry.active(owner=owner)) if keys_on else registry.active_count(),
+        worker=coordinator.worker_id if coordinator else os.getpid(),
+    )
+    return out
 
 
 async def start_run(
@@ -79,25 +88,35 @@ async def start_run(
         raise HTTPException(413, f"text is {len(text)} characters; the limit is {limit}")
     if "\x00" in text:
         raise HTTPException(422, "text must not contain NUL characters")
-    if use_session:
-        if session_id is not None:
-            if await runner.store.get_session(session_id, owner=owner) is None:
-                raise HTTPException(404, f"no session {session_id!r}")
-        else:
-            session_id = (await runner.store.create_session(owner=owner)).id
+    quotas = quotas_of(request.app)
     run_id = new_run_id()
-    events = runner.agent.run(
-        text, session_id=session_id if use_session else None, mode=mode, run_id=run_id, history=history
-    )
-    # a streamed, non-resumable run lives and dies with its response: let the response drive it
-    channel = _registry(request).start(
-        run_id,
-        events,
-        owner=owner,
-        session_id=session_id,
-        detached=resumable,
-        inline=streamed and not resumable,
-    )
+    if quotas is not None:
+        await quotas.claim_run(owner, run_id)
+    try:
+        if use_session:
+            if session_id is not None:
+                if await runner.store.get_session(session_id, owner=owner) is None:
+                    raise HTTPException(404, f"no session {session_id!r}")
+            else:
+                if quotas is not None:
+                    await quotas.claim_session(owner)
+                session_id = (await runner.store.create_session(owner=owner)).id
+        events = runner.agent.run(
+            text, session_id=session_id if use_session else None, mode=mode, run_id=run_id, history=history
+        )
+        # a streamed, non-resumable run lives and dies with its response: let the response drive it
+        channel = _registry(request).start(
+            run_id,
+            events,
+            owner=owner,
+            session_id=session_id,
+            detached=resumable,
+            inline=streamed and not resumable,
+        )
+    except BaseException:
+        if quotas is not None:
+            await quotas.release_run(owner, run_id)
+        raise
     return channel, session_id
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -43,13 +44,16 @@ async def attach_document(request: Request, session_id: str, body: DocumentIn, o
         raise HTTPException(404, f"no session {session_id!r}")
     if "\x00" in body.content:
         raise HTTPException(422, "the document contains NUL characters; attach a text file")
+    # parsing and tokenizing a large document takes CPU seconds: never on the event loop
     try:
-        text = extract_text(body.name, body.content)
+        text = await asyncio.to_thread(extract_text, body.name, body.content)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
     if not text.strip():
         raise HTTPException(422, f"{body.name} has no text")
-    fitted = fit_document(body.name, text, runner.backend, max_tokens=runner.settings.max_tokens)
+    fitted = await asyncio.to_thread(
+        fit_document, body.name, text, runner.backend, max_tokens=runner.settings.max_tokens
+    )
     await runner.store.set_document(session_id, name=body.name, text=fitted.text)
     return DocumentOut(
         name=body.name,

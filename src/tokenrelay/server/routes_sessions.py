@@ -5,10 +5,11 @@ probed."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 
+from tokenrelay.server.quotas import quotas_of
 from tokenrelay.server.routes_chat import Owner, _registry, _runner
 from tokenrelay.server.schemas import SessionDetail, SessionSummary, TurnOut
 
@@ -17,11 +18,30 @@ __all__ = ["router"]
 router = APIRouter(prefix="/sessions", tags=["sessions"])
 
 
-@router.get("", summary="List sessions (most recent first)")
-async def list_sessions(request: Request, owner: Owner, limit: int = 100) -> list[SessionSummary]:
+@router.get("", summary="List sessions (most recent first), a page at a time")
+async def list_sessions(
+    request: Request,
+    response: Response,
+    owner: Owner,
+    limit: Annotated[int, Query(description="sessions per page, 1 to 1000")] = 100,
+    cursor: Annotated[
+        str | None, Query(description="the `X-Next-Cursor` of the previous page (opaque)", max_length=200)
+    ] = None,
+) -> list[SessionSummary]:
+    """The body is the page (a JSON list, as before pagination). When more sessions follow,
+    `X-Next-Cursor` holds the cursor for the next page and `Link` its URL (rel="next")."""
     if not 1 <= limit <= 1000:
         raise HTTPException(422, "limit must be between 1 and 1000")
-    sessions = await _runner(request).store.list_sessions(owner=owner, limit=limit)
+    store = _runner(request).store
+    if cursor is not None and await store.get_session(cursor, owner=owner) is None:
+        raise HTTPException(422, "cursor is not a page of your sessions (the session it names was deleted?)")
+    sessions = await store.list_sessions(owner=owner, limit=limit + 1, after=cursor)
+    if len(sessions) > limit:
+        sessions = sessions[:limit]
+        next_cursor = sessions[-1].id
+        response.headers["X-Next-Cursor"] = next_cursor
+        url = request.url.include_query_params(cursor=next_cursor, limit=limit)
+        response.headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
     return [
         SessionSummary(id=s.id, title=s.title, created_at=s.created_at, updated_at=s.updated_at)
         for s in sessions
@@ -30,6 +50,9 @@ async def list_sessions(request: Request, owner: Owner, limit: int = 100) -> lis
 
 @router.post("", summary="Create a session", status_code=201)
 async def create_session(request: Request, owner: Owner) -> SessionSummary:
+    quotas = quotas_of(request.app)
+    if quotas is not None:
+        await quotas.claim_session(owner)
     s = await _runner(request).store.create_session(owner=owner)
     return SessionSummary(id=s.id, title=s.title, created_at=s.created_at, updated_at=s.updated_at)
 

@@ -1,0 +1,129 @@
+"""Per-key limits: runs in flight, sessions stored, requests per minute. Over a limit the
+answer is 429 with `Retry-After` and the usual JSON error body (`type`: `rate_limit_error`,
+`code`: `too_many_runs`, `too_many_sessions` or `rate_limited`).
+
+They apply only with API keys (a server without keys has one user). 0 turns a limit off.
+
+Several workers: with Redis the counts are shared where that costs one round trip —
+requests per minute are one `INCR` per request on a per-key, per-minute counter; runs in flight
+are a per-key hash (run id -> worker) updated by one Lua script that also drops the entries of
+dead workers, and emptied as runs end (by the run's log writer). Sessions are counted in the
+database, which the workers share anyway. Without Redis each count is this process's own.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from tokenrelay.config import Settings
+from tokenrelay.memory.base import SessionStore
+from tokenrelay.server.runs import RunRegistry
+
+if TYPE_CHECKING:
+    from tokenrelay.server.coordination import RedisCoordinator
+
+__all__ = ["QuotaExceeded", "Quotas", "install_quota_errors", "quota_response", "quotas_of"]
+
+
+class QuotaExceeded(Exception):
+    def __init__(self, code: str, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+def install_quota_errors(app: FastAPI) -> None:
+    @app.exception_handler(QuotaExceeded)
+    async def quota_error(request: Request, exc: QuotaExceeded) -> JSONResponse:
+        return quota_response(exc)
+
+
+def quota_response(exc: QuotaExceeded) -> JSONResponse:
+    body = {"error": {"message": exc.message, "type": "rate_limit_error", "code": exc.code}}
+    return JSONResponse(
+        body, status_code=429, headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    )
+
+
+class Quotas:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: RunRegistry,
+        store: SessionStore,
+        coordinator: RedisCoordinator | None = None,
+    ) -> None:
+        self.on = bool(settings.api_keys)
+        self.max_runs = settings.max_runs_per_key
+        self.max_sessions = settings.max_sessions_per_key
+        self.per_minute = settings.requests_per_minute_per_key
+        self.registry = registry
+        self.store = store
+        self.coordinator = coordinator
+        self._windows: dict[str, tuple[int, int]] = {}  # owner -> (minute, requests)
+
+    async def count_request(self, owner: str | None) -> None:
+        """One request of `owner`; raises `QuotaExceeded` past the per-minute limit."""
+        if not self.on or owner is None or not self.per_minute:
+            return
+        now = time.time()
+        minute = int(now // 60)
+        if self.coordinator is not None:
+            count = await self.coordinator.count_request(owner, minute)
+        else:
+            last, count = self._windows.get(owner, (minute, 0))
+            count = count + 1 if last == minute else 1
+            self._windows[owner] = (minute, count)
+            if len(self._windows) > 10_000:  # forget other minutes' windows
+                self._windows = {k: v for k, v in self._windows.items() if v[0] == minute}
+        if count > self.per_minute:
+            raise QuotaExceeded(
+                "rate_limited",
+                f"this API key made more than {self.per_minute} requests this minute",
+                (minute + 1) * 60 - now,
+            )
+
+    async def claim_run(self, owner: str | None, run_id: str) -> None:
+        """Count a run of `owner` about to start; raises `QuotaExceeded` when it has
+        `max_runs_per_key` in flight. With Redis the run is released as it ends."""
+        if not self.on or owner is None or not self.max_runs:
+            return
+        if self.coordinator is not None:
+            allowed = await self.coordinator.claim_run(owner, run_id, self.max_runs)
+        else:
+            allowed = len(self.registry.active(owner=owner)) < self.max_runs
+        if not allowed:
+            raise QuotaExceeded(
+                "too_many_runs",
+                f"this API key has {self.max_runs} answers in progress; wait for one to finish",
+                1.0,
+            )
+
+    async def release_run(self, owner: str | None, run_id: str) -> None:
+        """Undo `claim_run` for a run that did not start."""
+        if self.on and owner is not None and self.max_runs and self.coordinator is not None:
+            await self.coordinator.release_run(owner, run_id)
+
+    async def claim_session(self, owner: str | None) -> None:
+        """Raises `QuotaExceeded` when `owner` already has `max_sessions_per_key` sessions."""
+        if not self.on or owner is None or not self.max_sessions:
+            return
+        if await self.store.count_sessions(owner=owner) >= self.max_sessions:
+            raise QuotaExceeded(
+                "too_many_sessions",
+                f"this API key has {self.max_sessions} sessions, the most it may keep; delete some first",
+                60.0,
+            )
+
+
+def quotas_of(app: Any) -> Quotas | None:
+    """The app's `Quotas` (None before its lifespan started, or for another app)."""
+    state = getattr(app, "state", None)
+    quotas: Quotas | None = getattr(state, "quotas", None)
+    return quotas
