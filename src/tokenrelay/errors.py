@@ -3,7 +3,7 @@ server turns them into error events or 4xx bodies. Never put secrets (API keys) 
 
 from __future__ import annotations
 
-__all__ = ["BackendError", "ConfigError", "TokenrelayError"]
+__all__ = ["BackendError", "ConfigError", "StorageError", "TokenrelayError"]
 
 
 class TokenrelayError(Exception):
@@ -27,3 +27,9 @@ class BackendError(TokenrelayError):
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+
+
+class StorageError(TokenrelayError):
+    """The session store could not be read or written: disk full, database unreachable."""
+
+    code = "storage"

@@ -20,6 +20,9 @@ Invariants (the same behaviour as `SQLiteSessionStore`; the SQLite test suite ru
   (`time.time()`), as in SQLite. Every write is one transaction (most are one statement).
 * A finished turn is never rewritten: `finish_turn` and `update_partial` only touch turns
   whose status is still `running`.
+* Losing the server raises `StorageError`; a checkpoint that fails is skipped, a final turn
+  write that fails is retried in the background until the server is back
+  (memory/deferred.py). The pool replaces broken connections: no restart needed.
 * A session of another owner behaves exactly like a missing one (`owner=None` sees only
   sessions without owner).
 * PostgreSQL `text` cannot hold NUL characters: in stored texts (messages, answers, titles,
@@ -47,6 +50,7 @@ leases), `interrupt_run(run_id, error=...)` closes those precisely; `recover_run
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import time
@@ -61,18 +65,30 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from tokenrelay.errors import ConfigError
+from tokenrelay.errors import ConfigError, StorageError
 from tokenrelay.memory.base import Document, SessionInfo, Turn, TurnStatus
+from tokenrelay.memory.deferred import DeferredWrites
 from tokenrelay.memory.sqlite import FINAL_STATUSES, RECOVERED_ERROR, new_session_id, title_from_text
 
 __all__ = ["MIGRATIONS", "TABLES", "PostgresSessionStore", "apply_migrations"]
 
 Connection = AsyncConnection[TupleRow]
+log = logging.getLogger("tokenrelay.memory")
 
 #: Seconds to wait for a connection when none is given in the URL (`connect_timeout`).
 CONNECT_TIMEOUT_S = 10
 #: Seconds to wait for the pool's first connections.
 POOL_OPEN_TIMEOUT_S = 30.0
+#: Seconds a checkpoint waits for a connection (it is skipped after that: best effort).
+CHECKPOINT_TIMEOUT_S = 2.0
+#: After a failed checkpoint, checkpoints are skipped this long (a run must not stall on each
+#: one while the server is away).
+CHECKPOINT_PAUSE_S = 5.0
+#: Seconds the first try of a turn's final write waits before it is deferred (the run's last
+#: event waits for it).
+FINISH_TIMEOUT_S = 2.0
+#: Seconds any other operation waits for a connection (the server may be restarting).
+CONNECTION_TIMEOUT_S = 10.0
 #: First key of the migration lock (`pg_advisory_xact_lock(int4, int4)`: a key space apart
 #: from the one-bigint form); the second key is a hash of the current schema.
 MIGRATION_LOCK_CLASS = 0x746B7231  # "tkr1"
@@ -237,6 +253,8 @@ class PostgresSessionStore:
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._open_lock = asyncio.Lock()
         self._closed = False
+        self._deferred = DeferredWrites()
+        self._checkpoints_paused_until = 0.0
 
     def __repr__(self) -> str:
         return f"PostgresSessionStore({_redact_url(self._url)!r})"
@@ -285,6 +303,7 @@ class PostgresSessionStore:
             open=False,
             check=AsyncConnectionPool.check_connection,
             name="tokenrelay",
+            timeout=CONNECTION_TIMEOUT_S,
         )
         try:
             await pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
@@ -297,11 +316,16 @@ class PostgresSessionStore:
         return pool
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Connection]:
-        """A pooled connection in autocommit mode (use `conn.transaction()` to write)."""
+    async def _connection(self, wait_s: float | None = None) -> AsyncIterator[Connection]:
+        """A pooled connection in autocommit mode (use `conn.transaction()` to write).
+        Losing the server (a restart, the network) raises `StorageError`; the pool replaces
+        broken connections, so the store works again as soon as the server is back."""
         pool = await self._get_pool()
-        async with pool.connection() as conn:
-            yield conn
+        try:
+            async with pool.connection(timeout=wait_s) as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise StorageError(f"cannot reach PostgreSQL at {self.where}: {self._reason(exc)}") from None
 
     # -- sessions
 
@@ -419,12 +443,18 @@ class PostgresSessionStore:
         """Checkpoint a running turn's partial answer and refresh its heartbeat (no-op once
         the turn is finished). With several workers, call it more often than the
         `older_than_s` given to `recover_running`, even when the answer has not grown."""
-        async with self._connection() as conn, conn.transaction():
-            await conn.execute(
-                f"UPDATE tokenrelay_turns SET answer = %s, heartbeat_at = {_SERVER_NOW}"
-                " WHERE id = %s AND status = 'running'",
-                (_text(answer), turn_id),
-            )
+        if time.monotonic() < self._checkpoints_paused_until:
+            return
+        try:
+            async with self._connection(wait_s=CHECKPOINT_TIMEOUT_S) as conn, conn.transaction():
+                await conn.execute(
+                    f"UPDATE tokenrelay_turns SET answer = %s, heartbeat_at = {_SERVER_NOW}"
+                    " WHERE id = %s AND status = 'running'",
+                    (_text(answer), turn_id),
+                )
+        except StorageError as exc:  # a checkpoint is best effort: the run goes on
+            log.warning("checkpoint of turn %d failed: %s", turn_id, exc)
+            self._checkpoints_paused_until = time.monotonic() + CHECKPOINT_PAUSE_S
 
     async def finish_turn(
         self, turn_id: int, *, answer: str, status: TurnStatus, error: str | None = None
@@ -435,12 +465,21 @@ class PostgresSessionStore:
                 f"finish_turn needs a final status (complete, interrupted, failed), not {status!r}"
             )
         now = time.time()
-        async with self._connection() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE tokenrelay_turns SET answer = %s, status = %s, error = %s, finished_at = %s"
-                " WHERE id = %s AND status = 'running'",
-                (_text(answer), status, _opt_text(error), now, turn_id),
-            )
+
+        first = True
+
+        async def update() -> None:
+            nonlocal first
+            wait_s, first = (FINISH_TIMEOUT_S if first else None), False
+            async with self._connection(wait_s=wait_s) as conn, conn.transaction():
+                await conn.execute(
+                    "UPDATE tokenrelay_turns SET answer = %s, status = %s, error = %s, finished_at = %s"
+                    " WHERE id = %s AND status = 'running'",
+                    (_text(answer), status, _opt_text(error), now, turn_id),
+                )
+
+        # the answer must not be lost to a restarting server: retried until it lands
+        await self._deferred.write(("finish", turn_id), update)
 
     async def history(
         self, session_id: str, *, limit: int | None = None, answered: bool = False
@@ -550,7 +589,7 @@ class PostgresSessionStore:
                     return "the tokenrelay_migrations table is missing"
                 cur = await conn.execute("SELECT name FROM tokenrelay_migrations")
                 done = {row[0] for row in await cur.fetchall()}
-        except ConfigError as exc:
+        except (ConfigError, StorageError) as exc:
             return str(exc)
         except (psycopg.OperationalError, PoolTimeout) as exc:
             return f"cannot reach PostgreSQL at {self.where}: {self._reason(exc)}"
@@ -564,6 +603,8 @@ class PostgresSessionStore:
 
     async def close(self) -> None:
         """Close the pool; calling it again does nothing. The store refuses work afterwards."""
+        if not self._closed and self._pool is not None:
+            await self._deferred.close()
         self._closed = True
         pool, self._pool = self._pool, None
         if pool is not None:

@@ -11,6 +11,9 @@ Invariants:
   workers (two processes) can share one file; readers never block the writer.
 * The schema is built by an ordered list of migrations recorded in `_migrations`; each
   missing one is applied, all in one transaction, when the store opens. Re-opening is a no-op.
+* Operational failures (disk full, a lock held past the busy timeout) raise `StorageError`;
+  a checkpoint that fails is skipped, a final turn write that fails is retried in the
+  background until the disk has room again (memory/deferred.py).
 * A finished turn is never rewritten: `finish_turn` and `update_partial` only touch turns
   whose status is still `running` (a late writer after `recover_running` changes nothing).
 * A session of another owner behaves exactly like a missing one (`owner=None` sees only
@@ -23,6 +26,7 @@ The small helpers shared with `InMemorySessionStore` (`new_session_id`, `title_f
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import sqlite3
 import threading
@@ -31,7 +35,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar, cast
 
+from tokenrelay.errors import StorageError
 from tokenrelay.memory.base import Document, SessionInfo, Turn, TurnStatus
+from tokenrelay.memory.deferred import DeferredWrites
 
 __all__ = [
     "FINAL_STATUSES",
@@ -43,6 +49,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+log = logging.getLogger("tokenrelay.memory")
 
 #: The error stored on turns that `recover_running` marks `interrupted`.
 RECOVERED_ERROR = "server stopped before the run finished"
@@ -204,6 +211,7 @@ class SQLiteSessionStore:
             conn.close()
             raise
         self._conn: sqlite3.Connection | None = conn
+        self._deferred = DeferredWrites()
 
     def __repr__(self) -> str:
         return f"SQLiteSessionStore({str(self.path)!r})"
@@ -233,10 +241,16 @@ class SQLiteSessionStore:
             return result
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.to_thread(self._read_sync, fn)
+        try:
+            return await asyncio.to_thread(self._read_sync, fn)
+        except sqlite3.OperationalError as exc:
+            raise StorageError(f"the session database failed: {exc}") from exc
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.to_thread(self._write_sync, fn)
+        try:
+            return await asyncio.to_thread(self._write_sync, fn)
+        except sqlite3.OperationalError as exc:  # disk full, locked past the busy timeout, I/O
+            raise StorageError(f"the session database cannot be written: {exc}") from exc
 
     # -- sessions
 
@@ -339,7 +353,10 @@ class SQLiteSessionStore:
         def update(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE turns SET answer = ? WHERE id = ? AND status = 'running'", (answer, turn_id))
 
-        await self._write(update)
+        try:
+            await self._write(update)
+        except StorageError as exc:  # a checkpoint is best effort: the run goes on
+            log.warning("checkpoint of turn %d failed: %s", turn_id, exc)
 
     async def finish_turn(
         self, turn_id: int, *, answer: str, status: TurnStatus, error: str | None = None
@@ -358,7 +375,8 @@ class SQLiteSessionStore:
                 (answer, status, error, now, turn_id),
             )
 
-        await self._write(update)
+        # the answer must not be lost to a full disk: retried until it lands (memory/deferred.py)
+        await self._deferred.write(("finish", turn_id), lambda: self._write(update))
 
     async def history(
         self, session_id: str, *, limit: int | None = None, answered: bool = False
@@ -448,7 +466,10 @@ class SQLiteSessionStore:
         return await self._read(check)
 
     async def close(self) -> None:
-        """Close the connection; calling it again does nothing."""
+        """Close the connection (after a last try of deferred writes); calling it again does
+        nothing."""
+        if self._conn is not None:
+            await self._deferred.close()
 
         def close_sync() -> None:
             with self._lock:

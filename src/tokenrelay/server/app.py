@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tokenrelay.api import Runner
 from tokenrelay.backends import Backend, load_backend
 from tokenrelay.config import Settings
+from tokenrelay.errors import StorageError
 from tokenrelay.memory import SessionStore, open_store
 from tokenrelay.server.guard import RequestGuard
 from tokenrelay.server.protocol import LIMITS_KEY, ConnectionLimits
@@ -292,6 +293,15 @@ def create_app(
             problems.append(f"and {len(errors) - _MAX_PROBLEMS} more problems")
         message = "; ".join(problems) or "invalid request"
         return JSONResponse(error_body(message, code="invalid_request"), status_code=422)
+
+    @app.exception_handler(StorageError)
+    async def storage_error(request: Request, exc: StorageError) -> JSONResponse:
+        # the database is away (restarting, disk full): say so, and that it is worth a retry
+        return JSONResponse(
+            error_body(str(exc), type_="server_error", code="storage_unavailable"),
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> JSONResponse:

@@ -13,9 +13,11 @@ database, which the workers share anyway. Without Redis each count is this proce
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -28,6 +30,9 @@ if TYPE_CHECKING:
     from tokenrelay.server.coordination import RedisCoordinator
 
 __all__ = ["QuotaExceeded", "Quotas", "install_quota_errors", "quota_response", "quotas_of"]
+
+T = TypeVar("T")
+log = logging.getLogger("tokenrelay.server")
 
 
 class QuotaExceeded(Exception):
@@ -74,9 +79,10 @@ class Quotas:
             return
         now = time.time()
         minute = int(now // 60)
-        if self.coordinator is not None:
-            count = await self.coordinator.count_request(owner, minute)
-        else:
+        count = (
+            await self._shared(self.coordinator.count_request(owner, minute)) if self.coordinator else None
+        )
+        if count is None:  # no Redis, or Redis is away: this worker's own count
             last, count = self._windows.get(owner, (minute, 0))
             count = count + 1 if last == minute else 1
             self._windows[owner] = (minute, count)
@@ -94,9 +100,12 @@ class Quotas:
         `max_runs_per_key` in flight. With Redis the run is released as it ends."""
         if not self.on or owner is None or not self.max_runs:
             return
-        if self.coordinator is not None:
-            allowed = await self.coordinator.claim_run(owner, run_id, self.max_runs)
-        else:
+        allowed = (
+            await self._shared(self.coordinator.claim_run(owner, run_id, self.max_runs))
+            if self.coordinator
+            else None
+        )
+        if allowed is None:  # no Redis, or Redis is away: this worker's own count
             allowed = len(self.registry.active(owner=owner)) < self.max_runs
         if not allowed:
             raise QuotaExceeded(
@@ -108,7 +117,16 @@ class Quotas:
     async def release_run(self, owner: str | None, run_id: str) -> None:
         """Undo `claim_run` for a run that did not start."""
         if self.on and owner is not None and self.max_runs and self.coordinator is not None:
-            await self.coordinator.release_run(owner, run_id)
+            await self._shared(self.coordinator.release_run(owner, run_id))
+
+    async def _shared(self, call: Awaitable[T]) -> T | None:
+        """A shared count through Redis, or None when Redis fails (then the limits fall back
+        to this worker's own counts rather than refusing everything)."""
+        try:
+            return await call
+        except Exception as exc:
+            log.warning("per-key limits: Redis failed (%s); counting in this worker only", exc)
+            return None
 
     async def claim_session(self, owner: str | None) -> None:
         """Raises `QuotaExceeded` when `owner` already has `max_sessions_per_key` sessions."""

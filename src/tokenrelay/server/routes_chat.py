@@ -295,6 +295,8 @@ async def run_events(
                 channel = await coordinator.remote_channel(run_id, owner=owner, start=start)
             except EventIdPastEnd:
                 raise past_end from None
+            except Exception as exc:  # Redis is away: the run's log cannot be read now
+                raise HTTPException(503, f"the shared run log is unavailable: {exc}") from None
         if channel is None:
             raise HTTPException(404, f"no run {run_id!r}")
         # a reader of the shared log: it stops when its client leaves (the run goes on)
@@ -311,8 +313,11 @@ async def cancel_run(request: Request, run_id: str, owner: Owner) -> dict[str, A
         return {"run_id": run_id, "cancelled": channel.cancel()}
     coordinator = request.app.state.coordinator
     if coordinator is not None:  # another worker may own it: tell them all
-        info = await coordinator.run_info(run_id)
-        if info is not None and (info["owner"] or None) == owner:
-            await coordinator.publish_cancel(run_id)
-            return {"run_id": run_id, "cancelled": True}
+        try:
+            info = await coordinator.run_info(run_id)
+            if info is not None and (info["owner"] or None) == owner:
+                await coordinator.publish_cancel(run_id)
+                return {"run_id": run_id, "cancelled": True}
+        except Exception as exc:  # Redis is away: other workers cannot be told now
+            raise HTTPException(503, f"the shared run log is unavailable: {exc}") from None
     raise HTTPException(404, f"no run {run_id!r}")
