@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from private_services import private_postgres, private_redis
 from server_fixture import LiveServer, wait_until
 from sse_frames import parse_sse
-
 from tokenrelay.config import Settings
 from tokenrelay.messages import Message
 from tokenrelay.server.app import create_app
@@ -203,7 +202,7 @@ def test_redis_restarted_mid_run(tmp_path: Path) -> None:
             ) as r:
                 run["id"] = r.headers["x-run-id"]
                 events = []
-                for _, name, data in parse_sse(r.iter_lines()):
+                for _, name, _data in parse_sse(r.iter_lines()):
                     events.append(name)
                     if name == "answer_delta":
                         kill(events.count("answer_delta"))
