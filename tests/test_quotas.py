@@ -4,6 +4,7 @@ against a real server; the shared counts with two workers on one Redis."""
 from __future__ import annotations
 
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -70,6 +71,26 @@ def test_runs_in_flight_are_limited_per_key(serve: Callable[..., LiveServer]) ->
         ),
         timeout=10,
     )
+
+
+def test_runs_asked_for_at_once_never_exceed_the_limit(serve: Callable[..., LiveServer]) -> None:
+    """Many requests at once: each one's session lookup is an await between the check and the
+    run's start, so a check that does not reserve lets them all through."""
+    server = serve(api_keys=KEYS, max_runs_per_key=2)
+    statuses: list[int] = []
+    barrier = threading.Barrier(12)
+
+    def ask() -> None:
+        with httpx.Client(timeout=30) as http:
+            barrier.wait()
+            statuses.append(http.post(server.url + "/chat", json={"text": "q"}, headers=K1).status_code)
+
+    threads = [threading.Thread(target=ask) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [200, 200] + [429] * 10
 
 
 def test_sessions_are_limited_per_key(serve: Callable[..., LiveServer]) -> None:

@@ -72,6 +72,7 @@ class Quotas:
         self.store = store
         self.coordinator = coordinator
         self._windows: dict[str, tuple[int, int]] = {}  # owner -> (minute, requests)
+        self._reserved: dict[str, set[str]] = {}  # owner -> runs claimed, not yet registered
 
     async def count_request(self, owner: str | None) -> None:
         """One request of `owner`; raises `QuotaExceeded` past the per-minute limit."""
@@ -106,7 +107,12 @@ class Quotas:
             else None
         )
         if allowed is None:  # no Redis, or Redis is away: this worker's own count
-            allowed = len(self.registry.active(owner=owner)) < self.max_runs
+            # runs registered, plus those claimed and not yet registered (their requests are
+            # still looking up the session): checked and reserved with no await in between
+            reserved = self._reserved.setdefault(owner, set())
+            allowed = len(self.registry.active(owner=owner)) + len(reserved) < self.max_runs
+            if allowed:
+                reserved.add(run_id)
         if not allowed:
             raise QuotaExceeded(
                 "too_many_runs",
@@ -114,10 +120,25 @@ class Quotas:
                 1.0,
             )
 
+    def started(self, owner: str | None, run_id: str) -> None:
+        """The claimed run is registered: from now on the registry counts it."""
+        if owner is not None:
+            self._unreserve(owner, run_id)
+
     async def release_run(self, owner: str | None, run_id: str) -> None:
         """Undo `claim_run` for a run that did not start."""
-        if self.on and owner is not None and self.max_runs and self.coordinator is not None:
+        if owner is None:
+            return
+        self._unreserve(owner, run_id)
+        if self.on and self.max_runs and self.coordinator is not None:
             await self._shared(self.coordinator.release_run(owner, run_id))
+
+    def _unreserve(self, owner: str, run_id: str) -> None:
+        reserved = self._reserved.get(owner)
+        if reserved is not None:
+            reserved.discard(run_id)
+            if not reserved:
+                del self._reserved[owner]
 
     async def _shared(self, call: Awaitable[T]) -> T | None:
         """A shared count through Redis, or None when Redis fails (then the limits fall back

@@ -117,6 +117,8 @@ async def start_run(
         if quotas is not None:
             await quotas.release_run(owner, run_id)
         raise
+    if quotas is not None:
+        quotas.started(owner, run_id)
     return channel, session_id
 
 
