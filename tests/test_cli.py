@@ -20,7 +20,8 @@ import pytest
 
 import tokenrelay.backends as backends
 from tokenrelay.agent.loop import Agent
-from tokenrelay.cli import _TerminalPrinter, main
+from tokenrelay.cli import main
+from tokenrelay.cli.printer import TerminalPrinter
 from tokenrelay.events import AnswerDelta, Event, RunError, RunStarted
 from tokenrelay.memory import open_store
 from tokenrelay.memory.base import Turn
@@ -315,7 +316,7 @@ def test_api_key_never_appears_in_errors(env: dict[str, str]) -> None:
 def test_failed_run_after_partial_answer_keeps_stdout_clean() -> None:
     """In process: the partial answer ends with a newline on stdout; the error is one line on stderr."""
     out, err = io.StringIO(), io.StringIO()
-    printer = _TerminalPrinter(out, err, steps=False, verbose=False, as_json=False)
+    printer = TerminalPrinter(out, err, steps=False, verbose=False, as_json=False)
     for event in (
         RunStarted(run_id="r"),
         AnswerDelta(text="partial"),
@@ -345,7 +346,7 @@ def agent_events() -> list[Event]:
 
 def render(events: Sequence[Event], **flags: bool) -> tuple[str, str]:
     out, err = io.StringIO(), io.StringIO()
-    printer = _TerminalPrinter(out, err, **{"steps": False, "verbose": False, "as_json": False, **flags})
+    printer = TerminalPrinter(out, err, **{"steps": False, "verbose": False, "as_json": False, **flags})
     for event in events:
         printer(event)
     return out.getvalue(), err.getvalue()
