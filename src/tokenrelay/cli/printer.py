@@ -40,7 +40,7 @@ class TerminalPrinter:
     def __init__(self, out: TextIO, err: TextIO, *, steps: bool, verbose: bool, as_json: bool) -> None:
         self.out, self.err = out, err
         self.steps, self.verbose, self.as_json = steps, verbose, as_json
-        self.wrote_answer = False
+        self.mid_line = False  # the last answer text did not end a line
         self.spinner = Spinner(err)
         self.spinner.enabled = self.spinner.enabled and not (as_json or verbose)
 
@@ -55,9 +55,9 @@ class TerminalPrinter:
             self.spinner.hide()
             self.out.write(event.text)
             self.out.flush()
-            self.wrote_answer = True
+            self.mid_line = not event.text.endswith("\n")
         elif isinstance(event, RunStarted):
-            self.wrote_answer = False
+            self.mid_line = False
             self.spinner.show(THINKING)
         elif isinstance(event, ReasoningDelta):
             if self.verbose:
@@ -70,22 +70,22 @@ class TerminalPrinter:
                 print("↑ narration", file=self.err, flush=True)
             self.spinner.show(THINKING)
         elif isinstance(event, ToolCallStarted):
+            self.spinner.relabel(f"calling {event.name}")
             if self.steps or self.verbose:
                 args = event.arguments if isinstance(event.arguments, str) else json.dumps(event.arguments)
-                self._step(f"\n→ {event.name}({args})")
-            self.spinner.relabel(f"calling {event.name}")
+                self._step(("\n" if self.mid_line else "") + f"→ {event.name}({args})")
         elif isinstance(event, ToolCallFinished):
+            self.spinner.relabel(THINKING)
             if self.steps or self.verbose:
                 shown = event.result if event.error is None else f"error: {event.error}"
                 self._step(f"← {event.name}: {shown}")
-            self.spinner.relabel(THINKING)
         elif isinstance(event, RunFinished):
             self.spinner.hide()
             self.out.write("\n")
             self.out.flush()
         elif isinstance(event, RunError):
             self.spinner.hide()
-            if self.wrote_answer:
+            if self.mid_line:
                 self.out.write("\n")
                 self.out.flush()
             print(f"tokenrelay: error: {event.message}", file=self.err, flush=True)
