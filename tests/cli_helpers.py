@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tokenrelay.memory import Turn, open_store
 
@@ -43,9 +44,10 @@ def action(name: str, argument: str) -> str:
     return json.dumps({"action": name, "action_input": argument}, ensure_ascii=False)
 
 
-def slow(delay: float, *replies: str) -> str:
-    """A model string for tests/apps/slow_cli.py: scripted replies, each after `delay` seconds."""
-    return "slow:" + json.dumps({"delay": delay, "replies": list(replies)})
+def slow(delay: float, *replies: str | list[Any], native: bool = False) -> str:
+    """A model string for tests/apps/slow_cli.py: scripted replies, each after `delay` seconds
+    (a reply is text, or a list of text pieces and `{"tool", "arguments"}` native calls)."""
+    return "slow:" + json.dumps({"delay": delay, "replies": list(replies), "native": native})
 
 
 def cli(

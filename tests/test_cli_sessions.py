@@ -13,8 +13,19 @@ from pathlib import Path
 import pytest
 
 import tokenrelay.backends as backends
-from cli_helpers import assert_one_line_error, cli, data_db, final, history, make_env, session_ids
+from cli_helpers import (
+    SLOW_CLI,
+    assert_one_line_error,
+    cli,
+    data_db,
+    final,
+    history,
+    make_env,
+    session_ids,
+    slow,
+)
 from tokenrelay.cli import main
+from tokenrelay.cli.printer import CUT_OFF
 from tokenrelay.testing import ScriptedBackend
 
 TUTORIAL = "# LangChain の基本\n\nエージェントはツールを呼び出します。\n\n## メモリ\n\n会話を覚えます。\n"
@@ -166,6 +177,47 @@ def test_sessions_show_marks_a_failed_turn(env: dict[str, str]) -> None:
     shown = cli(env, "sessions", "show", "f").stdout.splitlines()
     assert shown[-2] == "> q"
     assert shown[-1].startswith("[failed: ") and "127.0.0.1:9" in shown[-1]
+
+
+def test_sessions_show_lists_tool_steps_and_a_cut_off_answer(env: dict[str, str]) -> None:
+    narrated = [
+        ["Let me ", "check.\n", {"tool": "Calculator", "arguments": '{"expression": "6*7"}'}],
+        ["It is 42."],
+    ]
+    asked = cli(env, "ask", "-s", "n", "--model", slow(0, *narrated, native=True), "6*7?", app=SLOW_CLI)
+    assert asked.returncode == 0, asked.stderr
+    assert asked.stdout == "Let me check.\n\nIt is 42.\n"
+    cut = cli(env, "ask", "-s", "n", "--model", slow(0, ["A long answ", {"finish": "length"}], native=True),
+              "more", app=SLOW_CLI)  # fmt: skip
+    assert cut.returncode == 0, cut.stderr
+    assert cut.stdout == "A long answ\n"
+    assert cut.stderr == CUT_OFF + "\n"  # the terminal says the answer was cut off
+    shown = cli(env, "sessions", "show", "n").stdout.splitlines()
+    assert shown[2:] == [
+        "",
+        "> 6*7?",
+        '  → Calculator({"expression": "6*7"}) ← 42',
+        "It is 42.",
+        "",
+        "> more",
+        "A long answ",
+        "[cut off: the answer reached the token limit]",
+    ]
+    turns = json.loads(cli(env, "sessions", "show", "n", "--json").stdout)["turns"]
+    assert [t["finish_reason"] for t in turns] == ["stop", "length"]
+    assert [step["type"] for step in turns[0]["steps"]] == ["narration", "tool"]
+
+
+def test_answer_policy_hold_prints_only_the_final_answer(env: dict[str, str]) -> None:
+    narrated = [
+        ["Let me ", "check.\n", {"tool": "Calculator", "arguments": '{"expression": "6*7"}'}],
+        ["It is 42."],
+    ]
+    model = slow(0, *narrated, native=True)
+    held = cli(env, "ask", "--answer-policy", "hold", "--model", model, "6*7?", app=SLOW_CLI)
+    assert (held.returncode, held.stdout, held.stderr) == (0, "It is 42.\n", "")
+    bad = cli(env, "ask", "--answer-policy", "later", "--model", model, "6*7?", app=SLOW_CLI)
+    assert_one_line_error(bad, contains="--answer-policy")
 
 
 def test_sessions_delete(env: dict[str, str]) -> None:

@@ -73,6 +73,33 @@ def test_without_steps_only_the_spinner_shows_the_tool(env: dict[str, str]) -> N
     assert term.screen() == ["It is 5."]
 
 
+NATIVE_NARRATION = [
+    ["Let me ", "check.\n", {"tool": "Calculator", "arguments": '{"expression": "6*7"}'}],
+    ["It is ", "42."],
+]
+
+
+def test_narration_then_a_tool_then_the_answer_on_a_terminal(env: dict[str, str]) -> None:
+    """Native tool calls through the real agent: the narration stays on screen, --steps marks
+    it, and the spinner comes back while the tool runs and the model thinks again."""
+    model = slow(1.0, *NATIVE_NARRATION, native=True)
+    code, term = run_on_terminal(env, "ask", "--steps", "--model", model, "what is 6*7?")
+    assert code == 0, term.text
+    text = term.text
+    assert text.index("check.") < text.index("thinking", text.index("check.")) < text.index("It is")
+    assert term.screen() == [
+        "Let me check.",
+        "",
+        "↑ narration",
+        '→ Calculator({"expression": "6*7"})',
+        "← Calculator: 42",
+        "It is 42.",
+    ]
+    plain_code, plain = run_on_terminal(env, "ask", "--model", model, "what is 6*7?")
+    assert plain_code == 0, plain.text
+    assert plain.screen() == ["Let me check.", "", "It is 42."]
+
+
 def test_no_spinner_when_stderr_is_not_a_terminal(env: dict[str, str]) -> None:
     model = slow(1.0, action("Calculator", "2+3"), action("Final Answer", "It is 5."))
     result = cli(env, "ask", "--model", model, "what is 2+3?", app=SLOW_CLI)

@@ -1,6 +1,8 @@
 """The real `tokenrelay` command (`tokenrelay.cli.main`) with one more model string for
-terminal tests: `slow:{"delay": SECONDS, "replies": [...]}` is the scripted backend, each of
-whose replies starts only after SECONDS (the model thinking: a slow first token)."""
+terminal tests: `slow:{"delay": SECONDS, "replies": [...], "native": BOOL}` is the scripted
+backend, each of whose replies starts only after SECONDS (the model thinking: a slow first
+token). A reply is a string, or a list of text pieces, native tool calls
+(`{"tool": NAME, "arguments": JSON_TEXT}`) and a finish (`{"finish": "length"}`)."""
 
 from __future__ import annotations
 
@@ -10,11 +12,11 @@ import sys
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
-from tokenrelay.backends import GenerationSettings, ModelChunk, register_backend
+from tokenrelay.backends import FinishChunk, GenerationSettings, ModelChunk, ToolCallChunk, register_backend
 from tokenrelay.cli import main
 from tokenrelay.config import Settings
 from tokenrelay.messages import Message, ToolSpec
-from tokenrelay.testing import ScriptedBackend
+from tokenrelay.testing import Reply, ScriptedBackend
 
 
 @dataclass
@@ -33,9 +35,22 @@ class SlowStart(ScriptedBackend):
             yield chunk
 
 
+def _piece(piece: str | dict[str, str], index: int) -> str | ModelChunk:
+    if isinstance(piece, str):
+        return piece
+    if "finish" in piece:
+        return FinishChunk(piece["finish"])
+    return ToolCallChunk(index, f"call_{index}", piece["tool"], piece["arguments"])
+
+
+def _reply(reply: str | list[str | dict[str, str]]) -> Reply:
+    return reply if isinstance(reply, str) else [_piece(p, i) for i, p in enumerate(reply)]
+
+
 def _slow(arg: str, settings: Settings) -> SlowStart:
     spec = json.loads(arg)
-    return SlowStart(replies=spec["replies"], delay=spec["delay"])
+    replies = [_reply(r) for r in spec["replies"]]
+    return SlowStart(replies=replies, delay=spec["delay"], native_tools=spec.get("native", False))
 
 
 if __name__ == "__main__":

@@ -81,6 +81,11 @@ def _agent_options(p: argparse.ArgumentParser) -> None:
         "--plain", action="store_true", help="talk to the model directly: no agent, tools or memory"
     )
     p.add_argument("--tool-protocol", choices=["auto", "native", "json"], help="how the agent calls tools")
+    p.add_argument(
+        "--answer-policy",
+        choices=["stream", "hold"],
+        help="stream: text as the model writes it (default); hold: only the final answer, later",
+    )
     p.add_argument("--max-iterations", type=int, help="agent steps before early stopping (default 3)")
     p.add_argument("--early-stopping-method", choices=["generate", "force"])
     p.add_argument("--verbose", "-v", action="store_true", help="print the agent's raw steps on stderr")
@@ -143,7 +148,7 @@ def _completion_help() -> str:
 def _settings(args: argparse.Namespace) -> Settings:
     names = (
         "model", "max_tokens", "temperature", "system_prompt", "openai_base_url", "db", "tool_protocol",
-        "max_iterations", "early_stopping_method", "host", "port", "workers", "redis_url",
+        "max_iterations", "early_stopping_method", "answer_policy", "host", "port", "workers", "redis_url",
     )  # fmt: skip
     return Settings.from_env(**{name: getattr(args, name, None) for name in names})
 

@@ -29,6 +29,9 @@ from tokenrelay.events import (
 __all__ = ["TerminalPrinter", "drain"]
 
 THINKING = "thinking"
+CUT_OFF = (
+    "tokenrelay: warning: the answer was cut off at the token limit (raise --max-tokens, or ask to continue)"
+)
 
 
 class TerminalPrinter:
@@ -64,11 +67,13 @@ class TerminalPrinter:
                 self.err.write(event.text)
                 self.err.flush()
         elif isinstance(event, Narration):
-            # The text already shown was the model speaking before a tool call; it ends with a
-            # blank line (events.Narration), so the cursor is at a line start again.
-            if self.steps or self.verbose:
-                print("↑ narration", file=self.err, flush=True)
-            self.spinner.show(THINKING)
+            # The text already shown was the model speaking before a tool call (whitespace
+            # alone is not worth a marker). The agent ends it with a blank line, so the cursor
+            # is at a line start again and the spinner can wait for the tool and the answer.
+            if (self.steps or self.verbose) and event.text.strip():
+                print(("\n" if self.mid_line else "") + "↑ narration", file=self.err, flush=True)
+            if not self.mid_line:
+                self.spinner.show(THINKING)
         elif isinstance(event, ToolCallStarted):
             self.spinner.relabel(f"calling {event.name}")
             if self.steps or self.verbose:
@@ -83,6 +88,8 @@ class TerminalPrinter:
             self.spinner.hide()
             self.out.write("\n")
             self.out.flush()
+            if event.finish_reason == "length":
+                print(CUT_OFF, file=self.err, flush=True)
         elif isinstance(event, RunError):
             self.spinner.hide()
             if self.mid_line:

@@ -127,11 +127,21 @@ async def _show(store: SessionStore | None, args: argparse.Namespace) -> int:
     print(" · ".join(facts))
     for turn in turns:
         print(f"\n> {turn.user_text}")
+        for step in turn.steps:
+            if step.get("type") == "tool":
+                outcome = step.get("result") if step.get("error") is None else f"error: {step.get('error')}"
+                print(f"  → {step.get('name')}({_arguments(step.get('arguments'))}) ← {outcome}")
         if turn.answer:
             print(turn.answer)
         if turn.status != "complete":
             print(f"[{turn.status}{': ' + turn.error if turn.error else ''}]")
+        elif turn.finish_reason == "length":
+            print("[cut off: the answer reached the token limit]")
     return 0
+
+
+def _arguments(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 async def _delete(store: SessionStore | None, args: argparse.Namespace) -> int:
@@ -165,6 +175,8 @@ def _turn_dict(turn: Turn) -> dict[str, Any]:
         "error": turn.error,
         "created_at": turn.created_at,
         "finished_at": turn.finished_at,
+        "finish_reason": turn.finish_reason,
+        "steps": list(turn.steps),
     }
 
 
