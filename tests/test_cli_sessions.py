@@ -285,8 +285,8 @@ def test_attach_a_notebook(recorder: ScriptedBackend, tmp_path: Path) -> None:
 
 
 def test_a_document_that_does_not_fit_says_what_was_left_out(env: dict[str, str], tmp_path: Path) -> None:
-    """The scripted model has the default 8192-token window; with 512 for the answer and 1024
-    in reserve, about 26 KB of UTF-8 fits."""
+    """The scripted model has the default 8192-token window; with max_tokens for the answer
+    and 1024 in reserve, a few thousand tokens (about 4 bytes each) fit, not 160 KB."""
     paragraph = "とても長い段落です。\n"
     (tmp_path / "big.md").write_text("# 本\n" + paragraph * 4000, encoding="utf-8")
     result = cli(env, "ask", "-s", "big", "-a", "big.md", "--model", final("要約"), "要約してください")

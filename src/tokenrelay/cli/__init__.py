@@ -52,8 +52,12 @@ def _version() -> str:
 
 def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", help="model string: llamacpp (default), llamacpp:PATH.gguf, openai:NAME")
-    p.add_argument("--max-tokens", type=int, help="maximum tokens per model call (default 512)")
-    p.add_argument("--temperature", type=float, help="sampling temperature, 0-2 (default 0.7)")
+    p.add_argument(
+        "--max-tokens", type=int, help=f"maximum tokens per model call (default {Settings.max_tokens})"
+    )
+    p.add_argument(
+        "--temperature", type=float, help=f"sampling temperature, 0-2 (default {Settings.temperature})"
+    )
     p.add_argument("--system", dest="system_prompt", help="system prompt")
     p.add_argument(
         "--base-url", dest="openai_base_url", help="OpenAI-compatible server URL (or OPENAI_BASE_URL)"
@@ -86,7 +90,11 @@ def _agent_options(p: argparse.ArgumentParser) -> None:
         choices=["stream", "hold"],
         help="stream: text as the model writes it (default); hold: only the final answer, later",
     )
-    p.add_argument("--max-iterations", type=int, help="agent steps before early stopping (default 3)")
+    p.add_argument(
+        "--max-iterations",
+        type=int,
+        help=f"agent steps before early stopping (default {Settings.max_iterations})",
+    )
     p.add_argument("--early-stopping-method", choices=["generate", "force"])
     p.add_argument("--verbose", "-v", action="store_true", help="print the agent's raw steps on stderr")
 
