@@ -531,3 +531,19 @@ def test_ctrl_c_stops_generation_and_exits_130(env: dict[str, str]) -> None:
     assert elapsed < 5, f"took {elapsed:.1f}s to stop after Ctrl-C"
     # generation stopped: nowhere near the 400 tokens asked for came out after the signal
     assert len((first + rest).decode("utf-8", "replace")) < 1200
+
+
+@pytest.mark.parametrize(
+    ("text", "columns", "shown"),
+    [
+        ("⠋ calling Calculator…", 80, "⠋ calling Calculator…"),
+        ("⠋ calling Calculator…", 12, "⠋ calling C"),
+        ("⠋ calling 計算機…", 14, "⠋ calling 計"),  # a wide character takes two columns
+        ("⠋ thinking…", 1, "⠋"),  # always something, never more than fits
+    ],
+)
+def test_the_spinner_line_never_wraps(text: str, columns: int, shown: str) -> None:
+    """A wrapped line could not be erased with a carriage return."""
+    from tokenrelay.cli.spinner import _fit
+
+    assert _fit(text, columns) == shown

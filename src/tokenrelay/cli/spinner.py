@@ -57,12 +57,16 @@ class Spinner:
         """Start the indicator with `label`, or relabel it if it is running."""
         if not self.enabled:
             return
-        if not self.running:
-            self.label = label
-            self._since = time.monotonic()
-            self._task = asyncio.get_running_loop().create_task(self._tick())
-        else:
+        if self.running:
             self.relabel(label)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # events rendered outside an event loop: nothing can animate
+            return
+        self.label = label
+        self._since = time.monotonic()
+        self._task = loop.create_task(self._tick())
 
     def relabel(self, label: str) -> None:
         """Say which step the wait is in now; nothing when the indicator is not running."""
