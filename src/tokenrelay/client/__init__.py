@@ -51,8 +51,8 @@ from tokenrelay.client._errors import (
 from tokenrelay.client._sync import Stream, stream_events, stream_text
 
 __all__ = [
-    "DEFAULT_TIMEOUT",
     "AsyncStream",
+    "DEFAULT_TIMEOUT",
     "IncompleteStreamError",
     "Reconnect",
     "Stream",
