@@ -26,6 +26,7 @@ EXPECTED_NAMES = {
     "Event",
     "GenerationSettings",
     "Message",
+    "Narration",
     "ReasoningDelta",
     "RunError",
     "RunFinished",
