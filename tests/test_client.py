@@ -35,7 +35,8 @@ from tokenrelay.client import (
     stream_events,
     stream_text,
 )
-from tokenrelay.client._core import Open, Read, Sleep, StreamCore, events_core
+from tokenrelay.client._core import StreamCore, events_core
+from tokenrelay.client._ops import Open, Read, Sleep
 from tokenrelay.events import AnswerDelta, RunError, RunFinished, RunStarted, event_from_dict
 from tokenrelay.testing import ScriptedBackend
 

@@ -13,17 +13,13 @@ import httpx
 from tokenrelay.client._core import (
     DEFAULT_TIMEOUT,
     RECONNECT,
-    TRANSPORT_ERRORS,
-    Close,
-    Emit,
-    Open,
-    Read,
     Reconnect,
     StreamCore,
     StreamInfo,
     events_core,
     text_core,
 )
+from tokenrelay.client._ops import TRANSPORT_ERRORS, Close, Emit, Open, Read
 from tokenrelay.events import Event
 
 __all__ = ["AsyncStream", "astream_events", "astream_text"]

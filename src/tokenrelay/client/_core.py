@@ -1,10 +1,10 @@
 """The client's one core: what to send, how to read the answer, when and how to resume.
 
-It does no I/O. `StreamCore.plan()` is a generator of operations (`Open` a request, `Read` the
-next chunk, `Close`, `Sleep`, `Emit` items to the caller) that a face carries out with httpx,
-sending back each result or throwing in the transport error it raised: `_sync.py` with
-`httpx.Client`, `_async.py` with `httpx.AsyncClient`. Everything else (request building, error
-statuses, incremental UTF-8, SSE, resuming) is written once, here.
+It does no I/O. `StreamCore.plan()` is a generator of operations (`_ops.py`: `Open` a request,
+`Read` the next chunk, `Close`, `Sleep`, `Emit` items to the caller) that a face carries out
+with httpx, sending back each result or throwing in the transport error it raised: `_sync.py`
+with `httpx.Client`, `_async.py` with `httpx.AsyncClient`. Everything else (request building,
+error statuses, incremental UTF-8, SSE, resuming) is written once, here.
 
 Resuming, as a browser's EventSource does it: when the connection drops before the run's end
 (a read error, a stall, a body that ends without its terminal event), wait (the server's
@@ -23,7 +23,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
@@ -39,23 +39,25 @@ from tokenrelay.client._errors import (
     http_error,
     one_line,
 )
+from tokenrelay.client._ops import (
+    CLOSE,
+    READ,
+    TRANSPORT_ERRORS,
+    Emit,
+    Feed,
+    Op,
+    Open,
+    Plan,
+    Request,
+    Sleep,
+)
 from tokenrelay.events import AnswerDelta, Event, RunError, RunFinished, event_from_dict
 from tokenrelay.sse import ServerSentEvent, SSEDecoder
 
 __all__ = [
-    "CLOSE",
     "DEFAULT_TIMEOUT",
     "RECONNECT",
-    "READ",
-    "TRANSPORT_ERRORS",
-    "Close",
-    "Emit",
-    "Open",
-    "Plan",
-    "Read",
     "Reconnect",
-    "Request",
-    "Sleep",
     "StreamCore",
     "StreamInfo",
     "events_core",
@@ -68,8 +70,6 @@ CONNECT_TIMEOUT = 10.0
 #: the explicit cancel of a run the caller left is best effort: it never holds them up long
 CANCEL_TIMEOUT = 5.0
 _ERROR_BODY_LIMIT = 64 * 1024
-#: what a face catches around each operation and throws into the plan
-TRANSPORT_ERRORS = (httpx.HTTPError, httpx.InvalidURL)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -84,57 +84,14 @@ class Reconnect:
     delay: float = 0.5
     max_delay: float = 10.0
 
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.delay < 0 or self.max_delay < 0:
+            raise ValueError(
+                "Reconnect needs attempts >= 1 and delays >= 0 (reconnect=None turns resuming off)"
+            )
+
 
 RECONNECT = Reconnect()
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    method: Literal["GET", "POST"]
-    url: str
-    headers: dict[str, str]
-    body: dict[str, Any] | None
-    timeout: httpx.Timeout
-
-    def build(self, client: httpx.Client | httpx.AsyncClient) -> httpx.Request:
-        return client.build_request(
-            self.method, self.url, json=self.body, headers=self.headers, timeout=self.timeout
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Open:
-    """Send `request` and answer with the `httpx.Response`, its body not read yet."""
-
-    request: Request
-
-
-class Read:
-    """Answer with the next chunk of the open response's body, b"" at its end."""
-
-
-class Close:
-    """Close the open response."""
-
-
-@dataclass(frozen=True, slots=True)
-class Sleep:
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Emit:
-    """Hand these items to the caller, in order."""
-
-    items: list[Any]
-
-
-READ = Read()
-CLOSE = Close()
-Op = Open | Read | Close | Sleep | Emit
-Plan = Generator[Op, object, None]
-#: one connection's body reader: a chunk in, items out; b"" means the body ended cleanly
-Feed = Callable[[bytes], list[Any]]
 
 
 def _timeout(read_timeout: float | None) -> httpx.Timeout:
