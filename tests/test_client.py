@@ -481,6 +481,12 @@ async def test_async_streams_resume_and_cancel_the_same_way() -> None:
 # --------------------------------------------------------------------------- the core, without I/O
 
 
+def test_a_reconnect_policy_that_could_never_resume_is_refused() -> None:
+    for bad in ({"attempts": 0}, {"delay": -1.0}, {"max_delay": -1.0}):
+        with pytest.raises(ValueError, match="reconnect=None"):
+            Reconnect(**bad)
+
+
 def drive(core: StreamCore, replies: list[object]) -> list[object]:
     """Run a core's plan: answer each `Open`/`Read` with the next reply (an exception is thrown
     in); return every operation, so a test can read the waits without waiting."""
