@@ -38,7 +38,8 @@ def main() -> None:
         longest = max(longest, tokens)
         print(f"{question[:16]:<18} {len(answer):>6} {len(answer.encode()):>6} {tokens:>15}")
     default = Settings().max_tokens
-    print(f"\nlongest: {longest} tokens; default max_tokens: {default} ({default / longest:.2f}x the longest)")
+    ratio = default / longest
+    print(f"\nlongest: {longest} tokens; default max_tokens: {default} ({ratio:.2f}x the longest)")
 
 
 if __name__ == "__main__":
