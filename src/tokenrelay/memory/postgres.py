@@ -66,9 +66,16 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from tokenrelay.errors import ConfigError, StorageError
-from tokenrelay.memory.base import Document, SessionInfo, Turn, TurnStatus
+from tokenrelay.memory.base import Document, SessionInfo, Step, Turn, TurnStatus
 from tokenrelay.memory.deferred import DeferredWrites
-from tokenrelay.memory.sqlite import FINAL_STATUSES, RECOVERED_ERROR, new_session_id, title_from_text
+from tokenrelay.memory.sqlite import (
+    FINAL_STATUSES,
+    RECOVERED_ERROR,
+    dump_steps,
+    load_steps,
+    new_session_id,
+    title_from_text,
+)
 
 __all__ = ["MIGRATIONS", "TABLES", "PostgresSessionStore", "apply_migrations"]
 
@@ -135,6 +142,11 @@ _M0002_INDEXES = (
     " WHERE status = 'running'",
 )
 
+_M0003_TURN_FINISH_REASON_STEPS = (
+    "ALTER TABLE tokenrelay_turns ADD COLUMN finish_reason text NULL",
+    "ALTER TABLE tokenrelay_turns ADD COLUMN steps text NOT NULL DEFAULT '[]'",
+)
+
 _M0101_ANSWERED_TURNS = (
     # the memory window reads the last k turns with an answer: exact, however many failed
     "CREATE INDEX IF NOT EXISTS tokenrelay_turns_answered ON tokenrelay_turns (session_id, id)"
@@ -145,6 +157,7 @@ _M0101_ANSWERED_TURNS = (
 MIGRATIONS: list[tuple[str, Sequence[str]]] = [
     ("0001_initial", _M0001_INITIAL),
     ("0002_indexes", _M0002_INDEXES),
+    ("0003_turn_finish_reason_steps", _M0003_TURN_FINISH_REASON_STEPS),
     ("0101_answered_turns", _M0101_ANSWERED_TURNS),
 ]
 
@@ -184,7 +197,9 @@ async def apply_migrations(
 # --------------------------------------------------------------------------- rows
 
 _SESSION_COLUMNS = "id, owner, title, created_at, updated_at"
-_TURN_COLUMNS = "id, session_id, run_id, user_text, answer, status, error, created_at, finished_at"
+_TURN_COLUMNS = (
+    "id, session_id, run_id, user_text, answer, status, error, created_at, finished_at, finish_reason, steps"
+)
 
 
 def _session(row: TupleRow) -> SessionInfo:
@@ -193,7 +208,7 @@ def _session(row: TupleRow) -> SessionInfo:
 
 
 def _turn(row: TupleRow) -> Turn:
-    id_, session_id, run_id, user_text, answer, status, error, created_at, finished_at = row
+    id_, session_id, run_id, user_text, answer, status, error, created_at, finished_at, reason, steps = row
     return Turn(
         id=id_,
         session_id=session_id,
@@ -204,6 +219,8 @@ def _turn(row: TupleRow) -> Turn:
         error=error,
         created_at=created_at,
         finished_at=finished_at,
+        finish_reason=reason,
+        steps=load_steps(steps),
     )
 
 
@@ -457,7 +474,14 @@ class PostgresSessionStore:
             self._checkpoints_paused_until = time.monotonic() + CHECKPOINT_PAUSE_S
 
     async def finish_turn(
-        self, turn_id: int, *, answer: str, status: TurnStatus, error: str | None = None
+        self,
+        turn_id: int,
+        *,
+        answer: str,
+        status: TurnStatus,
+        error: str | None = None,
+        finish_reason: str | None = None,
+        steps: Sequence[Step] = (),
     ) -> None:
         """Store the final answer and status; a turn that is not `running` is left as is."""
         if status not in FINAL_STATUSES:
@@ -473,9 +497,17 @@ class PostgresSessionStore:
             wait_s, first = (FINISH_TIMEOUT_S if first else None), False
             async with self._connection(wait_s=wait_s) as conn, conn.transaction():
                 await conn.execute(
-                    "UPDATE tokenrelay_turns SET answer = %s, status = %s, error = %s, finished_at = %s"
-                    " WHERE id = %s AND status = 'running'",
-                    (_text(answer), status, _opt_text(error), now, turn_id),
+                    "UPDATE tokenrelay_turns SET answer = %s, status = %s, error = %s, finished_at = %s,"
+                    " finish_reason = %s, steps = %s WHERE id = %s AND status = 'running'",
+                    (
+                        _text(answer),
+                        status,
+                        _opt_text(error),
+                        now,
+                        finish_reason,
+                        _text(dump_steps(steps)),
+                        turn_id,
+                    ),
                 )
 
         # the answer must not be lost to a restarting server: retried until it lands

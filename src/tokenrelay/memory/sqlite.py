@@ -26,17 +26,18 @@ The small helpers shared with `InMemorySessionStore` (`new_session_id`, `title_f
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar, cast
 
 from tokenrelay.errors import StorageError
-from tokenrelay.memory.base import Document, SessionInfo, Turn, TurnStatus
+from tokenrelay.memory.base import Document, SessionInfo, Step, Turn, TurnStatus
 from tokenrelay.memory.deferred import DeferredWrites
 
 __all__ = [
@@ -112,6 +113,11 @@ def _m0002_indexes(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS turns_running ON turns (status) WHERE status = 'running'")
 
 
+def _m0003_turn_finish_reason_steps(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE turns ADD COLUMN finish_reason TEXT NULL")
+    conn.execute("ALTER TABLE turns ADD COLUMN steps TEXT NOT NULL DEFAULT '[]'")
+
+
 def _m0101_answered_turns(conn: sqlite3.Connection) -> None:
     # the memory window reads the last k turns with an answer: exact, however many failed
     conn.execute(
@@ -124,6 +130,7 @@ def _m0101_answered_turns(conn: sqlite3.Connection) -> None:
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _m0001_initial),
     ("0002_indexes", _m0002_indexes),
+    ("0003_turn_finish_reason_steps", _m0003_turn_finish_reason_steps),
     ("0101_answered_turns", _m0101_answered_turns),
 ]
 
@@ -159,7 +166,9 @@ def apply_migrations(
 # --------------------------------------------------------------------------- the store
 
 _SESSION_COLUMNS = "id, owner, title, created_at, updated_at"
-_TURN_COLUMNS = "id, session_id, run_id, user_text, answer, status, error, created_at, finished_at"
+_TURN_COLUMNS = (
+    "id, session_id, run_id, user_text, answer, status, error, created_at, finished_at, finish_reason, steps"
+)
 #: the turns that have an answer: what the memory window holds (matches `turns_answered`)
 _ANSWERED = " AND status != 'running' AND answer != ''"
 
@@ -176,7 +185,7 @@ def _session(row: tuple[object, ...]) -> SessionInfo:
 
 
 def _turn(row: tuple[object, ...]) -> Turn:
-    id_, session_id, run_id, user_text, answer, status, error, created_at, finished_at = row
+    id_, session_id, run_id, user_text, answer, status, error, created_at, finished_at, reason, steps = row
     return Turn(
         id=cast(int, id_),
         session_id=cast(str, session_id),
@@ -187,7 +196,23 @@ def _turn(row: tuple[object, ...]) -> Turn:
         error=cast("str | None", error),
         created_at=cast(float, created_at),
         finished_at=cast("float | None", finished_at),
+        finish_reason=cast("str | None", reason),
+        steps=load_steps(cast(str, steps)),
     )
+
+
+def dump_steps(steps: Sequence[Step]) -> str:
+    return json.dumps(list(steps), ensure_ascii=False, separators=(",", ":"))
+
+
+def load_steps(text: str | None) -> tuple[Step, ...]:
+    if not text:
+        return ()
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return ()
+    return tuple(step for step in value if isinstance(step, dict)) if isinstance(value, list) else ()
 
 
 class SQLiteSessionStore:
@@ -359,7 +384,14 @@ class SQLiteSessionStore:
             log.warning("checkpoint of turn %d failed: %s", turn_id, exc)
 
     async def finish_turn(
-        self, turn_id: int, *, answer: str, status: TurnStatus, error: str | None = None
+        self,
+        turn_id: int,
+        *,
+        answer: str,
+        status: TurnStatus,
+        error: str | None = None,
+        finish_reason: str | None = None,
+        steps: Sequence[Step] = (),
     ) -> None:
         """Store the final answer and status; a turn that is not `running` is left as is."""
         if status not in FINAL_STATUSES:
@@ -370,9 +402,9 @@ class SQLiteSessionStore:
 
         def update(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE turns SET answer = ?, status = ?, error = ?, finished_at = ?"
-                " WHERE id = ? AND status = 'running'",
-                (answer, status, error, now, turn_id),
+                "UPDATE turns SET answer = ?, status = ?, error = ?, finished_at = ?, finish_reason = ?,"
+                " steps = ? WHERE id = ? AND status = 'running'",
+                (answer, status, error, now, finish_reason, dump_steps(steps), turn_id),
             )
 
         # the answer must not be lost to a full disk: retried until it lands (memory/deferred.py)
