@@ -265,7 +265,8 @@ class RedisCoordinator:
         """A channel fed from the run's stream, from event index `start` on; None when the
         run is unknown or belongs to another owner. Answers like the owning worker at the
         edges: `start` just past a finished run's last event gives a channel that is already
-        done (an empty stream); further than that raises `EventIdPastEnd`. Any `start` costs
+        done (an empty stream); further than that raises `EventIdPastEnd` (unless the owner died: it
+        may have sent events it never logged, and the reader ends the run with `worker_lost`). Any `start` costs
         O(1) memory: the channel holds only the events it reads."""
         info = await self.run_info(run_id)
         if info is None or (info["owner"] or None) != owner:
@@ -276,8 +277,10 @@ class RedisCoordinator:
         while start > end + 1 and terminal is None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)  # the owner's last batch may still be on its way
             end, terminal = await self._tail(run_id)
-        if start > end + 1:
+        if start > end + 1 and (terminal is not None or await self.worker_alive(info["worker"])):
             raise EventIdPastEnd(start)
+        # (a dead owner may have sent its client events it never logged: follow, and the
+        # reader closes the run with `worker_lost`)
         if start == end + 1 and terminal is not None:  # an EventSource reconnecting after the end
             events = _OffsetEvents(end)
             events.append(terminal)
