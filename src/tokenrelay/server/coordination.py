@@ -265,9 +265,9 @@ class RedisCoordinator:
         """A channel fed from the run's stream, from event index `start` on; None when the
         run is unknown or belongs to another owner. Answers like the owning worker at the
         edges: `start` just past a finished run's last event gives a channel that is already
-        done (an empty stream); further than that raises `EventIdPastEnd` (unless the owner died: it
-        may have sent events it never logged, and the reader ends the run with `worker_lost`). Any `start` costs
-        O(1) memory: the channel holds only the events it reads."""
+        done (an empty stream); further than that raises `EventIdPastEnd` (unless the owner
+        died: it may have sent events it never logged, and the reader ends the run with
+        `worker_lost`). Any `start` costs O(1) memory: the channel holds only what it reads."""
         info = await self.run_info(run_id)
         if info is None or (info["owner"] or None) != owner:
             return None
