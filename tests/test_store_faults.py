@@ -155,14 +155,17 @@ def test_a_run_asked_for_while_postgresql_is_down_is_a_503(tmp_path: Path) -> No
         with LiveServer(create_app(settings, backend=_backend())) as server:
             first = _run(server, "short first")
             pg.stop()
-            t0 = time.monotonic()
-            for path in ("/chat/events", "/chat"):
+            waits = []
+            for path in ("/chat/events", "/chat", "/chat/events", "/chat"):
                 body = {"text": "short while down", "session_id": first["session_id"]}
+                t0 = time.monotonic()
                 down = httpx.post(server.url + path, json=body, timeout=30)
+                waits.append(time.monotonic() - t0)
                 assert down.status_code == 503 and down.headers["retry-after"] == "1"
                 error = down.json()["error"]
                 assert error["code"] == "storage_unavailable" and "PostgreSQL" in error["message"]
-            assert time.monotonic() - t0 < 30
+            # the first waits for a connection (the server may be restarting); then they fail fast
+            assert waits[0] < 20 and max(waits[1:]) < 5
             listing = httpx.get(server.url + "/sessions", timeout=30)
             assert listing.status_code == 503 and listing.json()["error"]["code"] == "storage_unavailable"
             pg.start()

@@ -96,6 +96,9 @@ CHECKPOINT_PAUSE_S = 5.0
 FINISH_TIMEOUT_S = 2.0
 #: Seconds any other operation waits for a connection (the server may be restarting).
 CONNECTION_TIMEOUT_S = 10.0
+#: For this long after a failure, operations wait at most `OUTAGE_WAIT_S` for a connection.
+OUTAGE_S = 5.0
+OUTAGE_WAIT_S = 1.0
 #: First key of the migration lock (`pg_advisory_xact_lock(int4, int4)`: a key space apart
 #: from the one-bigint form); the second key is a hash of the current schema.
 MIGRATION_LOCK_CLASS = 0x746B7231  # "tkr1"
@@ -272,6 +275,7 @@ class PostgresSessionStore:
         self._closed = False
         self._deferred = DeferredWrites()
         self._checkpoints_paused_until = 0.0
+        self._failed_at = float("-inf")
 
     def __repr__(self) -> str:
         return f"PostgresSessionStore({_redact_url(self._url)!r})"
@@ -336,12 +340,17 @@ class PostgresSessionStore:
     async def _connection(self, wait_s: float | None = None) -> AsyncIterator[Connection]:
         """A pooled connection in autocommit mode (use `conn.transaction()` to write).
         Losing the server (a restart, the network) raises `StorageError`; the pool replaces
-        broken connections, so the store works again as soon as the server is back."""
+        broken connections, so the store works again as soon as the server is back. Within
+        `OUTAGE_S` of a failure, waits for a connection are cut to `OUTAGE_WAIT_S`: while the
+        server is away, requests fail fast instead of each waiting the whole timeout."""
         pool = await self._get_pool()
+        if time.monotonic() - self._failed_at < OUTAGE_S:
+            wait_s = OUTAGE_WAIT_S if wait_s is None else min(wait_s, OUTAGE_WAIT_S)
         try:
             async with pool.connection(timeout=wait_s) as conn:
                 yield conn
         except (psycopg.OperationalError, PoolTimeout) as exc:
+            self._failed_at = time.monotonic()
             raise StorageError(f"cannot reach PostgreSQL at {self.where}: {self._reason(exc)}") from None
 
     # -- sessions
