@@ -276,6 +276,8 @@ class PostgresSessionStore:
         self._deferred = DeferredWrites()
         self._checkpoints_paused_until = 0.0
         self._failed_at = float("-inf")
+        self._probed_at = float("-inf")
+        self._degraded = False  # a connection failed since the last one that worked
 
     def __repr__(self) -> str:
         return f"PostgresSessionStore({_redact_url(self._url)!r})"
@@ -316,6 +318,12 @@ class PostgresSessionStore:
             raise ConfigError(
                 f"cannot set up the tokenrelay tables in PostgreSQL at {self.where}: {self._reason(exc)}"
             ) from None
+        try:
+            return await self._new_pool(POOL_OPEN_TIMEOUT_S)
+        except PoolTimeout as exc:
+            raise ConfigError(f"cannot connect to PostgreSQL at {self.where}: {self._reason(exc)}") from None
+
+    async def _new_pool(self, open_timeout_s: float) -> AsyncConnectionPool[Connection]:
         pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             self._url,
             kwargs=self._connect_kwargs,
@@ -327,14 +335,36 @@ class PostgresSessionStore:
             timeout=CONNECTION_TIMEOUT_S,
         )
         try:
-            await pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
-        except PoolTimeout as exc:
-            await pool.close()
-            raise ConfigError(f"cannot connect to PostgreSQL at {self.where}: {self._reason(exc)}") from None
+            await pool.open(wait=True, timeout=open_timeout_s)
         except BaseException:
             await pool.close()
             raise
         return pool
+
+    async def _back(self, pool: AsyncConnectionPool[Connection]) -> AsyncConnectionPool[Connection]:
+        """During an outage, at most once a second: if the server answers again, a fresh pool.
+        (The pool's own reconnection backs off exponentially for as long as the outage
+        lasted, so after a long one it would leave the store failing long after the server is
+        back.)"""
+        now = time.monotonic()
+        if now - self._probed_at < 1.0:
+            return pool
+        self._probed_at = now
+        try:
+            probe = await psycopg.AsyncConnection.connect(
+                self._url, **{**self._connect_kwargs, "connect_timeout": 1}
+            )
+            await probe.close()
+            fresh = await self._new_pool(OUTAGE_WAIT_S * 5)
+        except (psycopg.Error, PoolTimeout):
+            return pool
+        if self._pool is not pool or self._closed:  # someone else swapped it meanwhile
+            await fresh.close()
+            return self._pool or pool
+        self._pool, self._degraded = fresh, False
+        await pool.close(timeout=1.0)
+        log.info("PostgreSQL at %s is back", self.where)
+        return fresh
 
     @asynccontextmanager
     async def _connection(self, wait_s: float | None = None) -> AsyncIterator[Connection]:
@@ -342,15 +372,19 @@ class PostgresSessionStore:
         Losing the server (a restart, the network) raises `StorageError`; the pool replaces
         broken connections, so the store works again as soon as the server is back. Within
         `OUTAGE_S` of a failure, waits for a connection are cut to `OUTAGE_WAIT_S`: while the
-        server is away, requests fail fast instead of each waiting the whole timeout."""
+        server is away, requests fail fast instead of each waiting the whole timeout; and until
+        a connection works again, the server is probed (`_back`) so recovery is immediate."""
         pool = await self._get_pool()
-        if time.monotonic() - self._failed_at < OUTAGE_S:
-            wait_s = OUTAGE_WAIT_S if wait_s is None else min(wait_s, OUTAGE_WAIT_S)
+        if self._degraded:
+            pool = await self._back(pool)
+            if time.monotonic() - self._failed_at < OUTAGE_S:
+                wait_s = OUTAGE_WAIT_S if wait_s is None else min(wait_s, OUTAGE_WAIT_S)
         try:
             async with pool.connection(timeout=wait_s) as conn:
+                self._degraded = False
                 yield conn
         except (psycopg.OperationalError, PoolTimeout) as exc:
-            self._failed_at = time.monotonic()
+            self._failed_at, self._degraded = time.monotonic(), True
             raise StorageError(f"cannot reach PostgreSQL at {self.where}: {self._reason(exc)}") from None
 
     # -- sessions
