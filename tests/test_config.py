@@ -318,3 +318,33 @@ def test_a_bare_db_path_becomes_a_sqlite_url_from_env_or_argument() -> None:
         assert Settings(db=url).db == url
     once = Settings(db="t.db")
     assert once.with_(max_tokens=5).db == "sqlite:///t.db"  # idempotent
+
+
+def test_the_slow_client_and_per_key_settings_come_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "TOKENRELAY_ALLOWED_HOSTS": "tokenrelay.lan, other.lan",
+            "TOKENRELAY_API_DOCS": "1",
+            "TOKENRELAY_HEADER_TIMEOUT_S": "2.5",
+            "TOKENRELAY_BODY_TIMEOUT_S": "7",
+            "TOKENRELAY_MAX_PENDING_CONNECTIONS": "50",
+            "TOKENRELAY_MAX_RUNS_PER_KEY": "3",
+            "TOKENRELAY_MAX_SESSIONS_PER_KEY": "0",
+            "TOKENRELAY_REQUESTS_PER_MINUTE_PER_KEY": "120",
+        }
+    )
+    assert settings.allowed_hosts == frozenset({"tokenrelay.lan", "other.lan"})
+    assert settings.api_docs is True
+    assert (settings.header_timeout_s, settings.body_timeout_s) == (2.5, 7.0)
+    assert settings.max_pending_connections == 50
+    assert (settings.max_runs_per_key, settings.max_sessions_per_key) == (3, 0)
+    assert settings.requests_per_minute_per_key == 120
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("header_timeout_s", 0), ("body_timeout_s", -1), ("max_head_bytes", 0), ("max_runs_per_key", -1)],
+)
+def test_the_slow_client_and_per_key_settings_are_checked(field: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=field):
+        Settings(**{field: value})
