@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tokenrelay.server.coordination import _BatchWriter
+from tokenrelay.server.redis_log import BatchWriter
 
 
 class _DownPipeline:
@@ -40,7 +40,7 @@ def anyio_backend() -> str:
 @pytest.mark.anyio
 async def test_the_writer_gives_up_on_events_but_keeps_what_ends_runs() -> None:
     redis = _DownRedis()
-    writer = _BatchWriter(redis, max_attempts=3, max_queued=1000)
+    writer = BatchWriter(redis, max_attempts=3, max_queued=1000)
     try:
         for i in range(500):
             writer.add("xadd", "run:r", {"e": b"{}"}, id=f"{i + 1}-0")
@@ -61,7 +61,7 @@ async def test_the_writer_gives_up_on_events_but_keeps_what_ends_runs() -> None:
 
 @pytest.mark.anyio
 async def test_a_flood_during_an_outage_is_capped() -> None:
-    writer = _BatchWriter(_DownRedis(), max_attempts=100, max_queued=200)
+    writer = BatchWriter(_DownRedis(), max_attempts=100, max_queued=200)
     try:
         await asyncio.sleep(0)
         for i in range(1000):

@@ -41,11 +41,12 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Any, overload
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from tokenrelay.errors import ConfigError
 from tokenrelay.events import Event, RunError, RunFinished, event_from_dict, event_to_dict
+from tokenrelay.server.redis_log import BatchWriter, OffsetEvents, backoff
 from tokenrelay.server.runs import RunChannel
 
 __all__ = ["EventIdPastEnd", "RedisCoordinator"]
@@ -83,7 +84,7 @@ class RedisCoordinator:
         self._redis: Any = None
         self._reader: Any = None
         self._beat_client: Any = None
-        self._writer: _BatchWriter | None = None
+        self._writer: BatchWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._on_worker_lost: Callable[[str], Awaitable[None]] | None = None
 
@@ -123,7 +124,7 @@ class RedisCoordinator:
         except Exception as exc:
             await self._close_clients()
             raise ConfigError(f"cannot connect to Redis at {_safe(self.url)}: {exc}") from None
-        self._writer = _BatchWriter(self._redis)
+        self._writer = BatchWriter(self._redis)
         self._on_worker_lost = on_worker_lost
         await self._beat()
         self._tasks = [
@@ -224,7 +225,7 @@ class RedisCoordinator:
                 raise
             except Exception as exc:
                 failures += 1
-                delay = _backoff(failures)
+                delay = backoff(failures)
                 log.warning("cancel listener lost Redis (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
             finally:
@@ -282,12 +283,12 @@ class RedisCoordinator:
         # (a dead owner may have sent its client events it never logged: follow, and the
         # reader closes the run with `worker_lost`)
         if start == end + 1 and terminal is not None:  # an EventSource reconnecting after the end
-            events = _OffsetEvents(end)
+            events = OffsetEvents(end)
             events.append(terminal)
             channel.events = events
             channel.done = True
             return channel
-        channel.events = _OffsetEvents(start)
+        channel.events = OffsetEvents(start)
         channel.task = asyncio.create_task(self._read(channel, info["worker"], start), name=f"read {run_id}")
         return channel
 
@@ -364,124 +365,6 @@ class RedisCoordinator:
                 raise
             except Exception as exc:
                 log.warning("dead-worker sweep failed: %s", exc)
-
-
-_Op = tuple[str, tuple[Any, ...], dict[str, Any], bool]
-
-
-class _BatchWriter:
-    """One task that sends every queued Redis command in one pipeline; while a pipeline is in
-    flight the next batch accumulates. A failed batch is retried with exponential backoff
-    (entries already written are refused by their ids, so a retry never duplicates an event);
-    after `max_attempts` failures, or while more than `max_queued` ops wait, the ops that are
-    not essential (events before a run's last) are dropped: memory stays bounded however long
-    Redis is away, and readers see the hole and end with an error."""
-
-    def __init__(self, redis: Any, *, max_attempts: int = 6, max_queued: int = 100_000) -> None:
-        self._redis = redis
-        self.max_attempts = max_attempts
-        self.max_queued = max_queued
-        self._ops: list[_Op] = []
-        self._wake = asyncio.Event()
-        #: ops dropped since start (for logs and tests)
-        self.dropped = 0
-        self._task = asyncio.create_task(self._run(), name="tokenrelay redis writer")
-
-    def add(self, name: str, *args: Any, **kwargs: Any) -> None:
-        self._ops.append((name, args, kwargs, False))
-        self._wake.set()
-
-    def add_essential(self, name: str, *args: Any, **kwargs: Any) -> None:
-        """An op that is kept through an outage (it ends a run)."""
-        self._ops.append((name, args, kwargs, True))
-        self._wake.set()
-
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            ops, self._ops = self._ops, []
-            pipe = self._redis.pipeline(transaction=False)
-            for name, args, kwargs, _ in ops:
-                getattr(pipe, name)(*args, **kwargs)
-            try:
-                await pipe.execute(raise_on_error=False)
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                queued = ops + self._ops
-                if failures >= self.max_attempts or len(queued) > self.max_queued:
-                    kept = [op for op in queued if op[3]]
-                    self.dropped += len(queued) - len(kept)
-                    log.error(
-                        "writing run logs to Redis failed %d times (%s); dropped %d events, kept %d ops "
-                        "that end runs",
-                        failures,
-                        exc,
-                        len(queued) - len(kept),
-                        len(kept),
-                    )
-                    queued = kept
-                else:
-                    log.warning("writing run logs to Redis failed (%s); retrying", exc)
-                self._ops = queued
-                await asyncio.sleep(_backoff(failures))
-                self._wake.set()
-
-    async def close(self) -> None:
-        """Flush what is queued (best effort), then stop."""
-        for _ in range(20):
-            if not self._ops:
-                break
-            await asyncio.sleep(0.05)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-
-class _OffsetEvents(Sequence[Event]):
-    """A remote channel's events from index `offset` on: what a follower reads by index,
-    without a placeholder for each event before `offset` (any Last-Event-ID costs O(1))."""
-
-    __slots__ = ("_items", "offset")
-
-    def __init__(self, offset: int) -> None:
-        self.offset = offset
-        self._items: list[Event] = []
-
-    def append(self, event: Event) -> None:
-        self._items.append(event)
-
-    def __len__(self) -> int:
-        return self.offset + len(self._items)
-
-    @overload
-    def __getitem__(self, index: int) -> Event: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[Event]: ...
-    def __getitem__(self, index: int | slice) -> Event | list[Event]:
-        if isinstance(index, slice):
-            start = index.start or 0
-            if start < self.offset or index.step not in (None, 1):
-                raise IndexError("events before the resume point are not held")
-            stop = None if index.stop is None else index.stop - self.offset
-            return self._items[start - self.offset : stop]
-        if index < 0:
-            return self._items[index]
-        if index < self.offset:
-            raise IndexError("events before the resume point are not held")
-        return self._items[index - self.offset]
-
-    def __iter__(self) -> Iterator[Event]:
-        return iter(self._items)
-
-
-def _backoff(failures: int) -> float:
-    """Seconds to wait after `failures` failures in a row: 0.1 s doubling, capped at 5 s."""
-    return float(min(5.0, 0.1 * 2 ** min(failures, 16)))
 
 
 _CLAIM_RUN = """
