@@ -45,6 +45,13 @@ class InMemorySessionStore:
         info = self._sessions.get(session_id)
         return info if info is not None and info.owner == owner else None
 
+    async def set_title(self, session_id: str, title: str, *, owner: str | None = None) -> SessionInfo | None:
+        info = await self.get_session(session_id, owner=owner)
+        if info is None:
+            return None
+        info = self._sessions[session_id] = dataclasses.replace(info, title=title)
+        return info
+
     async def list_sessions(self, *, owner: str | None = None, limit: int = 100) -> list[SessionInfo]:
         if limit < 0:
             raise ValueError(f"limit must be 0 or more, not {limit}")
@@ -126,10 +133,26 @@ class InMemorySessionStore:
             )
         return len(running)
 
-    async def set_document(self, session_id: str, *, name: str, text: str) -> None:
+    async def set_document(
+        self,
+        session_id: str,
+        *,
+        name: str,
+        text: str,
+        total_chars: int | None = None,
+        total_tokens: int | None = None,
+        budget_tokens: int | None = None,
+    ) -> None:
         if session_id not in self._sessions:
             raise KeyError(session_id)
-        self._documents[session_id] = Document(name=name, text=text, created_at=time.time())
+        self._documents[session_id] = Document(
+            name=name,
+            text=text,
+            created_at=time.time(),
+            total_chars=total_chars,
+            total_tokens=total_tokens,
+            budget_tokens=budget_tokens,
+        )
 
     async def get_document(self, session_id: str) -> Document | None:
         return self._documents.get(session_id)

@@ -105,10 +105,17 @@ def _m0002_indexes(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS turns_running ON turns (status) WHERE status = 'running'")
 
 
+def _m0003_document_cut(conn: sqlite3.Connection) -> None:
+    # what fitting a document to the context window left out (NULL: stored whole, or before)
+    for column in ("total_chars", "total_tokens", "budget_tokens"):
+        conn.execute(f"ALTER TABLE documents ADD COLUMN {column} INTEGER NULL")
+
+
 #: Applied in this order; a name, once released, never changes meaning. Append only.
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _m0001_initial),
     ("0002_indexes", _m0002_indexes),
+    ("0003_document_cut", _m0003_document_cut),
 ]
 
 
@@ -259,6 +266,20 @@ class SQLiteSessionStore:
 
         return await self._read(select)
 
+    async def set_title(self, session_id: str, title: str, *, owner: str | None = None) -> SessionInfo | None:
+        """Rename a session (its `updated_at` stays); None when it is not the owner's."""
+
+        def update(conn: sqlite3.Connection) -> SessionInfo | None:
+            conn.execute(
+                "UPDATE sessions SET title = ? WHERE id = ? AND owner IS ?", (title, session_id, owner)
+            )
+            row = conn.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ? AND owner IS ?", (session_id, owner)
+            ).fetchone()
+            return None if row is None else _session(row)
+
+        return await self._write(update)
+
     async def list_sessions(self, *, owner: str | None = None, limit: int = 100) -> list[SessionInfo]:
         """Most recently updated first."""
         if limit < 0:
@@ -380,7 +401,16 @@ class SQLiteSessionStore:
 
     # -- documents
 
-    async def set_document(self, session_id: str, *, name: str, text: str) -> None:
+    async def set_document(
+        self,
+        session_id: str,
+        *,
+        name: str,
+        text: str,
+        total_chars: int | None = None,
+        total_tokens: int | None = None,
+        budget_tokens: int | None = None,
+    ) -> None:
         """Attach (or replace) the session's document. Raises `KeyError` for a missing session."""
         now = time.time()
 
@@ -388,10 +418,13 @@ class SQLiteSessionStore:
             if conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is None:
                 raise KeyError(session_id)
             conn.execute(
-                "INSERT INTO documents (session_id, name, text, created_at) VALUES (?, ?, ?, ?)"
+                "INSERT INTO documents (session_id, name, text, created_at, total_chars, total_tokens,"
+                " budget_tokens) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (session_id) DO UPDATE SET"
-                " name = excluded.name, text = excluded.text, created_at = excluded.created_at",
-                (session_id, name, text, now),
+                " name = excluded.name, text = excluded.text, created_at = excluded.created_at,"
+                " total_chars = excluded.total_chars, total_tokens = excluded.total_tokens,"
+                " budget_tokens = excluded.budget_tokens",
+                (session_id, name, text, now, total_chars, total_tokens, budget_tokens),
             )
 
         await self._write(upsert)
@@ -399,11 +432,21 @@ class SQLiteSessionStore:
     async def get_document(self, session_id: str) -> Document | None:
         def select(conn: sqlite3.Connection) -> Document | None:
             row = conn.execute(
-                "SELECT name, text, created_at FROM documents WHERE session_id = ?", (session_id,)
+                "SELECT name, text, created_at, total_chars, total_tokens, budget_tokens"
+                " FROM documents WHERE session_id = ?",
+                (session_id,),
             ).fetchone()
             if row is None:
                 return None
-            return Document(name=row[0], text=row[1], created_at=row[2])
+            name, text, created_at, total_chars, total_tokens, budget_tokens = row
+            return Document(
+                name=name,
+                text=text,
+                created_at=created_at,
+                total_chars=total_chars,
+                total_tokens=total_tokens,
+                budget_tokens=budget_tokens,
+            )
 
         return await self._read(select)
 
