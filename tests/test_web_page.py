@@ -131,6 +131,8 @@ def reply(messages: Sequence[Message]) -> str:
 def test_page_files_ship_inside_the_package() -> None:
     for name in ("index.html", "app.css", "app.js", "dom.js", "i18n.js", "markdown.js", "sse.js"):
         assert (STATIC / name).is_file(), name
+    for module in STATIC.glob("*.js"):  # small modules, one concern each
+        assert len(module.read_text(encoding="utf-8").splitlines()) <= 400, module.name
     vendor = STATIC / "vendor"
     for path in (
         "marked/marked.esm.js",
@@ -140,6 +142,10 @@ def test_page_files_ship_inside_the_package() -> None:
         "mermaid/mermaid.esm.min.mjs",
         "mermaid/LICENSE",
         "mermaid/THIRD_PARTY_LICENSES.txt",
+        "highlight/highlight.min.js",
+        "highlight/github.min.css",
+        "highlight/github-dark.min.css",
+        "highlight/LICENSE",
     ):
         assert (vendor / path).is_file(), path
     too_big = [p for p in vendor.rglob("*") if p.is_file() and p.stat().st_size >= 5 * 1024 * 1024]
