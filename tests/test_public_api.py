@@ -25,6 +25,7 @@ EXPECTED_NAMES = {
     "Event",
     "GenerationSettings",
     "Message",
+    "Narration",
     "ReasoningDelta",
     "RunError",
     "RunFinished",

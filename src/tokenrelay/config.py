@@ -17,6 +17,7 @@ __all__ = ["Settings", "default_data_dir", "default_db_url"]
 
 ToolProtocol = Literal["auto", "native", "json"]
 EarlyStopping = Literal["generate", "force"]
+AnswerPolicy = Literal["stream", "hold"]
 
 
 def default_data_dir() -> Path:
@@ -51,6 +52,8 @@ class Settings:
     early_stopping_method: EarlyStopping = "generate"
     tool_protocol: ToolProtocol = "auto"
     tool_timeout_s: float = 30.0
+    #: stream: answer text as the model writes it (narration re-labelled); hold: final text only
+    answer_policy: AnswerPolicy = "stream"
     # storage
     db: str = field(default_factory=default_db_url)
     # server
@@ -84,6 +87,8 @@ class Settings:
             raise ConfigError(
                 f"early_stopping_method must be 'generate' or 'force', not {self.early_stopping_method!r}"
             )
+        if self.answer_policy not in ("stream", "hold"):
+            raise ConfigError(f"answer_policy must be stream or hold, not {self.answer_policy!r}")
         if self.tool_protocol not in ("auto", "native", "json"):
             raise ConfigError(f"tool_protocol must be auto, native or json, not {self.tool_protocol!r}")
 

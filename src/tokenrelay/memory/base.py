@@ -9,12 +9,18 @@ and a session of another owner behaves exactly like a missing one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
-__all__ = ["Document", "SessionInfo", "SessionStore", "Turn", "TurnStatus"]
+__all__ = ["Document", "SessionInfo", "SessionStore", "Step", "Turn", "TurnStatus"]
 
 TurnStatus = Literal["running", "complete", "interrupted", "failed"]
+
+#: One step of a turn, as JSON-ready data, in the order it happened:
+#: `{"type": "narration", "text"}` (answer text the model wrote before calling a tool) or
+#: `{"type": "tool", "call_id", "name", "arguments", "result", "error"}`.
+Step = dict[str, Any]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -37,6 +43,10 @@ class Turn:
     error: str | None
     created_at: float
     finished_at: float | None
+    #: why the last model call stopped: "stop", "length" (the answer was cut off), or None
+    finish_reason: str | None = None
+    #: narration and tool calls of the turn, in order (see `Step`)
+    steps: tuple[Step, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -95,8 +105,18 @@ class SessionStore(Protocol):
         ...
 
     async def finish_turn(
-        self, turn_id: int, *, answer: str, status: TurnStatus, error: str | None = None
-    ) -> None: ...
+        self,
+        turn_id: int,
+        *,
+        answer: str,
+        status: TurnStatus,
+        error: str | None = None,
+        finish_reason: str | None = None,
+        steps: Sequence[Step] = (),
+    ) -> None:
+        """Store the answer (final, or partial when interrupted/failed), its status, why the
+        model stopped and the turn's steps; a turn that is not `running` is left as is."""
+        ...
 
     async def history(self, session_id: str, *, limit: int | None = None) -> list[Turn]:
         """The last `limit` turns (all when None), oldest first."""

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
+from collections.abc import Sequence
 
-from tokenrelay.memory.base import Document, SessionInfo, Turn, TurnStatus
+from tokenrelay.memory.base import Document, SessionInfo, Step, Turn, TurnStatus
 from tokenrelay.memory.sqlite import FINAL_STATUSES, RECOVERED_ERROR, new_session_id, title_from_text
 
 __all__ = ["InMemorySessionStore"]
@@ -97,7 +98,14 @@ class InMemorySessionStore:
             self._turns[turn_id] = dataclasses.replace(turn, answer=answer)
 
     async def finish_turn(
-        self, turn_id: int, *, answer: str, status: TurnStatus, error: str | None = None
+        self,
+        turn_id: int,
+        *,
+        answer: str,
+        status: TurnStatus,
+        error: str | None = None,
+        finish_reason: str | None = None,
+        steps: Sequence[Step] = (),
     ) -> None:
         if status not in FINAL_STATUSES:
             raise ValueError(
@@ -106,7 +114,13 @@ class InMemorySessionStore:
         turn = self._turns.get(turn_id)
         if turn is not None and turn.status == "running":
             self._turns[turn_id] = dataclasses.replace(
-                turn, answer=answer, status=status, error=error, finished_at=time.time()
+                turn,
+                answer=answer,
+                status=status,
+                error=error,
+                finished_at=time.time(),
+                finish_reason=finish_reason,
+                steps=tuple(dict(step) for step in steps),
             )
 
     async def history(self, session_id: str, *, limit: int | None = None) -> list[Turn]:

@@ -62,8 +62,15 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from tokenrelay.errors import ConfigError
-from tokenrelay.memory.base import Document, SessionInfo, Turn, TurnStatus
-from tokenrelay.memory.sqlite import FINAL_STATUSES, RECOVERED_ERROR, new_session_id, title_from_text
+from tokenrelay.memory.base import Document, SessionInfo, Step, Turn, TurnStatus
+from tokenrelay.memory.sqlite import (
+    FINAL_STATUSES,
+    RECOVERED_ERROR,
+    dump_steps,
+    load_steps,
+    new_session_id,
+    title_from_text,
+)
 
 __all__ = ["MIGRATIONS", "TABLES", "PostgresSessionStore", "apply_migrations"]
 
@@ -119,8 +126,13 @@ _M0002_INDEXES = (
     " WHERE status = 'running'",
 )
 
+_M0003_TURN_FINISH_REASON_STEPS = (
+    "ALTER TABLE tokenrelay_turns ADD COLUMN finish_reason text NULL",
+    "ALTER TABLE tokenrelay_turns ADD COLUMN steps text NOT NULL DEFAULT '[]'",
+)
+
 # what fitting a document to the context window left out (NULL: stored whole, or before)
-_M0003_DOCUMENT_CUT = (
+_M0004_DOCUMENT_CUT = (
     "ALTER TABLE tokenrelay_documents ADD COLUMN total_chars bigint NULL,"
     " ADD COLUMN total_tokens bigint NULL, ADD COLUMN budget_tokens bigint NULL",
 )
@@ -129,7 +141,8 @@ _M0003_DOCUMENT_CUT = (
 MIGRATIONS: list[tuple[str, Sequence[str]]] = [
     ("0001_initial", _M0001_INITIAL),
     ("0002_indexes", _M0002_INDEXES),
-    ("0003_document_cut", _M0003_DOCUMENT_CUT),
+    ("0003_turn_finish_reason_steps", _M0003_TURN_FINISH_REASON_STEPS),
+    ("0004_document_cut", _M0004_DOCUMENT_CUT),
 ]
 
 
@@ -168,7 +181,9 @@ async def apply_migrations(
 # --------------------------------------------------------------------------- rows
 
 _SESSION_COLUMNS = "id, owner, title, created_at, updated_at"
-_TURN_COLUMNS = "id, session_id, run_id, user_text, answer, status, error, created_at, finished_at"
+_TURN_COLUMNS = (
+    "id, session_id, run_id, user_text, answer, status, error, created_at, finished_at, finish_reason, steps"
+)
 
 
 def _session(row: TupleRow) -> SessionInfo:
@@ -177,7 +192,7 @@ def _session(row: TupleRow) -> SessionInfo:
 
 
 def _turn(row: TupleRow) -> Turn:
-    id_, session_id, run_id, user_text, answer, status, error, created_at, finished_at = row
+    id_, session_id, run_id, user_text, answer, status, error, created_at, finished_at, reason, steps = row
     return Turn(
         id=id_,
         session_id=session_id,
@@ -188,6 +203,8 @@ def _turn(row: TupleRow) -> Turn:
         error=error,
         created_at=created_at,
         finished_at=finished_at,
+        finish_reason=reason,
+        steps=load_steps(steps),
     )
 
 
@@ -423,7 +440,14 @@ class PostgresSessionStore:
             )
 
     async def finish_turn(
-        self, turn_id: int, *, answer: str, status: TurnStatus, error: str | None = None
+        self,
+        turn_id: int,
+        *,
+        answer: str,
+        status: TurnStatus,
+        error: str | None = None,
+        finish_reason: str | None = None,
+        steps: Sequence[Step] = (),
     ) -> None:
         """Store the final answer and status; a turn that is not `running` is left as is."""
         if status not in FINAL_STATUSES:
@@ -433,9 +457,17 @@ class PostgresSessionStore:
         now = time.time()
         async with self._connection() as conn, conn.transaction():
             await conn.execute(
-                "UPDATE tokenrelay_turns SET answer = %s, status = %s, error = %s, finished_at = %s"
-                " WHERE id = %s AND status = 'running'",
-                (_text(answer), status, _opt_text(error), now, turn_id),
+                "UPDATE tokenrelay_turns SET answer = %s, status = %s, error = %s, finished_at = %s,"
+                " finish_reason = %s, steps = %s WHERE id = %s AND status = 'running'",
+                (
+                    _text(answer),
+                    status,
+                    _opt_text(error),
+                    now,
+                    finish_reason,
+                    _text(dump_steps(steps)),
+                    turn_id,
+                ),
             )
 
     async def history(self, session_id: str, *, limit: int | None = None) -> list[Turn]:

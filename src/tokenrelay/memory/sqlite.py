@@ -23,15 +23,16 @@ The small helpers shared with `InMemorySessionStore` (`new_session_id`, `title_f
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar, cast
 
-from tokenrelay.memory.base import Document, SessionInfo, Turn, TurnStatus
+from tokenrelay.memory.base import Document, SessionInfo, Step, Turn, TurnStatus
 
 __all__ = [
     "FINAL_STATUSES",
@@ -105,7 +106,12 @@ def _m0002_indexes(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS turns_running ON turns (status) WHERE status = 'running'")
 
 
-def _m0003_document_cut(conn: sqlite3.Connection) -> None:
+def _m0003_turn_finish_reason_steps(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE turns ADD COLUMN finish_reason TEXT NULL")
+    conn.execute("ALTER TABLE turns ADD COLUMN steps TEXT NOT NULL DEFAULT '[]'")
+
+
+def _m0004_document_cut(conn: sqlite3.Connection) -> None:
     # what fitting a document to the context window left out (NULL: stored whole, or before)
     for column in ("total_chars", "total_tokens", "budget_tokens"):
         conn.execute(f"ALTER TABLE documents ADD COLUMN {column} INTEGER NULL")
@@ -115,7 +121,8 @@ def _m0003_document_cut(conn: sqlite3.Connection) -> None:
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _m0001_initial),
     ("0002_indexes", _m0002_indexes),
-    ("0003_document_cut", _m0003_document_cut),
+    ("0003_turn_finish_reason_steps", _m0003_turn_finish_reason_steps),
+    ("0004_document_cut", _m0004_document_cut),
 ]
 
 
@@ -150,7 +157,9 @@ def apply_migrations(
 # --------------------------------------------------------------------------- the store
 
 _SESSION_COLUMNS = "id, owner, title, created_at, updated_at"
-_TURN_COLUMNS = "id, session_id, run_id, user_text, answer, status, error, created_at, finished_at"
+_TURN_COLUMNS = (
+    "id, session_id, run_id, user_text, answer, status, error, created_at, finished_at, finish_reason, steps"
+)
 
 
 def _session(row: tuple[object, ...]) -> SessionInfo:
@@ -165,7 +174,7 @@ def _session(row: tuple[object, ...]) -> SessionInfo:
 
 
 def _turn(row: tuple[object, ...]) -> Turn:
-    id_, session_id, run_id, user_text, answer, status, error, created_at, finished_at = row
+    id_, session_id, run_id, user_text, answer, status, error, created_at, finished_at, reason, steps = row
     return Turn(
         id=cast(int, id_),
         session_id=cast(str, session_id),
@@ -176,7 +185,23 @@ def _turn(row: tuple[object, ...]) -> Turn:
         error=cast("str | None", error),
         created_at=cast(float, created_at),
         finished_at=cast("float | None", finished_at),
+        finish_reason=cast("str | None", reason),
+        steps=load_steps(cast(str, steps)),
     )
+
+
+def dump_steps(steps: Sequence[Step]) -> str:
+    return json.dumps(list(steps), ensure_ascii=False, separators=(",", ":"))
+
+
+def load_steps(text: str | None) -> tuple[Step, ...]:
+    if not text:
+        return ()
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return ()
+    return tuple(step for step in value if isinstance(step, dict)) if isinstance(value, list) else ()
 
 
 class SQLiteSessionStore:
@@ -337,7 +362,14 @@ class SQLiteSessionStore:
         await self._write(update)
 
     async def finish_turn(
-        self, turn_id: int, *, answer: str, status: TurnStatus, error: str | None = None
+        self,
+        turn_id: int,
+        *,
+        answer: str,
+        status: TurnStatus,
+        error: str | None = None,
+        finish_reason: str | None = None,
+        steps: Sequence[Step] = (),
     ) -> None:
         """Store the final answer and status; a turn that is not `running` is left as is."""
         if status not in FINAL_STATUSES:
@@ -348,9 +380,9 @@ class SQLiteSessionStore:
 
         def update(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE turns SET answer = ?, status = ?, error = ?, finished_at = ?"
-                " WHERE id = ? AND status = 'running'",
-                (answer, status, error, now, turn_id),
+                "UPDATE turns SET answer = ?, status = ?, error = ?, finished_at = ?, finish_reason = ?,"
+                " steps = ? WHERE id = ? AND status = 'running'",
+                (answer, status, error, now, finish_reason, dump_steps(steps), turn_id),
             )
 
         await self._write(update)

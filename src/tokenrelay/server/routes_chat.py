@@ -69,6 +69,7 @@ async def start_run(
     use_session: bool = True,
     resumable: bool = False,
     streamed: bool = False,
+    answer_policy: Literal["stream", "hold"] | None = None,
 ) -> tuple[RunChannel, str | None]:
     """Validate, resolve the session (404 if it is not the caller's), and start the run."""
     runner = _runner(request)
@@ -87,7 +88,12 @@ async def start_run(
             session_id = (await runner.store.create_session(owner=owner)).id
     run_id = new_run_id()
     events = runner.agent.run(
-        text, session_id=session_id if use_session else None, mode=mode, run_id=run_id, history=history
+        text,
+        session_id=session_id if use_session else None,
+        mode=mode,
+        run_id=run_id,
+        history=history,
+        answer_policy=answer_policy,
     )
     # a streamed, non-resumable run lives and dies with its response: let the response drive it
     channel = _registry(request).start(
@@ -130,6 +136,7 @@ async def _chat(request: Request, body: ChatRequest, owner: str | None) -> Respo
         mode=body.mode,
         resumable=body.resumable,
         streamed=body.stream,
+        answer_policy=body.answer_policy,
     )
     assert session_id is not None
     headers = {"X-Session-Id": session_id, "X-Run-Id": channel.run_id}
@@ -158,6 +165,7 @@ async def _chat(request: Request, body: ChatRequest, owner: str | None) -> Respo
         output=last.answer,
         session_id=session_id,
         run_id=channel.run_id,
+        finish_reason=last.finish_reason,
     )
     return JSONResponse(payload.model_dump(), headers=headers)
 
@@ -222,9 +230,11 @@ def _sse_response(
     summary="Chat (typed server-sent events)",
     description=(
         "`text/event-stream`: `event:` is the event type (run_started, answer_delta, reasoning_delta, "
-        "tool_call_started, tool_call_finished, error, run_finished), `data:` its JSON, `id:` its index in "
-        "the run (use it as Last-Event-ID with GET /runs/{run_id}/events to resume). The last event is "
-        "run_finished (whole answer, usage, timings) or error."
+        "narration, tool_call_started, tool_call_finished, error, run_finished), `data:` its JSON, `id:` its "
+        "index in the run (use it as Last-Event-ID with GET /runs/{run_id}/events to resume). The last event "
+        "is run_finished (whole answer, usage, timings, finish_reason: stop or length) or error. "
+        "A `narration` event re-labels answer text already sent: the model speaking before a tool call, "
+        "not the final answer (consumers that ignore it still show correct text)."
     ),
     response_model=None,
 )
@@ -242,6 +252,7 @@ async def chat_events(
         mode=mode or body.mode,
         resumable=body.resumable,
         streamed=True,
+        answer_policy=body.answer_policy,
     )
     assert session_id is not None
     return _sse_response(channel, {"X-Session-Id": session_id, "X-Run-Id": channel.run_id})

@@ -59,6 +59,8 @@ async def get_session(request: Request, session_id: str, owner: Owner) -> Sessio
                 error=t.error,
                 created_at=t.created_at,
                 finished_at=t.finished_at,
+                finish_reason=t.finish_reason,
+                steps=list(t.steps),
             )  # fmt: skip
             for t in turns
         ],

@@ -28,6 +28,12 @@ class ChatRequest(BaseModel):
     )
     stream: bool = Field(default=True, description="stream the answer (false: one JSON response)")
     mode: Literal["final", "full"] = Field(default="final", description="final answer only, or everything")
+    answer_policy: Literal["stream", "hold"] | None = Field(
+        default=None,
+        description="stream: answer text as the model writes it (text that turns out to precede a tool call "
+        "is re-labelled by a `narration` event); hold: only final-answer text, at the cost of latency. "
+        "Default: the server's setting (stream)",
+    )
     resumable: bool = Field(
         default=False,
         description="keep the run going when the connection drops (resume with GET /runs/{run_id}/events "
@@ -47,6 +53,7 @@ class ChatResponse(BaseModel):
     session_id: str
     run_id: str
     status: str = "complete"
+    finish_reason: str = Field(default="stop", description='"stop", or "length" when the answer was cut off')
 
 
 class TurnOut(BaseModel):
@@ -57,6 +64,14 @@ class TurnOut(BaseModel):
     error: str | None
     created_at: float
     finished_at: float | None
+    finish_reason: str | None = Field(
+        default=None, description='"stop", or "length" when the answer was cut off at the token limit'
+    )
+    steps: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description='narration ({"type": "narration", "text"}) and tool calls ({"type": "tool", "call_id", '
+        '"name", "arguments", "result", "error"}), in order',
+    )
 
 
 class SessionSummary(BaseModel):
