@@ -39,7 +39,8 @@ export function continuePrompt(turn) {
   return translate(japanese ? "ja" : "en", "continuePrompt");
 }
 
-function newRun(turn, runId = null) {
+/** The state of following one run into `turn` (exported for the page tests). */
+export function createRun(turn, runId = null) {
   return {
     turn,
     runId,
@@ -70,7 +71,7 @@ function setRunning(run, running) {
 /** Send a question in the chat on screen and follow its answer. */
 export async function startRun(text) {
   const turn = createTurn(text, turnActions);
-  const run = newRun(turn);
+  const run = createRun(turn);
   setRunning(run, true);
   turn.answer.classList.add("streaming");
   paintProgress(run);
@@ -123,7 +124,7 @@ async function runBeforeSend() {
 /** Follow a run that is still going (a reopened or reloaded chat), from its first event. */
 export async function reattach(runId, userText) {
   const turn = createTurn(userText, turnActions);
-  const run = newRun(turn, runId);
+  const run = createRun(turn, runId);
   setRunning(run, true);
   turn.answer.classList.add("streaming");
   paintProgress(run);
@@ -185,6 +186,7 @@ export function handleEvent(run, { event, data, id }) {
     case "run_started":
       run.runId = run.runId || data.run_id;
       if (turn.status.dataset.i18n === "reconnecting") setStatus(turn, null);
+      paintProgress(run);
       break;
     case "answer_delta":
       run.answer += data.text;
