@@ -119,16 +119,46 @@ function createViewer(svg, viewport, mode) {
   return viewer;
 }
 
+// icons as SVG paths (24×24), so they never depend on a font having the glyph
+const ICONS = {
+  fit: "M4 9V4h5M20 9V4h-5M4 15v5h5M20 15v5h-5",
+  fullScreen: "M15 3h6v6M9 21H3v-6M21 3l-7 7M3 21l7-7",
+};
+
+const SVG_NS = "http://www.w3.org/2000/svg"; // a name, not an address: nothing is fetched
+
+function icon(path) {
+  const svg = document.createElementNS(SVG_NS, "svg");
+  for (const [name, value] of Object.entries({
+    viewBox: "0 0 24 24",
+    width: "14",
+    height: "14",
+    fill: "none",
+    stroke: "currentColor",
+    "stroke-width": "2",
+    "stroke-linecap": "round",
+    "aria-hidden": "true",
+  })) {
+    svg.setAttribute(name, value);
+  }
+  const shape = document.createElementNS(SVG_NS, "path");
+  shape.setAttribute("d", path);
+  svg.append(shape);
+  return svg;
+}
+
 function toolButton(label, glyph, testid, onclick) {
-  return h("button", {
+  const button = h("button", {
     type: "button",
     class: "tool-button",
     "data-testid": testid,
     i18nAria: label,
     "data-i18n-title": label,
-    text: glyph,
+    text: ICONS[glyph] ? null : glyph,
     onclick,
   });
+  if (ICONS[glyph]) button.append(icon(ICONS[glyph]));
+  return button;
 }
 
 function toolbar(viewer, svg, name, fullScreen) {
@@ -137,8 +167,8 @@ function toolbar(viewer, svg, name, fullScreen) {
     { class: "diagram-tools", role: "toolbar", i18nAria: "diagramTools" },
     toolButton("zoomOut", "−", "diagram-zoom-out", () => viewer.zoom(1 / STEP)),
     toolButton("zoomIn", "+", "diagram-zoom-in", () => viewer.zoom(STEP)),
-    toolButton("zoomFit", "⤢", "diagram-fit", () => viewer.fit()),
-    fullScreen ? toolButton("fullScreen", "⛶", "diagram-fullscreen", fullScreen) : null,
+    toolButton("zoomFit", "fit", "diagram-fit", () => viewer.fit()),
+    fullScreen ? toolButton("fullScreen", "fullScreen", "diagram-fullscreen", fullScreen) : null,
     toolButton("downloadSvg", "SVG", "diagram-svg", () => downloadSvg(svg, viewer, name)),
     toolButton("downloadPng", "PNG", "diagram-png", () => downloadPng(svg, viewer, name)),
   );
@@ -178,7 +208,7 @@ function openFullScreen(svg, name) {
 function svgMarkup(svg, viewer) {
   const clone = svg.cloneNode(true);
   clone.removeAttribute("style");
-  clone.setAttribute("xmlns", svg.namespaceURI); // XMLSerializer needs it for a standalone file
+  clone.setAttribute("xmlns", SVG_NS); // a standalone file needs it
   clone.setAttribute("width", String(Math.ceil(viewer.width)));
   clone.setAttribute("height", String(Math.ceil(viewer.height)));
   return new XMLSerializer().serializeToString(clone);
