@@ -21,7 +21,7 @@ import { api, errorMessage, jsonBody, runPath } from "./api.js";
 import { clearText, t } from "./dom.js";
 import { translate } from "./i18n.js";
 import { readEvents } from "./sse.js";
-import { announce, emit, els, looksJapanese, state } from "./state.js";
+import { announce, canSend, emit, els, looksJapanese, state } from "./state.js";
 import { addNarration, addToolStep, closeGroup, finishToolStep } from "./steps.js";
 import { createTurn, setAnswer, setProgress, setStatus, showCutOff, showError } from "./turn.js";
 
@@ -29,8 +29,8 @@ const MAX_RESUMES = 3;
 const CANCEL_GRACE_MS = 5000;
 
 export const turnActions = {
-  retry: (turn) => startRun(turn.userText),
-  continue: (turn) => startRun(continuePrompt(turn)),
+  retry: (turn) => canSend() && startRun(turn.userText),
+  continue: (turn) => canSend() && startRun(continuePrompt(turn)),
 };
 
 /** The follow-up that asks for the rest of a cut-off answer, in the chat's language. */
@@ -47,6 +47,7 @@ export function createRun(turn, runId = null) {
     lastId: null,
     answer: "",
     segment: 0,
+    listed: false, // the sidebar was refreshed once the run had begun (its chat has a title then)
     reasoning: "",
     frame: 0,
     finished: false,
@@ -58,14 +59,15 @@ export function createRun(turn, runId = null) {
 }
 
 function setRunning(run, running) {
+  if (running) state.run = run;
+  else if (state.run === run) state.run = null;
+  else return; // a run no longer on screen (detached): the controls belong to another
   els.stop.hidden = !running;
   els.stop.disabled = false;
   els.stop.dataset.i18n = "stop";
   els.stop.textContent = t("stop");
   els.messages.setAttribute("aria-busy", String(running));
   emit("run-state", running);
-  if (running) state.run = run;
-  else if (state.run === run) state.run = null;
 }
 
 /** Send a question in the chat on screen and follow its answer. */
@@ -75,12 +77,13 @@ export async function startRun(text) {
   setRunning(run, true);
   turn.answer.classList.add("streaming");
   paintProgress(run);
+  const sessionId = state.sessionId; // the chat asked in, even if the reader moves on meanwhile
   try {
     let response;
     try {
       await runBeforeSend(); // e.g. a chat's first question titles it (documents.js)
       const body = { text, mode: "full", resumable: true };
-      if (state.sessionId) body.session_id = state.sessionId;
+      if (sessionId) body.session_id = sessionId;
       response = await api("chat/events", {
         ...jsonBody(body),
         headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
@@ -98,13 +101,14 @@ export async function startRun(text) {
       return;
     }
     run.runId = response.headers.get("X-Run-Id");
-    const sessionId = response.headers.get("X-Session-Id");
-    if (sessionId && sessionId !== state.sessionId && !run.detached) {
-      state.sessionId = sessionId;
-      emit("session-created", sessionId);
+    const created = response.headers.get("X-Session-Id");
+    if (!run.detached) {
+      if (created && created !== state.sessionId) {
+        state.sessionId = created;
+        emit("session-created", created);
+      }
+      state.sessionTurns += 1;
     }
-    state.sessionTurns += 1;
-    emit("sessions-changed");
     if (run.stopRequested) cancelOnServer(run);
     await follow(run, response);
   } finally {
@@ -182,6 +186,10 @@ export function handleEvent(run, { event, data, id }) {
     run.lastId = id;
   }
   const turn = run.turn;
+  if (!run.listed && event !== "run_started") {
+    run.listed = true;
+    emit("sessions-changed");
+  }
   switch (event) {
     case "run_started":
       run.runId = run.runId || data.run_id;

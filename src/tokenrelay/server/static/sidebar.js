@@ -2,7 +2,7 @@
 //
 // * Only chats with a title are listed: a chat gets one with its first question, so a chat
 //   that only has a document attached (or was just created) does not show up as "(untitled)".
-// * One Tab stop per chat: each chat is one button; its delete button is for the pointer,
+// * One Tab stop per chat: each chat is one link (its URL); its delete button is for the pointer,
 //   and the Delete key deletes the focused chat. Up/Down/Home/End move between chats.
 // * Below DRAWER_QUERY the sidebar is a drawer over the conversation: the menu button opens
 //   it, Escape, the backdrop or choosing a chat closes it, and while closed it is inert (no
@@ -29,16 +29,20 @@ export function renderSessions() {
   els.sessionList.replaceChildren(
     ...listed.map((session) => {
       const open = h(
-        "button",
+        "a",
         {
-          type: "button",
+          href: `?chat=${encodeURIComponent(session.id)}`, // a real link: open in a new tab works too
           class: "session",
           "data-testid": "session-item",
           "data-session-id": session.id,
           "aria-current": session.id === state.sessionId ? "page" : null,
           "aria-keyshortcuts": "Delete",
           title: new Date(session.updated_at * 1000).toLocaleString(state.lang),
-          onclick: () => choose(session.id),
+          onclick: (event) => {
+            if (event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
+            event.preventDefault();
+            choose(session.id);
+          },
           onkeydown: (event) => onItemKey(event, session.id),
         },
         h("span", { class: "session-title", text: session.title }),
