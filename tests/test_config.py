@@ -54,7 +54,7 @@ async def reply_text(backend: Backend) -> str:
 def test_defaults_without_environment() -> None:
     s = Settings.from_env(env={})
     assert s.model == "llamacpp"
-    assert s.max_tokens == 512
+    assert s.max_tokens == 2048
     assert s.temperature == 0.7
     assert s.openai_api_key is None
     assert s.openai_base_url is None
@@ -142,13 +142,13 @@ def test_none_overrides_are_ignored() -> None:
     s = Settings.from_env(env=env, model=None, temperature=None, max_tokens=None)
     assert s.model == "openai:x"
     assert s.temperature == 0.1
-    assert s.max_tokens == 512
+    assert s.max_tokens == 2048
 
 
 def test_with_ignores_none_and_returns_a_copy() -> None:
     s = Settings.from_env(env={})
     t = s.with_(model="scripted:z", max_tokens=None)
-    assert t.model == "scripted:z" and t.max_tokens == 512
+    assert t.model == "scripted:z" and t.max_tokens == 2048
     assert s.model == "llamacpp"
 
 

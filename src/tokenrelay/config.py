@@ -38,7 +38,7 @@ def default_db_url() -> str:
 class Settings:
     # model
     model: str = "llamacpp"
-    max_tokens: int = 512
+    max_tokens: int = 2048
     temperature: float = 0.7
     system_prompt: str | None = None
     openai_base_url: str | None = None

@@ -35,6 +35,7 @@ from tokenrelay.events import (
     ToolCallFinished,
     ToolCallStarted,
     Usage,
+    final_answer,
 )
 from tokenrelay.messages import Message, ToolSpec
 
@@ -54,17 +55,14 @@ def shown_text(events: Sequence[Event]) -> str:
     return "".join([e.text for e in events if type(e) is AnswerDelta])
 
 
-def final_answer(events: Sequence[Event]) -> str:
-    """The final answer a typed consumer shows: answer deltas with narration re-labelled."""
-    parts: list[str] = []
+def _check_narration(events: Sequence[Event]) -> None:
+    since: list[str] = []  # answer text since the previous narration
     for event in events:
         if type(event) is AnswerDelta:
-            parts.append(event.text)
+            since.append(event.text)
         elif type(event) is Narration:
-            segment = "".join(parts)
-            assert segment.endswith(event.text), "a Narration re-labels the end of the answer text"
-            parts = [segment[: len(segment) - len(event.text)]]
-    return "".join(parts)
+            assert "".join(since).endswith(event.text), "a Narration re-labels the end of the answer text"
+            since = []
 
 
 def check_events(events: Sequence[Event], *, complete: bool = True) -> None:
@@ -82,7 +80,7 @@ def check_events(events: Sequence[Event], *, complete: bool = True) -> None:
         assert last.answer == final_answer(events)
     else:
         assert terminal == []
-        final_answer(events)
+    _check_narration(events)
     open_call: str | None = None
     for e in events:
         if isinstance(e, ToolCallStarted):
