@@ -118,9 +118,8 @@ def test_waiting_is_visible_and_narration_moves_into_the_tool_step(
     expect(turn.get_by_test_id("tool-step")).to_have_count(1)
     group = turn.get_by_test_id("step-group")
     expect(group).to_have_count(1)
-    assert group.evaluate(
-        "g => [...g.children].map(c => c.dataset.testid).join(',')"
-    ) == "narration,tool-step"  # narration above the call it led to
+    order = group.evaluate("g => [...g.children].map(c => c.dataset.testid).join(',')")
+    assert order == "narration,tool-step"  # narration above the call it led to
     # the tool ran; the model reads its result before answering
     expect(progress).to_have_text("Reading the result of Calculator…")
     assert answer.inner_text() == ""
