@@ -225,6 +225,16 @@ def test_narration_folding_follows_the_event_contract(open_page: PageFactory, fl
     ]
     assert seen[2]["answer"] == "" and seen[2]["narration"] == ["Let me look."]
 
+    # white space before a call is re-labelled too, but there is nothing to show above it
+    blank: list[tuple[str, dict[str, Any]]] = [
+        ("run_started", {"run_id": "r_unit"}),
+        ("answer_delta", {"text": "\n"}),
+        ("narration", {"text": "\n"}),
+        ("tool_call_started", {"call_id": "c1", "name": "Search", "arguments": "{}"}),
+    ]
+    seen = page.evaluate(FOLD, [blank, flush])
+    assert seen[-1] == {"answer": "", "narration": [], "progress": "Running the tool Search…", "tools": 1}
+
 
 # -- cut off, stop, reload -------------------------------------------------------------------------
 

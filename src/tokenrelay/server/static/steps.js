@@ -21,6 +21,14 @@ function newGroup(turn) {
 /** Narration before a tool call; `answerView` (with the text on screen) hands over its DOM. */
 export function addNarration(turn, text, answerView = null) {
   const group = newGroup(turn);
+  if (!text.trim()) {
+    // only white space before the call (a line break): nothing to show above it
+    if (answerView) {
+      answerView.el.replaceChildren();
+      answerView.blocks = [];
+    }
+    return;
+  }
   const el = h("div", { class: "narration markdown", "data-testid": "narration" });
   group.el.append(el);
   const view = markdownView(el);
