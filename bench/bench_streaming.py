@@ -64,7 +64,9 @@ def cli_case(
     command = [sys.executable, "-m", "tokenrelay.cli", "ask", "talk", "--model", "openai:fake-model",
                "--tool-protocol", protocol]  # fmt: skip
     got: list[tuple[float, bytes]] = []
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env) as process:
+    with subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
+    ) as process:
         assert process.stdout is not None
         while data := os.read(process.stdout.fileno(), 65536):
             got.append((time.monotonic(), data))

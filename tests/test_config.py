@@ -307,3 +307,14 @@ def test_register_backend_can_replace_a_prefix(registry: dict[str, backends.Back
     replacement = ScriptedBackend(replies=["replaced"])
     register_backend("openai", lambda arg, settings: replacement)
     assert load_backend("openai:gpt-4o-mini", Settings()) is replacement
+
+
+def test_a_bare_db_path_becomes_a_sqlite_url_from_env_or_argument() -> None:
+    assert Settings.from_env(env={"TOKENRELAY_DB": "data/t.db"}).db == "sqlite:///data/t.db"
+    assert Settings.from_env(env={}, db="data/t.db").db == "sqlite:///data/t.db"
+    assert Settings(db="/var/lib/t.db").db == "sqlite:////var/lib/t.db"
+    assert Settings(db="~/t.db").db == "sqlite:///~/t.db"
+    for url in ("sqlite:///x.db", "postgresql://u@h/db", "memory://", "memory:", ":memory:"):
+        assert Settings(db=url).db == url
+    once = Settings(db="t.db")
+    assert once.with_(max_tokens=5).db == "sqlite:///t.db"  # idempotent

@@ -144,7 +144,7 @@ def test_the_cli_streams_the_answer(upstream: FakeOpenAIServer, protocol: str) -
     process = subprocess.Popen(
         [sys.executable, "-m", "tokenrelay.cli", "ask", "talk", "--model", "openai:fake-model",
          "--tool-protocol", protocol],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )  # fmt: skip
     assert process.stdout is not None and process.stderr is not None
     pieces: list[tuple[float, bytes]] = []

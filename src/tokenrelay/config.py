@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from tokenrelay.errors import ConfigError
 
-__all__ = ["Settings", "default_data_dir", "default_db_url"]
+__all__ = ["Settings", "db_url", "default_data_dir", "default_db_url"]
 
 ToolProtocol = Literal["auto", "native", "json"]
 EarlyStopping = Literal["generate", "force"]
@@ -32,6 +32,15 @@ def default_data_dir() -> Path:
 
 def default_db_url() -> str:
     return "sqlite:///" + str(default_data_dir() / "tokenrelay.db")
+
+
+def db_url(value: str) -> str:
+    """The database URL for a `db` setting: a bare path (`--db notes.db`, `TOKENRELAY_DB=~/t.db`)
+    becomes a SQLite URL, so every consumer sees one form; URLs and the in-memory names pass as is.
+    Idempotent."""
+    if "://" in value or value in ("memory:", ":memory:") or not value.strip():
+        return value
+    return "sqlite:///" + value
 
 
 @dataclass(kw_only=True)
@@ -75,6 +84,7 @@ class Settings:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.db = db_url(self.db)
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ConfigError(f"max_tokens must be at least 1, not {self.max_tokens}")
         if not 0.0 <= self.temperature <= 2.0:

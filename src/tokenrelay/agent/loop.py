@@ -516,7 +516,7 @@ class Agent:
         until the message ends without a tool call."""
         offer = bool(self.tools) and not final_only
         stream_text = not offer or state.policy == "stream"
-        said: list[str] = []  # text of this message streamed as answer text
+        said = ""  # text of this message streamed as answer text (known once a tool call begins)
         held: list[str] = []  # text of this message not streamed
         calls: dict[int, dict[str, str]] = {}
         full = mode == "full"
@@ -531,12 +531,12 @@ class Agent:
                     if not chunk.text:
                         continue
                     if stream_text and not calls:
-                        said.append(chunk.text)
                         yield state.answer_delta(chunk.text)
                     else:
                         held.append(chunk.text)
                 elif isinstance(chunk, ToolCallChunk):
-                    if not calls and said:  # the message turns into a tool call: that was narration
+                    if not calls and state.parts:  # the message turns into a tool call: narration
+                        said = state.answer  # (answer text since the last narration is this message's)
                         for event in state.narrate():
                             yield event
                     parts = calls.setdefault(chunk.index, {"id": "", "name": "", "arguments": ""})
@@ -563,7 +563,7 @@ class Agent:
             ToolCall(id=c["id"] or "call_" + uuid.uuid4().hex[:12], name=c["name"], arguments=c["arguments"])
             for _, c in sorted(calls.items())
         )
-        messages.append(Message.assistant("".join(said) + "".join(held), tool_calls))
+        messages.append(Message.assistant(said + "".join(held), tool_calls))
         for call in tool_calls:
             async for event in self._call_tool(call.id, call.name, call.arguments, state):
                 yield event

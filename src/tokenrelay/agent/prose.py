@@ -11,8 +11,9 @@ block is recognized. Invariants, for any split of the output into chunks:
   non-blank character says whether a `{` follows it. Nothing of the JSON scaffolding of a
   recognized action block (fence, braces, keys, quotes) ever reaches the prose.
 * An output with no action block: the concatenation of everything emitted (`feed` returns
-  plus `finish()`) equals `raw.strip()` exactly — the same answer the extractor's plain-text
-  fallback would give, but streamed. Whitespace is held while it is trailing.
+  plus `finish()`) equals `raw` exactly, byte for byte, as on every other path (leading
+  whitespace is held until something else arrives, so a blank output emits nothing and is
+  reported as `error`).
 * An output with an action block: a `{` opens an action block once a key named `action` or
   `action_input` has been parsed in it (even if the block later turns out malformed: that is
   a failed action, reported to the model, not prose). `extractor` is set by the `feed` call
@@ -77,8 +78,8 @@ class ProseStreamer:
         self._cand: FinalAnswerExtractor | None = None  # parsing a `{` that may start an action
         self._cand_text: list[str] = []  # the held candidate's text (its fence, then from `{`)
         self._brace = 0  # offset of the candidate's `{` in its held text
-        self._ws = ""  # trailing whitespace held back
-        self._started = False  # emitted anything yet (leading whitespace is dropped)
+        self._ws = ""  # leading whitespace held back
+        self._started = False  # emitted anything yet
 
     @property
     def raw(self) -> str:
@@ -116,16 +117,12 @@ class ProseStreamer:
 
     def _emit(self, text: str, out: list[str]) -> None:
         if not self._started:
-            text = text.lstrip()
-            if not text:
+            if not text.strip():
+                self._ws += text  # leading whitespace: held until something else comes
                 return
             self._started = True
-        elif self._ws:
-            text = self._ws + text
-        body = text.rstrip()
-        self._ws = text[len(body) :]
-        if body:
-            out.append(body)
+            text, self._ws = self._ws + text, ""
+        out.append(text)
 
     def _release_candidate(self, out: list[str]) -> None:
         """The held `{` does not start an action: it is prose; scan what followed it again."""
