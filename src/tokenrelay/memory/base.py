@@ -90,15 +90,15 @@ class SessionStore(Protocol):
 
     async def get_session(self, session_id: str, *, owner: str | None = None) -> SessionInfo | None: ...
 
-    async def set_title(self, session_id: str, title: str, *, owner: str | None = None) -> SessionInfo | None:
-        """Rename a session (its `updated_at` stays); None when it is not the owner's."""
-        ...
-
     async def list_sessions(self, *, owner: str | None = None, limit: int = 100) -> list[SessionInfo]:
         """Most recently updated first."""
         ...
 
     async def delete_session(self, session_id: str, *, owner: str | None = None) -> bool: ...
+
+    async def set_title(self, session_id: str, title: str, *, owner: str | None = None) -> SessionInfo | None:
+        """Rename a session (its `updated_at` stays); None when it is not the owner's."""
+        ...
 
     async def begin_turn(self, session_id: str, *, run_id: str, user_text: str) -> int:
         """Store the user's message as a `running` turn; return the turn id."""

@@ -46,13 +46,6 @@ class InMemorySessionStore:
         info = self._sessions.get(session_id)
         return info if info is not None and info.owner == owner else None
 
-    async def set_title(self, session_id: str, title: str, *, owner: str | None = None) -> SessionInfo | None:
-        info = await self.get_session(session_id, owner=owner)
-        if info is None:
-            return None
-        info = self._sessions[session_id] = dataclasses.replace(info, title=title)
-        return info
-
     async def list_sessions(self, *, owner: str | None = None, limit: int = 100) -> list[SessionInfo]:
         if limit < 0:
             raise ValueError(f"limit must be 0 or more, not {limit}")
@@ -68,6 +61,13 @@ class InMemorySessionStore:
         for turn_id in self._by_session.pop(session_id, []):
             del self._turns[turn_id]
         return True
+
+    async def set_title(self, session_id: str, title: str, *, owner: str | None = None) -> SessionInfo | None:
+        info = await self.get_session(session_id, owner=owner)
+        if info is None:
+            return None
+        info = self._sessions[session_id] = dataclasses.replace(info, title=title)
+        return info
 
     async def begin_turn(self, session_id: str, *, run_id: str, user_text: str) -> int:
         info = self._sessions.get(session_id)

@@ -354,20 +354,6 @@ class PostgresSessionStore:
             row = await cur.fetchone()
         return None if row is None else _session(row)
 
-    async def set_title(self, session_id: str, title: str, *, owner: str | None = None) -> SessionInfo | None:
-        """Rename a session (its `updated_at` stays); None when it is not the owner's."""
-        if "\x00" in session_id:
-            return None
-        condition, params = _owner_filter(owner)
-        async with self._connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                f"UPDATE tokenrelay_sessions SET title = %s WHERE id = %s AND {condition}"
-                f" RETURNING {_SESSION_COLUMNS}",
-                (_text(title), session_id, *params),
-            )
-            row = await cur.fetchone()
-        return None if row is None else _session(row)
-
     async def list_sessions(self, *, owner: str | None = None, limit: int = 100) -> list[SessionInfo]:
         """Most recently updated first (ties: most recently created first)."""
         if limit < 0:
@@ -392,6 +378,20 @@ class PostgresSessionStore:
                 f"DELETE FROM tokenrelay_sessions WHERE id = %s AND {condition}", (session_id, *params)
             )
             return cur.rowcount > 0
+
+    async def set_title(self, session_id: str, title: str, *, owner: str | None = None) -> SessionInfo | None:
+        """Rename a session (its `updated_at` stays); None when it is not the owner's."""
+        if "\x00" in session_id:
+            return None
+        condition, params = _owner_filter(owner)
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                f"UPDATE tokenrelay_sessions SET title = %s WHERE id = %s AND {condition}"
+                f" RETURNING {_SESSION_COLUMNS}",
+                (_text(title), session_id, *params),
+            )
+            row = await cur.fetchone()
+        return None if row is None else _session(row)
 
     # -- turns
 

@@ -291,20 +291,6 @@ class SQLiteSessionStore:
 
         return await self._read(select)
 
-    async def set_title(self, session_id: str, title: str, *, owner: str | None = None) -> SessionInfo | None:
-        """Rename a session (its `updated_at` stays); None when it is not the owner's."""
-
-        def update(conn: sqlite3.Connection) -> SessionInfo | None:
-            conn.execute(
-                "UPDATE sessions SET title = ? WHERE id = ? AND owner IS ?", (title, session_id, owner)
-            )
-            row = conn.execute(
-                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ? AND owner IS ?", (session_id, owner)
-            ).fetchone()
-            return None if row is None else _session(row)
-
-        return await self._write(update)
-
     async def list_sessions(self, *, owner: str | None = None, limit: int = 100) -> list[SessionInfo]:
         """Most recently updated first."""
         if limit < 0:
@@ -326,6 +312,20 @@ class SQLiteSessionStore:
             return cur.rowcount > 0
 
         return await self._write(delete)
+
+    async def set_title(self, session_id: str, title: str, *, owner: str | None = None) -> SessionInfo | None:
+        """Rename a session (its `updated_at` stays); None when it is not the owner's."""
+
+        def update(conn: sqlite3.Connection) -> SessionInfo | None:
+            conn.execute(
+                "UPDATE sessions SET title = ? WHERE id = ? AND owner IS ?", (title, session_id, owner)
+            )
+            row = conn.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ? AND owner IS ?", (session_id, owner)
+            ).fetchone()
+            return None if row is None else _session(row)
+
+        return await self._write(update)
 
     # -- turns
 
