@@ -37,7 +37,8 @@ class ChatRequest(BaseModel):
     resumable: bool = Field(
         default=False,
         description="keep the run going when the connection drops (resume with GET /runs/{run_id}/events "
-        "and Last-Event-ID); otherwise a disconnect cancels the run",
+        "and Last-Event-ID) for the server's resume grace period (30 s by default), then cancel it; "
+        "otherwise a disconnect cancels the run at once",
     )
 
 
