@@ -75,6 +75,9 @@ class Settings:
     keepalive_s: float = 15.0
     #: a run that produces more events than this is stopped with an error (memory bound per run)
     max_buffered_events: int = 100_000
+    #: a resumable run left by its last client is cancelled unless one resumes it within this many
+    #: seconds (a reload, a dropped connection); negative: never (it runs to the end)
+    resume_grace_s: float = 30.0
     presets_file: str | None = None
     #: host names a server without API keys answers besides localhost/127.0.0.1/[::1] and
     #: `host` (DNS rebinding); "*" answers any

@@ -224,7 +224,7 @@ class Agent:
                 if self.memory_k:
                     turns = await self.store.history(session_id, limit=self.memory_k, answered=True)
                 doc = await self.store.get_document(session_id)
-                document = doc.text if doc else None
+                document = doc.prompt_text() if doc else None
                 turn_id = await self.store.begin_turn(session_id, run_id=run_id, user_text=text)
             checkpoint_at = time.monotonic() + self.checkpoint_s
             async with aclosing(

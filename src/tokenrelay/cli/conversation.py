@@ -140,7 +140,14 @@ async def _conversation(runner: Runner, request: Request) -> str | None:
     if request.document is not None:
         name, text = request.document
         fitted = fit_document(name, text, runner.backend, max_tokens=runner.settings.max_tokens)
-        await runner.store.set_document(session_id, name=name, text=fitted.text)
+        await runner.store.set_document(
+            session_id,
+            name=name,
+            text=fitted.text,
+            total_chars=fitted.total_chars,
+            total_tokens=fitted.total_tokens,
+            budget_tokens=fitted.budget_tokens,
+        )
         notice = fitted.notice()
         if notice:
             print(f"tokenrelay: warning: {notice}", file=sys.stderr, flush=True)

@@ -77,11 +77,34 @@ def remembered(turns: Sequence[Turn]) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Document:
-    """A text attached to a session; it becomes context for every question in it."""
+    """A text attached to a session; it becomes context for every question in it.
+
+    `text` is what the model sees. When the upload did not fit the context window, `text` is
+    its first part and `total_chars` (> len(text)), `total_tokens` and `budget_tokens` say how
+    much was left out, so the notice survives reopening the chat and the model is told too.
+    They are None for a document stored whole (or stored before they were recorded)."""
 
     name: str
     text: str
     created_at: float
+    total_chars: int | None = None
+    total_tokens: int | None = None
+    budget_tokens: int | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.total_chars is not None and self.total_chars > len(self.text)
+
+    def prompt_text(self) -> str:
+        """The document as the model is given it: its text and, when it was cut, a note at
+        the cut saying so (so the model does not answer as if it had read the rest)."""
+        if not self.truncated:
+            return self.text
+        return (
+            f"{self.text}\n\n[NOTE: the document was cut here to fit the context window. The text above is "
+            f"the first {len(self.text)} of its {self.total_chars} characters; the rest is missing. If the "
+            "question needs the missing part, say that the document was cut.]"
+        )
 
 
 class SessionStore(Protocol):
@@ -105,6 +128,10 @@ class SessionStore(Protocol):
         ...
 
     async def delete_session(self, session_id: str, *, owner: str | None = None) -> bool: ...
+
+    async def set_title(self, session_id: str, title: str, *, owner: str | None = None) -> SessionInfo | None:
+        """Rename a session (its `updated_at` stays); None when it is not the owner's."""
+        ...
 
     async def begin_turn(self, session_id: str, *, run_id: str, user_text: str) -> int:
         """Store the user's message as a `running` turn; return the turn id."""
@@ -145,7 +172,19 @@ class SessionStore(Protocol):
         """'ok' when the storage is sound."""
         ...
 
-    async def set_document(self, session_id: str, *, name: str, text: str) -> None: ...
+    async def set_document(
+        self,
+        session_id: str,
+        *,
+        name: str,
+        text: str,
+        total_chars: int | None = None,
+        total_tokens: int | None = None,
+        budget_tokens: int | None = None,
+    ) -> None:
+        """Attach (or replace) the session's document; the counts describe what was cut
+        (see `Document`). Raises `KeyError` for a missing session."""
+        ...
 
     async def get_document(self, session_id: str) -> Document | None: ...
 

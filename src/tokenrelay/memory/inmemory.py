@@ -73,6 +73,13 @@ class InMemorySessionStore:
             del self._turns[turn_id]
         return True
 
+    async def set_title(self, session_id: str, title: str, *, owner: str | None = None) -> SessionInfo | None:
+        info = await self.get_session(session_id, owner=owner)
+        if info is None:
+            return None
+        info = self._sessions[session_id] = dataclasses.replace(info, title=title)
+        return info
+
     async def begin_turn(self, session_id: str, *, run_id: str, user_text: str) -> int:
         info = self._sessions.get(session_id)
         if info is None:
@@ -155,10 +162,26 @@ class InMemorySessionStore:
             )
         return len(running)
 
-    async def set_document(self, session_id: str, *, name: str, text: str) -> None:
+    async def set_document(
+        self,
+        session_id: str,
+        *,
+        name: str,
+        text: str,
+        total_chars: int | None = None,
+        total_tokens: int | None = None,
+        budget_tokens: int | None = None,
+    ) -> None:
         if session_id not in self._sessions:
             raise KeyError(session_id)
-        self._documents[session_id] = Document(name=name, text=text, created_at=time.time())
+        self._documents[session_id] = Document(
+            name=name,
+            text=text,
+            created_at=time.time(),
+            total_chars=total_chars,
+            total_tokens=total_tokens,
+            budget_tokens=budget_tokens,
+        )
 
     async def get_document(self, session_id: str) -> Document | None:
         return self._documents.get(session_id)

@@ -150,6 +150,12 @@ _M0003_TURN_FINISH_REASON_STEPS = (
     "ALTER TABLE tokenrelay_turns ADD COLUMN steps text NOT NULL DEFAULT '[]'",
 )
 
+# what fitting a document to the context window left out (NULL: stored whole, or before)
+_M0004_DOCUMENT_CUT = (
+    "ALTER TABLE tokenrelay_documents ADD COLUMN total_chars bigint NULL,"
+    " ADD COLUMN total_tokens bigint NULL, ADD COLUMN budget_tokens bigint NULL",
+)
+
 _M0101_ANSWERED_TURNS = (
     # the memory window reads the last k turns with an answer: exact, however many failed
     "CREATE INDEX IF NOT EXISTS tokenrelay_turns_answered ON tokenrelay_turns (session_id, id)"
@@ -161,6 +167,7 @@ MIGRATIONS: list[tuple[str, Sequence[str]]] = [
     ("0001_initial", _M0001_INITIAL),
     ("0002_indexes", _M0002_INDEXES),
     ("0003_turn_finish_reason_steps", _M0003_TURN_FINISH_REASON_STEPS),
+    ("0004_document_cut", _M0004_DOCUMENT_CUT),
     ("0101_answered_turns", _M0101_ANSWERED_TURNS),
 ]
 
@@ -464,6 +471,20 @@ class PostgresSessionStore:
             )
             return cur.rowcount > 0
 
+    async def set_title(self, session_id: str, title: str, *, owner: str | None = None) -> SessionInfo | None:
+        """Rename a session (its `updated_at` stays); None when it is not the owner's."""
+        if "\x00" in session_id:
+            return None
+        condition, params = _owner_filter(owner)
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                f"UPDATE tokenrelay_sessions SET title = %s WHERE id = %s AND {condition}"
+                f" RETURNING {_SESSION_COLUMNS}",
+                (_text(title), session_id, *params),
+            )
+            row = await cur.fetchone()
+        return None if row is None else _session(row)
+
     # -- turns
 
     async def begin_turn(self, session_id: str, *, run_id: str, user_text: str) -> int:
@@ -615,7 +636,16 @@ class PostgresSessionStore:
 
     # -- documents
 
-    async def set_document(self, session_id: str, *, name: str, text: str) -> None:
+    async def set_document(
+        self,
+        session_id: str,
+        *,
+        name: str,
+        text: str,
+        total_chars: int | None = None,
+        total_tokens: int | None = None,
+        budget_tokens: int | None = None,
+    ) -> None:
         """Attach (or replace) the session's document. Raises `KeyError` for a missing session."""
         if "\x00" in session_id:
             raise KeyError(session_id)
@@ -623,11 +653,14 @@ class PostgresSessionStore:
         try:
             async with self._connection() as conn, conn.transaction():
                 cur = await conn.execute(
-                    "INSERT INTO tokenrelay_documents (session_id, name, text, created_at)"
-                    " SELECT id, %s, %s, %s FROM tokenrelay_sessions WHERE id = %s"
+                    "INSERT INTO tokenrelay_documents"
+                    " (session_id, name, text, created_at, total_chars, total_tokens, budget_tokens)"
+                    " SELECT id, %s, %s, %s, %s, %s, %s FROM tokenrelay_sessions WHERE id = %s"
                     " ON CONFLICT (session_id) DO UPDATE SET"
-                    " name = excluded.name, text = excluded.text, created_at = excluded.created_at",
-                    (_text(name), _text(text), now, session_id),
+                    " name = excluded.name, text = excluded.text, created_at = excluded.created_at,"
+                    " total_chars = excluded.total_chars, total_tokens = excluded.total_tokens,"
+                    " budget_tokens = excluded.budget_tokens",
+                    (_text(name), _text(text), now, total_chars, total_tokens, budget_tokens, session_id),
                 )
                 if cur.rowcount == 0:
                     raise KeyError(session_id)
@@ -639,13 +672,22 @@ class PostgresSessionStore:
             return None
         async with self._connection() as conn:
             cur = await conn.execute(
-                "SELECT name, text, created_at FROM tokenrelay_documents WHERE session_id = %s",
+                "SELECT name, text, created_at, total_chars, total_tokens, budget_tokens"
+                " FROM tokenrelay_documents WHERE session_id = %s",
                 (session_id,),
             )
             row = await cur.fetchone()
         if row is None:
             return None
-        return Document(name=row[0], text=row[1], created_at=row[2])
+        name, text, created_at, total_chars, total_tokens, budget_tokens = row
+        return Document(
+            name=name,
+            text=text,
+            created_at=created_at,
+            total_chars=total_chars,
+            total_tokens=total_tokens,
+            budget_tokens=budget_tokens,
+        )
 
     # -- maintenance
 

@@ -118,6 +118,12 @@ def _m0003_turn_finish_reason_steps(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE turns ADD COLUMN steps TEXT NOT NULL DEFAULT '[]'")
 
 
+def _m0004_document_cut(conn: sqlite3.Connection) -> None:
+    # what fitting a document to the context window left out (NULL: stored whole, or before)
+    for column in ("total_chars", "total_tokens", "budget_tokens"):
+        conn.execute(f"ALTER TABLE documents ADD COLUMN {column} INTEGER NULL")
+
+
 def _m0101_answered_turns(conn: sqlite3.Connection) -> None:
     # the memory window reads the last k turns with an answer: exact, however many failed
     conn.execute(
@@ -131,6 +137,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _m0001_initial),
     ("0002_indexes", _m0002_indexes),
     ("0003_turn_finish_reason_steps", _m0003_turn_finish_reason_steps),
+    ("0004_document_cut", _m0004_document_cut),
     ("0101_answered_turns", _m0101_answered_turns),
 ]
 
@@ -346,6 +353,20 @@ class SQLiteSessionStore:
 
         return await self._write(delete)
 
+    async def set_title(self, session_id: str, title: str, *, owner: str | None = None) -> SessionInfo | None:
+        """Rename a session (its `updated_at` stays); None when it is not the owner's."""
+
+        def update(conn: sqlite3.Connection) -> SessionInfo | None:
+            conn.execute(
+                "UPDATE sessions SET title = ? WHERE id = ? AND owner IS ?", (title, session_id, owner)
+            )
+            row = conn.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ? AND owner IS ?", (session_id, owner)
+            ).fetchone()
+            return None if row is None else _session(row)
+
+        return await self._write(update)
+
     # -- turns
 
     async def begin_turn(self, session_id: str, *, run_id: str, user_text: str) -> int:
@@ -460,7 +481,16 @@ class SQLiteSessionStore:
 
     # -- documents
 
-    async def set_document(self, session_id: str, *, name: str, text: str) -> None:
+    async def set_document(
+        self,
+        session_id: str,
+        *,
+        name: str,
+        text: str,
+        total_chars: int | None = None,
+        total_tokens: int | None = None,
+        budget_tokens: int | None = None,
+    ) -> None:
         """Attach (or replace) the session's document. Raises `KeyError` for a missing session."""
         now = time.time()
 
@@ -468,10 +498,13 @@ class SQLiteSessionStore:
             if conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is None:
                 raise KeyError(session_id)
             conn.execute(
-                "INSERT INTO documents (session_id, name, text, created_at) VALUES (?, ?, ?, ?)"
+                "INSERT INTO documents (session_id, name, text, created_at, total_chars, total_tokens,"
+                " budget_tokens) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (session_id) DO UPDATE SET"
-                " name = excluded.name, text = excluded.text, created_at = excluded.created_at",
-                (session_id, name, text, now),
+                " name = excluded.name, text = excluded.text, created_at = excluded.created_at,"
+                " total_chars = excluded.total_chars, total_tokens = excluded.total_tokens,"
+                " budget_tokens = excluded.budget_tokens",
+                (session_id, name, text, now, total_chars, total_tokens, budget_tokens),
             )
 
         await self._write(upsert)
@@ -479,11 +512,21 @@ class SQLiteSessionStore:
     async def get_document(self, session_id: str) -> Document | None:
         def select(conn: sqlite3.Connection) -> Document | None:
             row = conn.execute(
-                "SELECT name, text, created_at FROM documents WHERE session_id = ?", (session_id,)
+                "SELECT name, text, created_at, total_chars, total_tokens, budget_tokens"
+                " FROM documents WHERE session_id = ?",
+                (session_id,),
             ).fetchone()
             if row is None:
                 return None
-            return Document(name=row[0], text=row[1], created_at=row[2])
+            name, text, created_at, total_chars, total_tokens, budget_tokens = row
+            return Document(
+                name=name,
+                text=text,
+                created_at=created_at,
+                total_chars=total_chars,
+                total_tokens=total_tokens,
+                budget_tokens=budget_tokens,
+            )
 
         return await self._read(select)
 

@@ -9,11 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "ChatRequest",
     "ChatResponse",
+    "DocumentInfo",
     "HistoryMessage",
     "OpenAIChatRequest",
     "OpenAIMessage",
     "SessionDetail",
     "SessionSummary",
+    "TitleIn",
 ]
 
 
@@ -35,7 +37,8 @@ class ChatRequest(BaseModel):
     resumable: bool = Field(
         default=False,
         description="keep the run going when the connection drops (resume with GET /runs/{run_id}/events "
-        "and Last-Event-ID); otherwise a disconnect cancels the run",
+        "and Last-Event-ID) for the server's resume grace period (30 s by default), then cancel it; "
+        "otherwise a disconnect cancels the run at once",
     )
 
 
@@ -79,9 +82,26 @@ class SessionSummary(BaseModel):
     updated_at: float
 
 
+class TitleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1, max_length=200, description="the session's new title (not blank)")
+
+
+class DocumentInfo(BaseModel):
+    name: str
+    total_chars: int
+    kept_chars: int
+    truncated: bool
+    notice: str | None = Field(description="what was left out to fit the context window, in words")
+
+
 class SessionDetail(SessionSummary):
     turns: list[TurnOut]
     document: str | None = Field(default=None, description="name of the attached document, if any")
+    document_info: DocumentInfo | None = Field(
+        default=None, description="the attached document's size and what was left out to fit the model"
+    )
     active_run_id: str | None = None
 
 
