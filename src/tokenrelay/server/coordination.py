@@ -274,14 +274,22 @@ class RedisCoordinator:
             return None
         channel = RunChannel(run_id=run_id, owner=owner, session_id=info["session"] or None)
         end, terminal = await self._tail(run_id)
-        deadline = time.monotonic() + PAST_END_WAIT_S
-        while start > end + 1 and terminal is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)  # the owner's last batch may still be on its way
+        # An id past the log of a run still going: the owner's last batch may be on its way
+        # (wait up to PAST_END_WAIT_S), or the owner died before logging what its client saw
+        # (its lease runs out within `lease_s`: then follow, and the reader ends the run with
+        # `worker_lost`). An owner alive all along answers 422 too.
+        started = time.monotonic()
+        worker_alive = True
+        while start > end + 1 and terminal is None and worker_alive:
+            waited = time.monotonic() - started
+            if waited >= PAST_END_WAIT_S + self.lease_s:
+                break
+            await asyncio.sleep(0.05 if waited < PAST_END_WAIT_S else 0.2)
             end, terminal = await self._tail(run_id)
-        if start > end + 1 and (terminal is not None or await self.worker_alive(info["worker"])):
+            if time.monotonic() - started >= PAST_END_WAIT_S:
+                worker_alive = await self.worker_alive(info["worker"])
+        if start > end + 1 and (terminal is not None or worker_alive):
             raise EventIdPastEnd(start)
-        # (a dead owner may have sent its client events it never logged: follow, and the
-        # reader closes the run with `worker_lost`)
         if start == end + 1 and terminal is not None:  # an EventSource reconnecting after the end
             events = OffsetEvents(end)
             events.append(terminal)
