@@ -43,6 +43,10 @@ class Settings:
     openai_base_url: str | None = None
     openai_api_key: str | None = field(default=None, repr=False)
     request_timeout_s: float = 60.0
+    #: retries of an upstream call that failed before its first token (429, 5xx, unreachable)
+    upstream_retries: int = 2
+    #: no retry starts later than this after the first attempt did
+    upstream_retry_max_s: float = 20.0
     llama_n_ctx: int = 4096
     llama_n_threads: int | None = None
     # agent
@@ -76,6 +80,10 @@ class Settings:
             raise ConfigError(f"max_tokens must be at least 1, not {self.max_tokens}")
         if not 0.0 <= self.temperature <= 2.0:
             raise ConfigError(f"temperature must be between 0 and 2, not {self.temperature}")
+        if self.upstream_retries < 0:
+            raise ConfigError(f"upstream_retries must be 0 or more, not {self.upstream_retries}")
+        if not self.upstream_retry_max_s >= 0:
+            raise ConfigError(f"upstream_retry_max_s must be 0 or more, not {self.upstream_retry_max_s}")
         if self.memory_k < 0:
             raise ConfigError(f"memory_k must be 0 or more, not {self.memory_k}")
         if self.max_iterations < 1:
