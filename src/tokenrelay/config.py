@@ -72,6 +72,13 @@ class Settings:
     redis_url: str | None = None
     redis_prefix: str = "tokenrelay:"
     event_retention_s: float = 3600.0
+    # operations
+    #: debug | info | warning | error | critical (server logs, logfmt on stderr)
+    log_level: str = "info"
+    #: Prometheus metrics at GET /metrics
+    metrics: bool = True
+    #: /metrics needs no API key even when api_keys are set (a scraper on a private network)
+    metrics_public: bool = False
     #: extra keys (presets, documents...) set by later layers without changing this class
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -84,6 +91,10 @@ class Settings:
             raise ConfigError(f"upstream_retries must be 0 or more, not {self.upstream_retries}")
         if not self.upstream_retry_max_s >= 0:
             raise ConfigError(f"upstream_retry_max_s must be 0 or more, not {self.upstream_retry_max_s}")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise ConfigError(
+                f"log_level must be debug, info, warning, error or critical, not {self.log_level!r}"
+            )
         if self.memory_k < 0:
             raise ConfigError(f"memory_k must be 0 or more, not {self.memory_k}")
         if self.max_iterations < 1:

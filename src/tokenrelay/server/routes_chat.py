@@ -115,6 +115,7 @@ async def start_run(
         detached=resumable,
         inline=streamed and not resumable,
     )
+    request.app.state.monitor.track(channel)
     return channel, session_id
 
 
