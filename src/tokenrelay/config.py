@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from platformdirs import user_data_dir
+
 from tokenrelay.errors import ConfigError
 
 __all__ = ["Settings", "default_data_dir", "default_db_url"]
@@ -20,13 +22,19 @@ EarlyStopping = Literal["generate", "force"]
 
 
 def default_data_dir() -> Path:
-    """The per-user data directory (XDG on Linux, the usual places elsewhere)."""
+    """The per-user data directory: `$XDG_DATA_HOME/tokenrelay` when that variable is set (on
+    every system), else the platform's place (platformdirs): `~/.local/share/tokenrelay` on
+    Linux, `~/Library/Application Support/tokenrelay` on macOS, `%LOCALAPPDATA%\\tokenrelay`
+    on Windows. Where an older tokenrelay kept its data in `~/.local/share/tokenrelay` and the
+    platform's place does not exist yet, that older directory stays in use."""
     base = os.environ.get("XDG_DATA_HOME")
     if base:
         return Path(base) / "tokenrelay"
-    if os.name == "nt":  # pragma: no cover - not exercised on Linux CI
-        return Path(os.environ.get("LOCALAPPDATA", Path.home())) / "tokenrelay"
-    return Path.home() / ".local" / "share" / "tokenrelay"
+    chosen = Path(user_data_dir("tokenrelay", appauthor=False))
+    legacy = Path.home() / ".local" / "share" / "tokenrelay"
+    if chosen != legacy and not chosen.exists() and legacy.is_dir():
+        return legacy
+    return chosen
 
 
 def default_db_url() -> str:

@@ -36,9 +36,11 @@ import logging
 import os
 import time
 from array import array
-from bisect import bisect_left
+from bisect import bisect_right
 from collections.abc import Sequence
 from functools import partial
+from itertools import islice, pairwise
+from operator import sub
 from typing import Any, Final
 
 from fastapi import APIRouter, HTTPException, Request
@@ -144,6 +146,14 @@ class RunMonitor:
     def __init__(self, backend: str, metrics: Metrics | None) -> None:
         self.backend = backend
         self.metrics = metrics
+        self._children: dict[tuple[Any, ...], Any] = {}  # labelled children: `labels()` takes a lock
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(self.backend, *labels)
+        return child
 
     def track(self, channel: RunChannel) -> None:
         """Measure `channel`'s run from now on (call it as the run is registered)."""
@@ -206,25 +216,23 @@ class RunMonitor:
         prompt: int,
         generated: int,
     ) -> None:
-        backend = self.backend
+        child = self._child
         if ttft is not None:
-            m.ttft.labels(backend).observe(ttft)
+            child(m.ttft).observe(ttft)
         if times is not None and len(times) > 1:
-            bounds = m.itl_bounds
-            counts = [0] * len(bounds)
-            previous = times[0]
-            for now in times[1:]:
-                counts[bisect_left(bounds, now - previous)] += 1
-                previous = now
-            m.itl.labels(backend).observe_counts(counts, times[-1] - times[0])
-        m.duration.labels(backend, status).observe(duration)
-        m.runs.labels(backend, status, reason).inc()
+            # the gaps, sorted (in C); a bucket holds the gaps <= its bound that no lower one holds
+            gaps = sorted(map(sub, islice(times, 1, None), times))
+            upto = [bisect_right(gaps, bound) for bound in m.itl_bounds]
+            counts = [upto[0], *(b - a for a, b in pairwise(upto))]
+            child(m.itl).observe_counts(counts, times[-1] - times[0])
+        child(m.duration, status).observe(duration)
+        child(m.runs, status, reason).inc()
         if code is not None:
-            m.errors.labels(backend, code).inc()
+            child(m.errors, code).inc()
         if prompt:
-            m.prompt_tokens.labels(backend).inc(prompt)
+            child(m.prompt_tokens).inc(prompt)
         if generated:
-            m.generation_tokens.labels(backend).inc(generated)
+            child(m.generation_tokens).inc(generated)
 
 
 def queue_depth(backend: object) -> int:
