@@ -306,6 +306,45 @@ async def test_documents(store: Store) -> None:
 
 
 @pytest.mark.anyio
+async def test_a_cut_document_keeps_what_was_left_out(store: Store) -> None:
+    s = await store.create_session()
+    await store.set_document(
+        s.id, name="big.md", text="# Head\n\nfirst part", total_chars=500, total_tokens=120, budget_tokens=30
+    )
+    doc = await store.get_document(s.id)
+    assert doc is not None
+    assert (doc.total_chars, doc.total_tokens, doc.budget_tokens) == (500, 120, 30)
+    assert doc.truncated
+    prompt = doc.prompt_text()  # the model is told the document was cut, where it was cut
+    assert prompt.startswith("# Head\n\nfirst part\n\n[NOTE: the document was cut here")
+    assert "first 18 of its 500 characters" in prompt
+    # replaced by a document that fits: no cut any more
+    await store.set_document(s.id, name="small.md", text="all of it", total_chars=9)
+    whole = await store.get_document(s.id)
+    assert whole is not None and not whole.truncated and whole.prompt_text() == "all of it"
+    assert (whole.total_tokens, whole.budget_tokens) == (None, None)
+
+
+@pytest.mark.anyio
+async def test_set_title(store: Store) -> None:
+    s = await store.create_session(owner="alice")
+    renamed = await store.set_title(s.id, "ストリーミングの設計", owner="alice")
+    assert renamed is not None and renamed.title == "ストリーミングの設計"
+    assert renamed.updated_at == s.updated_at  # renaming does not reorder the list
+    got = await store.get_session(s.id, owner="alice")
+    assert got is not None and got.title == "ストリーミングの設計"
+    assert await store.set_title(s.id, "stolen", owner="mallory") is None  # another owner's: missing
+    assert await store.set_title(s.id, "stolen") is None
+    assert await store.set_title("s_missing", "x", owner="alice") is None
+    got = await store.get_session(s.id, owner="alice")
+    assert got is not None and got.title == "ストリーミングの設計"
+    # a titled session keeps its title when the first question comes
+    await store.begin_turn(s.id, run_id="r", user_text="このドキュメントを要約してください")
+    got = await store.get_session(s.id, owner="alice")
+    assert got is not None and got.title == "ストリーミングの設計"
+
+
+@pytest.mark.anyio
 async def test_delete_cascades_to_turns_and_document(store: Store) -> None:
     s = await store.create_session()
     keep = await store.create_session()
@@ -475,6 +514,9 @@ async def test_a_file_with_only_the_first_migration_is_upgraded(
         assert {"turns_by_session", "sessions_by_owner"} <= indexes
         old = await store.get_session("old", owner="alice")  # existing data survives the upgrade
         assert old is not None and old.title == "t"
+        await store.set_document("old", name="n.md", text="kept")  # the document columns exist
+        doc = await store.get_document("old")
+        assert doc is not None and doc.total_chars is None and not doc.truncated
     finally:
         await store.close()
 

@@ -200,7 +200,7 @@ async def test_request_body_omits_unset_options_and_merges_extra_body(
     body = server.last_request.json
     for key in ("stop", "seed", "tools", "response_format"):
         assert key not in body
-    assert body["max_tokens"] == 512
+    assert body["max_tokens"] == 2048
 
     backend = make_backend(extra_body={"top_k": 40, "max_tokens": None, "max_completion_tokens": 99})
     await collect(backend, settings=GenerationSettings(max_tokens=None))

@@ -22,6 +22,7 @@ import requests
 
 from server_fixture import LiveServer, make_app
 from tokenrelay.client import IncompleteStreamError, TokenrelayHTTPError, stream_events, stream_text
+from tokenrelay.events import AnswerDelta, RunFinished
 from tokenrelay.messages import Message
 from tokenrelay.testing import ScriptedBackend
 
@@ -233,8 +234,8 @@ def test_chat_events_transcript(serve: Callable[..., LiveServer], http: httpx.Cl
     assert [n for _, n, _ in events].count("run_finished") == 1
     # the bundled client reads the same stream
     received = list(stream_events(server.url, "capital?"))
-    assert received[-1][0] == "run_finished"
-    assert "".join(d["text"] for n, d in received if n == "answer_delta") == ANSWER
+    assert isinstance(received[-1], RunFinished) and received[-1].answer == ANSWER
+    assert "".join(e.text for e in received if isinstance(e, AnswerDelta)) == ANSWER
 
 
 def test_resume_with_last_event_id(serve: Callable[..., LiveServer], http: httpx.Client) -> None:
@@ -711,8 +712,8 @@ def test_prompt_text_cannot_break_any_endpoint_framing(
     assert "".join(d["text"] for _, n, d in events if n == "answer_delta") == expected
     assert events[-1][2]["answer"] == expected
     received = list(stream_events(server.url, INJECTION))
-    assert "".join(d["text"] for n, d in received if n == "answer_delta") == expected
-    assert received[-1] == ("run_finished", received[-1][1]) and received[-1][1]["answer"] == expected
+    assert "".join(e.text for e in received if isinstance(e, AnswerDelta)) == expected
+    assert isinstance(received[-1], RunFinished) and received[-1].answer == expected
 
     client = sdk(server)
     messages: list[Any] = [{"role": "user", "content": INJECTION}]

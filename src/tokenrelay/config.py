@@ -15,10 +15,11 @@ from platformdirs import user_data_dir
 
 from tokenrelay.errors import ConfigError
 
-__all__ = ["Settings", "default_data_dir", "default_db_url"]
+__all__ = ["Settings", "db_url", "default_data_dir", "default_db_url"]
 
 ToolProtocol = Literal["auto", "native", "json"]
 EarlyStopping = Literal["generate", "force"]
+AnswerPolicy = Literal["stream", "hold"]
 
 
 def default_data_dir() -> Path:
@@ -41,11 +42,20 @@ def default_db_url() -> str:
     return "sqlite:///" + str(default_data_dir() / "tokenrelay.db")
 
 
+def db_url(value: str) -> str:
+    """The database URL for a `db` setting: a bare path (`--db notes.db`, `TOKENRELAY_DB=~/t.db`)
+    becomes a SQLite URL, so every consumer sees one form; URLs and the in-memory names pass as is.
+    Idempotent."""
+    if "://" in value or value in ("memory:", ":memory:") or not value.strip():
+        return value
+    return "sqlite:///" + value
+
+
 @dataclass(kw_only=True)
 class Settings:
     # model
     model: str = "llamacpp"
-    max_tokens: int = 512
+    max_tokens: int = 2048
     temperature: float = 0.7
     system_prompt: str | None = None
     openai_base_url: str | None = None
@@ -63,6 +73,8 @@ class Settings:
     early_stopping_method: EarlyStopping = "generate"
     tool_protocol: ToolProtocol = "auto"
     tool_timeout_s: float = 30.0
+    #: stream: answer text as the model writes it (narration re-labelled); hold: final text only
+    answer_policy: AnswerPolicy = "stream"
     # storage
     db: str = field(default_factory=default_db_url)
     # server
@@ -75,6 +87,9 @@ class Settings:
     keepalive_s: float = 15.0
     #: a run that produces more events than this is stopped with an error (memory bound per run)
     max_buffered_events: int = 100_000
+    #: a resumable run left by its last client is cancelled unless one resumes it within this many
+    #: seconds (a reload, a dropped connection); negative: never (it runs to the end)
+    resume_grace_s: float = 30.0
     presets_file: str | None = None
     #: Redis URL for several workers: shared run event logs, cancel anywhere, worker leases
     redis_url: str | None = None
@@ -91,6 +106,7 @@ class Settings:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.db = db_url(self.db)
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ConfigError(f"max_tokens must be at least 1, not {self.max_tokens}")
         if not 0.0 <= self.temperature <= 2.0:
@@ -111,6 +127,8 @@ class Settings:
             raise ConfigError(
                 f"early_stopping_method must be 'generate' or 'force', not {self.early_stopping_method!r}"
             )
+        if self.answer_policy not in ("stream", "hold"):
+            raise ConfigError(f"answer_policy must be stream or hold, not {self.answer_policy!r}")
         if self.tool_protocol not in ("auto", "native", "json"):
             raise ConfigError(f"tool_protocol must be auto, native or json, not {self.tool_protocol!r}")
 

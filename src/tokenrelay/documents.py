@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tokenrelay.backends.base import Backend
+from tokenrelay.memory.base import Document
 
 __all__ = ["FittedDocument", "extract_text", "fit_document"]
 
@@ -63,6 +64,19 @@ class FittedDocument:
     @property
     def truncated(self) -> bool:
         return self.kept_chars < self.total_chars
+
+    @classmethod
+    def stored(cls, doc: Document) -> FittedDocument:
+        """The fit of a stored document (whole, when the store did not record a cut)."""
+        kept = len(doc.text)
+        return cls(
+            name=doc.name,
+            text=doc.text,
+            total_chars=doc.total_chars if doc.total_chars is not None else kept,
+            kept_chars=kept,
+            total_tokens=doc.total_tokens or 0,
+            budget_tokens=doc.budget_tokens or 0,
+        )
 
     def notice(self) -> str | None:
         """What was left out, in words, or None when the whole document fits."""

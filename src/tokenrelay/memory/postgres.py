@@ -62,8 +62,15 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from tokenrelay.errors import ConfigError
-from tokenrelay.memory.base import Document, SessionInfo, Turn, TurnStatus
-from tokenrelay.memory.sqlite import FINAL_STATUSES, RECOVERED_ERROR, new_session_id, title_from_text
+from tokenrelay.memory.base import Document, SessionInfo, Step, Turn, TurnStatus
+from tokenrelay.memory.sqlite import (
+    FINAL_STATUSES,
+    RECOVERED_ERROR,
+    dump_steps,
+    load_steps,
+    new_session_id,
+    title_from_text,
+)
 
 __all__ = ["MIGRATIONS", "TABLES", "PostgresSessionStore", "apply_migrations"]
 
@@ -119,10 +126,23 @@ _M0002_INDEXES = (
     " WHERE status = 'running'",
 )
 
+_M0003_TURN_FINISH_REASON_STEPS = (
+    "ALTER TABLE tokenrelay_turns ADD COLUMN finish_reason text NULL",
+    "ALTER TABLE tokenrelay_turns ADD COLUMN steps text NOT NULL DEFAULT '[]'",
+)
+
+# what fitting a document to the context window left out (NULL: stored whole, or before)
+_M0004_DOCUMENT_CUT = (
+    "ALTER TABLE tokenrelay_documents ADD COLUMN total_chars bigint NULL,"
+    " ADD COLUMN total_tokens bigint NULL, ADD COLUMN budget_tokens bigint NULL",
+)
+
 #: Applied in this order; a name, once released, never changes meaning. Append only.
 MIGRATIONS: list[tuple[str, Sequence[str]]] = [
     ("0001_initial", _M0001_INITIAL),
     ("0002_indexes", _M0002_INDEXES),
+    ("0003_turn_finish_reason_steps", _M0003_TURN_FINISH_REASON_STEPS),
+    ("0004_document_cut", _M0004_DOCUMENT_CUT),
 ]
 
 
@@ -161,7 +181,9 @@ async def apply_migrations(
 # --------------------------------------------------------------------------- rows
 
 _SESSION_COLUMNS = "id, owner, title, created_at, updated_at"
-_TURN_COLUMNS = "id, session_id, run_id, user_text, answer, status, error, created_at, finished_at"
+_TURN_COLUMNS = (
+    "id, session_id, run_id, user_text, answer, status, error, created_at, finished_at, finish_reason, steps"
+)
 
 
 def _session(row: TupleRow) -> SessionInfo:
@@ -170,7 +192,7 @@ def _session(row: TupleRow) -> SessionInfo:
 
 
 def _turn(row: TupleRow) -> Turn:
-    id_, session_id, run_id, user_text, answer, status, error, created_at, finished_at = row
+    id_, session_id, run_id, user_text, answer, status, error, created_at, finished_at, reason, steps = row
     return Turn(
         id=id_,
         session_id=session_id,
@@ -181,6 +203,8 @@ def _turn(row: TupleRow) -> Turn:
         error=error,
         created_at=created_at,
         finished_at=finished_at,
+        finish_reason=reason,
+        steps=load_steps(steps),
     )
 
 
@@ -355,6 +379,20 @@ class PostgresSessionStore:
             )
             return cur.rowcount > 0
 
+    async def set_title(self, session_id: str, title: str, *, owner: str | None = None) -> SessionInfo | None:
+        """Rename a session (its `updated_at` stays); None when it is not the owner's."""
+        if "\x00" in session_id:
+            return None
+        condition, params = _owner_filter(owner)
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                f"UPDATE tokenrelay_sessions SET title = %s WHERE id = %s AND {condition}"
+                f" RETURNING {_SESSION_COLUMNS}",
+                (_text(title), session_id, *params),
+            )
+            row = await cur.fetchone()
+        return None if row is None else _session(row)
+
     # -- turns
 
     async def begin_turn(self, session_id: str, *, run_id: str, user_text: str) -> int:
@@ -402,7 +440,14 @@ class PostgresSessionStore:
             )
 
     async def finish_turn(
-        self, turn_id: int, *, answer: str, status: TurnStatus, error: str | None = None
+        self,
+        turn_id: int,
+        *,
+        answer: str,
+        status: TurnStatus,
+        error: str | None = None,
+        finish_reason: str | None = None,
+        steps: Sequence[Step] = (),
     ) -> None:
         """Store the final answer and status; a turn that is not `running` is left as is."""
         if status not in FINAL_STATUSES:
@@ -412,9 +457,17 @@ class PostgresSessionStore:
         now = time.time()
         async with self._connection() as conn, conn.transaction():
             await conn.execute(
-                "UPDATE tokenrelay_turns SET answer = %s, status = %s, error = %s, finished_at = %s"
-                " WHERE id = %s AND status = 'running'",
-                (_text(answer), status, _opt_text(error), now, turn_id),
+                "UPDATE tokenrelay_turns SET answer = %s, status = %s, error = %s, finished_at = %s,"
+                " finish_reason = %s, steps = %s WHERE id = %s AND status = 'running'",
+                (
+                    _text(answer),
+                    status,
+                    _opt_text(error),
+                    now,
+                    finish_reason,
+                    _text(dump_steps(steps)),
+                    turn_id,
+                ),
             )
 
     async def history(self, session_id: str, *, limit: int | None = None) -> list[Turn]:
@@ -472,7 +525,16 @@ class PostgresSessionStore:
 
     # -- documents
 
-    async def set_document(self, session_id: str, *, name: str, text: str) -> None:
+    async def set_document(
+        self,
+        session_id: str,
+        *,
+        name: str,
+        text: str,
+        total_chars: int | None = None,
+        total_tokens: int | None = None,
+        budget_tokens: int | None = None,
+    ) -> None:
         """Attach (or replace) the session's document. Raises `KeyError` for a missing session."""
         if "\x00" in session_id:
             raise KeyError(session_id)
@@ -480,11 +542,14 @@ class PostgresSessionStore:
         try:
             async with self._connection() as conn, conn.transaction():
                 cur = await conn.execute(
-                    "INSERT INTO tokenrelay_documents (session_id, name, text, created_at)"
-                    " SELECT id, %s, %s, %s FROM tokenrelay_sessions WHERE id = %s"
+                    "INSERT INTO tokenrelay_documents"
+                    " (session_id, name, text, created_at, total_chars, total_tokens, budget_tokens)"
+                    " SELECT id, %s, %s, %s, %s, %s, %s FROM tokenrelay_sessions WHERE id = %s"
                     " ON CONFLICT (session_id) DO UPDATE SET"
-                    " name = excluded.name, text = excluded.text, created_at = excluded.created_at",
-                    (_text(name), _text(text), now, session_id),
+                    " name = excluded.name, text = excluded.text, created_at = excluded.created_at,"
+                    " total_chars = excluded.total_chars, total_tokens = excluded.total_tokens,"
+                    " budget_tokens = excluded.budget_tokens",
+                    (_text(name), _text(text), now, total_chars, total_tokens, budget_tokens, session_id),
                 )
                 if cur.rowcount == 0:
                     raise KeyError(session_id)
@@ -496,13 +561,22 @@ class PostgresSessionStore:
             return None
         async with self._connection() as conn:
             cur = await conn.execute(
-                "SELECT name, text, created_at FROM tokenrelay_documents WHERE session_id = %s",
+                "SELECT name, text, created_at, total_chars, total_tokens, budget_tokens"
+                " FROM tokenrelay_documents WHERE session_id = %s",
                 (session_id,),
             )
             row = await cur.fetchone()
         if row is None:
             return None
-        return Document(name=row[0], text=row[1], created_at=row[2])
+        name, text, created_at, total_chars, total_tokens, budget_tokens = row
+        return Document(
+            name=name,
+            text=text,
+            created_at=created_at,
+            total_chars=total_chars,
+            total_tokens=total_tokens,
+            budget_tokens=budget_tokens,
+        )
 
     # -- maintenance
 

@@ -23,15 +23,16 @@ The small helpers shared with `InMemorySessionStore` (`new_session_id`, `title_f
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar, cast
 
-from tokenrelay.memory.base import Document, SessionInfo, Turn, TurnStatus
+from tokenrelay.memory.base import Document, SessionInfo, Step, Turn, TurnStatus
 
 __all__ = [
     "FINAL_STATUSES",
@@ -105,10 +106,23 @@ def _m0002_indexes(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS turns_running ON turns (status) WHERE status = 'running'")
 
 
+def _m0003_turn_finish_reason_steps(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE turns ADD COLUMN finish_reason TEXT NULL")
+    conn.execute("ALTER TABLE turns ADD COLUMN steps TEXT NOT NULL DEFAULT '[]'")
+
+
+def _m0004_document_cut(conn: sqlite3.Connection) -> None:
+    # what fitting a document to the context window left out (NULL: stored whole, or before)
+    for column in ("total_chars", "total_tokens", "budget_tokens"):
+        conn.execute(f"ALTER TABLE documents ADD COLUMN {column} INTEGER NULL")
+
+
 #: Applied in this order; a name, once released, never changes meaning. Append only.
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _m0001_initial),
     ("0002_indexes", _m0002_indexes),
+    ("0003_turn_finish_reason_steps", _m0003_turn_finish_reason_steps),
+    ("0004_document_cut", _m0004_document_cut),
 ]
 
 
@@ -143,7 +157,9 @@ def apply_migrations(
 # --------------------------------------------------------------------------- the store
 
 _SESSION_COLUMNS = "id, owner, title, created_at, updated_at"
-_TURN_COLUMNS = "id, session_id, run_id, user_text, answer, status, error, created_at, finished_at"
+_TURN_COLUMNS = (
+    "id, session_id, run_id, user_text, answer, status, error, created_at, finished_at, finish_reason, steps"
+)
 
 
 def _session(row: tuple[object, ...]) -> SessionInfo:
@@ -158,7 +174,7 @@ def _session(row: tuple[object, ...]) -> SessionInfo:
 
 
 def _turn(row: tuple[object, ...]) -> Turn:
-    id_, session_id, run_id, user_text, answer, status, error, created_at, finished_at = row
+    id_, session_id, run_id, user_text, answer, status, error, created_at, finished_at, reason, steps = row
     return Turn(
         id=cast(int, id_),
         session_id=cast(str, session_id),
@@ -169,7 +185,23 @@ def _turn(row: tuple[object, ...]) -> Turn:
         error=cast("str | None", error),
         created_at=cast(float, created_at),
         finished_at=cast("float | None", finished_at),
+        finish_reason=cast("str | None", reason),
+        steps=load_steps(cast(str, steps)),
     )
+
+
+def dump_steps(steps: Sequence[Step]) -> str:
+    return json.dumps(list(steps), ensure_ascii=False, separators=(",", ":"))
+
+
+def load_steps(text: str | None) -> tuple[Step, ...]:
+    if not text:
+        return ()
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return ()
+    return tuple(step for step in value if isinstance(step, dict)) if isinstance(value, list) else ()
 
 
 class SQLiteSessionStore:
@@ -281,6 +313,20 @@ class SQLiteSessionStore:
 
         return await self._write(delete)
 
+    async def set_title(self, session_id: str, title: str, *, owner: str | None = None) -> SessionInfo | None:
+        """Rename a session (its `updated_at` stays); None when it is not the owner's."""
+
+        def update(conn: sqlite3.Connection) -> SessionInfo | None:
+            conn.execute(
+                "UPDATE sessions SET title = ? WHERE id = ? AND owner IS ?", (title, session_id, owner)
+            )
+            row = conn.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ? AND owner IS ?", (session_id, owner)
+            ).fetchone()
+            return None if row is None else _session(row)
+
+        return await self._write(update)
+
     # -- turns
 
     async def begin_turn(self, session_id: str, *, run_id: str, user_text: str) -> int:
@@ -316,7 +362,14 @@ class SQLiteSessionStore:
         await self._write(update)
 
     async def finish_turn(
-        self, turn_id: int, *, answer: str, status: TurnStatus, error: str | None = None
+        self,
+        turn_id: int,
+        *,
+        answer: str,
+        status: TurnStatus,
+        error: str | None = None,
+        finish_reason: str | None = None,
+        steps: Sequence[Step] = (),
     ) -> None:
         """Store the final answer and status; a turn that is not `running` is left as is."""
         if status not in FINAL_STATUSES:
@@ -327,9 +380,9 @@ class SQLiteSessionStore:
 
         def update(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE turns SET answer = ?, status = ?, error = ?, finished_at = ?"
-                " WHERE id = ? AND status = 'running'",
-                (answer, status, error, now, turn_id),
+                "UPDATE turns SET answer = ?, status = ?, error = ?, finished_at = ?, finish_reason = ?,"
+                " steps = ? WHERE id = ? AND status = 'running'",
+                (answer, status, error, now, finish_reason, dump_steps(steps), turn_id),
             )
 
         await self._write(update)
@@ -380,7 +433,16 @@ class SQLiteSessionStore:
 
     # -- documents
 
-    async def set_document(self, session_id: str, *, name: str, text: str) -> None:
+    async def set_document(
+        self,
+        session_id: str,
+        *,
+        name: str,
+        text: str,
+        total_chars: int | None = None,
+        total_tokens: int | None = None,
+        budget_tokens: int | None = None,
+    ) -> None:
         """Attach (or replace) the session's document. Raises `KeyError` for a missing session."""
         now = time.time()
 
@@ -388,10 +450,13 @@ class SQLiteSessionStore:
             if conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is None:
                 raise KeyError(session_id)
             conn.execute(
-                "INSERT INTO documents (session_id, name, text, created_at) VALUES (?, ?, ?, ?)"
+                "INSERT INTO documents (session_id, name, text, created_at, total_chars, total_tokens,"
+                " budget_tokens) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (session_id) DO UPDATE SET"
-                " name = excluded.name, text = excluded.text, created_at = excluded.created_at",
-                (session_id, name, text, now),
+                " name = excluded.name, text = excluded.text, created_at = excluded.created_at,"
+                " total_chars = excluded.total_chars, total_tokens = excluded.total_tokens,"
+                " budget_tokens = excluded.budget_tokens",
+                (session_id, name, text, now, total_chars, total_tokens, budget_tokens),
             )
 
         await self._write(upsert)
@@ -399,11 +464,21 @@ class SQLiteSessionStore:
     async def get_document(self, session_id: str) -> Document | None:
         def select(conn: sqlite3.Connection) -> Document | None:
             row = conn.execute(
-                "SELECT name, text, created_at FROM documents WHERE session_id = ?", (session_id,)
+                "SELECT name, text, created_at, total_chars, total_tokens, budget_tokens"
+                " FROM documents WHERE session_id = ?",
+                (session_id,),
             ).fetchone()
             if row is None:
                 return None
-            return Document(name=row[0], text=row[1], created_at=row[2])
+            name, text, created_at, total_chars, total_tokens, budget_tokens = row
+            return Document(
+                name=name,
+                text=text,
+                created_at=created_at,
+                total_chars=total_chars,
+                total_tokens=total_tokens,
+                budget_tokens=budget_tokens,
+            )
 
         return await self._read(select)
 

@@ -161,7 +161,10 @@ def create_app(
         if load is not None:
             await load()  # the first request should not pay for loading the model
         runner = Runner(settings, own_backend, own_store)
-        registry = RunRegistry(max_events=settings.max_buffered_events)
+        registry = RunRegistry(
+            max_events=settings.max_buffered_events,
+            grace_s=settings.resume_grace_s if settings.resume_grace_s >= 0 else None,
+        )
         app.state.runner = runner
         app.state.registry = registry
         app.state.monitor = RunMonitor(own_backend.name, app.state.metrics)

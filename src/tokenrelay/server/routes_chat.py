@@ -71,6 +71,7 @@ async def start_run(
     use_session: bool = True,
     resumable: bool = False,
     streamed: bool = False,
+    answer_policy: Literal["stream", "hold"] | None = None,
     generation: GenerationSettings | None = None,
     system: str | None = None,
 ) -> tuple[RunChannel, str | None]:
@@ -104,6 +105,7 @@ async def start_run(
         mode=mode,
         run_id=run_id,
         history=history,
+        answer_policy=answer_policy,
         **overrides,
     )
     # a streamed, non-resumable run lives and dies with its response: let the response drive it
@@ -148,6 +150,7 @@ async def _chat(request: Request, body: ChatRequest, owner: str | None) -> Respo
         mode=body.mode,
         resumable=body.resumable,
         streamed=body.stream,
+        answer_policy=body.answer_policy,
     )
     assert session_id is not None
     headers = {"X-Session-Id": session_id, "X-Run-Id": channel.run_id}
@@ -176,6 +179,7 @@ async def _chat(request: Request, body: ChatRequest, owner: str | None) -> Respo
         output=last.answer,
         session_id=session_id,
         run_id=channel.run_id,
+        finish_reason=last.finish_reason,
     )
     return JSONResponse(payload.model_dump(), headers=headers)
 
@@ -240,9 +244,11 @@ def _sse_response(
     summary="Chat (typed server-sent events)",
     description=(
         "`text/event-stream`: `event:` is the event type (run_started, answer_delta, reasoning_delta, "
-        "tool_call_started, tool_call_finished, error, run_finished), `data:` its JSON, `id:` its index in "
-        "the run (use it as Last-Event-ID with GET /runs/{run_id}/events to resume). The last event is "
-        "run_finished (whole answer, usage, timings) or error."
+        "narration, tool_call_started, tool_call_finished, error, run_finished), `data:` its JSON, `id:` its "
+        "index in the run (use it as Last-Event-ID with GET /runs/{run_id}/events to resume). The last event "
+        "is run_finished (whole answer, usage, timings, finish_reason: stop or length) or error. "
+        "A `narration` event re-labels answer text already sent: the model speaking before a tool call, "
+        "not the final answer (consumers that ignore it still show correct text)."
     ),
     response_model=None,
 )
@@ -260,6 +266,7 @@ async def chat_events(
         mode=mode or body.mode,
         resumable=body.resumable,
         streamed=True,
+        answer_policy=body.answer_policy,
     )
     assert session_id is not None
     return _sse_response(channel, {"X-Session-Id": session_id, "X-Run-Id": channel.run_id})

@@ -9,8 +9,9 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
 
+from tokenrelay.documents import FittedDocument
 from tokenrelay.server.routes_chat import Owner, _registry, _runner
-from tokenrelay.server.schemas import SessionDetail, SessionSummary, TurnOut
+from tokenrelay.server.schemas import DocumentInfo, SessionDetail, SessionSummary, TitleIn, TurnOut
 
 __all__ = ["router"]
 
@@ -42,6 +43,7 @@ async def get_session(request: Request, session_id: str, owner: Owner) -> Sessio
         raise HTTPException(404, f"no session {session_id!r}")
     turns = await store.history(session_id)
     document = await store.get_document(session_id)
+    fit = FittedDocument.stored(document) if document else None
     active = [c.run_id for c in _registry(request).active(owner=owner) if c.session_id == session_id]
     return SessionDetail(
         id=s.id,
@@ -57,12 +59,34 @@ async def get_session(request: Request, session_id: str, owner: Owner) -> Sessio
                 error=t.error,
                 created_at=t.created_at,
                 finished_at=t.finished_at,
+                finish_reason=t.finish_reason,
+                steps=list(t.steps),
             )  # fmt: skip
             for t in turns
         ],
         document=document.name if document else None,
+        document_info=DocumentInfo(
+            name=fit.name,
+            total_chars=fit.total_chars,
+            kept_chars=fit.kept_chars,
+            truncated=fit.truncated,
+            notice=fit.notice(),
+        )
+        if fit
+        else None,
         active_run_id=active[-1] if active else None,
     )
+
+
+@router.patch("/{session_id}", summary="Rename a session")
+async def rename_session(request: Request, session_id: str, body: TitleIn, owner: Owner) -> SessionSummary:
+    title = " ".join(body.title.split())  # one line, as the sidebar shows it
+    if not title:
+        raise HTTPException(422, "title must not be blank")
+    s = await _runner(request).store.set_title(session_id, title, owner=owner)
+    if s is None:
+        raise HTTPException(404, f"no session {session_id!r}")
+    return SessionSummary(id=s.id, title=s.title, created_at=s.created_at, updated_at=s.updated_at)
 
 
 @router.delete("/{session_id}", summary="Delete a session and its history", status_code=204)
