@@ -25,6 +25,8 @@ import pytest
 
 from server_fixture import LiveServer, make_app
 from tokenrelay.agent.prompts import DEFAULT_SYSTEM
+from tokenrelay.backends.base import FinishChunk
+from tokenrelay.config import Settings
 from tokenrelay.events import AnswerDelta, Event, RunFinished, RunStarted
 from tokenrelay.messages import Message
 from tokenrelay.testing import ScriptedBackend
@@ -137,7 +139,9 @@ def test_generation_parameters_reach_the_model(client: openai.OpenAI, backend: S
 
     client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     settings = backend.calls[-1].settings  # nothing asked: the server's settings
-    assert (settings.max_tokens, settings.temperature, settings.stop, settings.seed) == (512, 0.7, (), None)
+    defaults = Settings()
+    expected = (defaults.max_tokens, defaults.temperature, (), None)
+    assert (settings.max_tokens, settings.temperature, settings.stop, settings.seed) == expected
 
 
 def test_system_and_developer_messages_extend_the_agents_system_prompt(
@@ -286,6 +290,23 @@ class _CutOffAgent:
         yield RunStarted(run_id=run_id or "run_x")
         yield AnswerDelta(text="Once upon a")
         yield RunFinished(answer="Once upon a", finish_reason="length")
+
+
+def test_an_answer_cut_at_max_tokens_finishes_with_length(tmp_path: Path) -> None:
+    cut = ['{"action": "Final Answer", "action_input": "Once upon', " a", FinishChunk("length")]
+    backend = ScriptedBackend([cut])
+    with (
+        LiveServer(make_app(tmp_path / "t.db", backend)) as live,
+        openai.OpenAI(base_url=live.url + "/v1", api_key="x", max_retries=0) as sdk,
+    ):
+        messages: Any = [{"role": "user", "content": "tell me a story"}]
+        completion = sdk.chat.completions.create(model="m", messages=messages, max_tokens=3)
+        assert completion.choices[0].finish_reason == "length"
+        assert completion.choices[0].message.content == "Once upon a"
+        chunks = list(sdk.chat.completions.create(model="m", messages=messages, max_tokens=3, stream=True))
+        assert chunks[-1].choices[0].finish_reason == "length"
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Once upon a"
+    assert backend.calls[-1].settings.max_tokens == 3
 
 
 def test_finish_reason_is_the_runs(server: LiveServer, client: openai.OpenAI) -> None:
