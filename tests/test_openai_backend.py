@@ -38,6 +38,7 @@ from tokenrelay.backends.base import (
     ToolCallChunk,
 )
 from tokenrelay.backends.openai_compat import OpenAIBackend
+from tokenrelay.backends.retry import NO_RETRY
 from tokenrelay.errors import BackendError, ConfigError
 from tokenrelay.events import Usage
 from tokenrelay.messages import Message, ToolCall, ToolSpec
@@ -73,6 +74,7 @@ async def make_backend(server: FakeOpenAIServer) -> AsyncIterator[Callable[..., 
     def make(**kwargs: Any) -> OpenAIBackend:
         kwargs.setdefault("base_url", server.base_url)
         kwargs.setdefault("api_key", KEY)
+        kwargs.setdefault("retry", NO_RETRY)  # one request, one outcome (retries: test_retry.py)
         backend = OpenAIBackend(kwargs.pop("model", "fake-model"), **kwargs)
         made.append(backend)
         return backend

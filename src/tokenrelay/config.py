@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from platformdirs import user_data_dir
+
 from tokenrelay.errors import ConfigError
 
 __all__ = ["Settings", "db_url", "default_data_dir", "default_db_url"]
@@ -21,13 +23,19 @@ AnswerPolicy = Literal["stream", "hold"]
 
 
 def default_data_dir() -> Path:
-    """The per-user data directory (XDG on Linux, the usual places elsewhere)."""
+    """The per-user data directory: `$XDG_DATA_HOME/tokenrelay` when that variable is set (on
+    every system), else the platform's place (platformdirs): `~/.local/share/tokenrelay` on
+    Linux, `~/Library/Application Support/tokenrelay` on macOS, `%LOCALAPPDATA%\\tokenrelay`
+    on Windows. Where an older tokenrelay kept its data in `~/.local/share/tokenrelay` and the
+    platform's place does not exist yet, that older directory stays in use."""
     base = os.environ.get("XDG_DATA_HOME")
     if base:
         return Path(base) / "tokenrelay"
-    if os.name == "nt":  # pragma: no cover - not exercised on Linux CI
-        return Path(os.environ.get("LOCALAPPDATA", Path.home())) / "tokenrelay"
-    return Path.home() / ".local" / "share" / "tokenrelay"
+    chosen = Path(user_data_dir("tokenrelay", appauthor=False))
+    legacy = Path.home() / ".local" / "share" / "tokenrelay"
+    if chosen != legacy and not chosen.exists() and legacy.is_dir():
+        return legacy
+    return chosen
 
 
 def default_db_url() -> str:
@@ -53,6 +61,10 @@ class Settings:
     openai_base_url: str | None = None
     openai_api_key: str | None = field(default=None, repr=False)
     request_timeout_s: float = 60.0
+    #: retries of an upstream call that failed before its first token (429, 5xx, unreachable)
+    upstream_retries: int = 2
+    #: no retry starts later than this after the first attempt did
+    upstream_retry_max_s: float = 20.0
     llama_n_ctx: int = 4096
     llama_n_threads: int | None = None
     # agent
@@ -102,6 +114,13 @@ class Settings:
     redis_url: str | None = None
     redis_prefix: str = "tokenrelay:"
     event_retention_s: float = 3600.0
+    # operations
+    #: debug | info | warning | error | critical (server logs, logfmt on stderr)
+    log_level: str = "info"
+    #: Prometheus metrics at GET /metrics
+    metrics: bool = True
+    #: /metrics needs no API key even when api_keys are set (a scraper on a private network)
+    metrics_public: bool = False
     #: extra keys (presets, documents...) set by later layers without changing this class
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -111,6 +130,14 @@ class Settings:
             raise ConfigError(f"max_tokens must be at least 1, not {self.max_tokens}")
         if not 0.0 <= self.temperature <= 2.0:
             raise ConfigError(f"temperature must be between 0 and 2, not {self.temperature}")
+        if self.upstream_retries < 0:
+            raise ConfigError(f"upstream_retries must be 0 or more, not {self.upstream_retries}")
+        if not self.upstream_retry_max_s >= 0:
+            raise ConfigError(f"upstream_retry_max_s must be 0 or more, not {self.upstream_retry_max_s}")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise ConfigError(
+                f"log_level must be debug, info, warning, error or critical, not {self.log_level!r}"
+            )
         if self.memory_k < 0:
             raise ConfigError(f"memory_k must be 0 or more, not {self.memory_k}")
         if self.max_iterations < 1:

@@ -106,6 +106,10 @@ class _RunState:
     record: list[Step] = field(default_factory=list)
     #: why the model call that wrote the final answer stopped ("stop" or "length")
     finish_reason: str = "stop"
+    #: this run's sampling settings (the agent's, or the run's override)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    #: the system prompt for this run (the agent's, plus what the run's caller added)
+    system_prompt: str | None = None
 
     @property
     def answer(self) -> str:
@@ -204,14 +208,22 @@ class Agent:
         run_id: str | None = None,
         history: Sequence[tuple[str, str]] = (),
         answer_policy: AnswerPolicy | None = None,
+        generation: GenerationSettings | None = None,
+        system: str | None = None,
     ) -> AsyncGenerator[Event, None]:
         """Answer `text`, continuing `session_id`'s conversation when a store is set.
 
         `history` is (user, assistant) pairs given by the caller (stateless APIs such as the
         OpenAI-compatible endpoint); it comes before the session's own memory.
-        `answer_policy` overrides the agent's for this run."""
+        `answer_policy` overrides the agent's for this run. `generation` replaces the agent's
+        sampling settings for this run's answer-writing model calls; `system` is added to the
+        agent's system prompt for this run."""
         run_id = run_id or new_run_id()
-        state = _RunState(policy=answer_policy or self.answer_policy)
+        state = _RunState(
+            policy=answer_policy or self.answer_policy,
+            generation=self.generation if generation is None else generation,
+            system_prompt=_join_system(self.system_prompt, system),
+        )
         yield RunStarted(run_id=run_id, session_id=session_id, model=self.backend.name)
         turn_id: int | None = None
         status: TurnStatus = "interrupted"
@@ -286,9 +298,9 @@ class Agent:
         *,
         given: Sequence[tuple[str, str]],
     ) -> AsyncGenerator[Event, None]:
-        messages = self._initial_messages(text, turns, document, given)
+        messages = self._initial_messages(text, turns, document, given, state.system_prompt)
         if self.tool_protocol == "json" and self.plain_final_answer:
-            state.plain = self._plain_messages(text, turns, document, given)
+            state.plain = self._plain_messages(text, turns, document, given, state.system_prompt)
         if self.tool_protocol == "native":
             step = self._native_step
         else:
@@ -320,12 +332,17 @@ class Agent:
             yield state.answer_delta(FORCED_STOP_MESSAGE)
 
     def _initial_messages(
-        self, text: str, turns: list[Turn], document: str | None, given: Sequence[tuple[str, str]]
+        self,
+        text: str,
+        turns: list[Turn],
+        document: str | None,
+        given: Sequence[tuple[str, str]],
+        system_prompt: str | None,
     ) -> list[Message]:
         if self.tool_protocol == "json":
-            system = json_system_prompt(self.system_prompt, self.tools, document)
+            system = json_system_prompt(system_prompt, self.tools, document)
         else:
-            system = self.system_prompt or DEFAULT_SYSTEM
+            system = system_prompt or DEFAULT_SYSTEM
             if document:
                 system += "\n\nDOCUMENT - the user attached this document; answer from it:\n" + document
         messages = [Message.system(system)]
@@ -337,9 +354,14 @@ class Agent:
         return messages
 
     def _plain_messages(
-        self, text: str, turns: list[Turn], document: str | None, given: Sequence[tuple[str, str]]
+        self,
+        text: str,
+        turns: list[Turn],
+        document: str | None,
+        given: Sequence[tuple[str, str]],
+        system_prompt: str | None,
     ) -> list[Message]:
-        system = self.system_prompt or DEFAULT_SYSTEM
+        system = system_prompt or DEFAULT_SYSTEM
         if document:
             system += "\n\nDOCUMENT - the user attached this document; answer from it:\n" + document
         messages = [Message.system(system)]
@@ -359,7 +381,7 @@ class Agent:
             )
             last = messages[-1]
             messages[-1] = Message.user(f"{last.content}\n\n(Results of tools you used:\n{notes})")
-        async with aclosing(self.backend.stream(messages, settings=self.generation)) as chunks:
+        async with aclosing(self.backend.stream(messages, settings=state.generation)) as chunks:
             async for chunk in chunks:
                 if type(chunk) is TextChunk:
                     if chunk.text:
@@ -380,8 +402,9 @@ class Agent:
                     yield event
             yield _DONE
             return
+        # deciding, not writing: near-greedy, under the agent's own limits (a run's settings,
+        # max_tokens, stop..., shape the answer, which the plain call writes)
         settings = replace(self.generation, json_schema=action_schema(self.tools, final_only=final_only))
-        # deciding, not writing: keep the choice of action close to greedy
         settings = replace(settings, temperature=0.0)
         extractor = FinalAnswerExtractor()
         full = mode == "full"
@@ -432,7 +455,7 @@ class Agent:
         """One model call writing a JSON action. The final answer's text streams out of the
         action as it is decoded; with the `stream` policy, prose the model writes instead of (or
         before) an action streams too, and is re-labelled as narration if an action follows."""
-        settings = replace(self.generation, json_schema=action_schema(self.tools, final_only=final_only))
+        settings = replace(state.generation, json_schema=action_schema(self.tools, final_only=final_only))
         full = mode == "full"
         streamer = ProseStreamer() if state.policy == "stream" else None
         extractor = None if streamer is not None else FinalAnswerExtractor()
@@ -520,7 +543,7 @@ class Agent:
         reason: str | None = None
         async with aclosing(
             self.backend.stream(
-                messages, tools=[t.spec() for t in self.tools] if offer else None, settings=self.generation
+                messages, tools=[t.spec() for t in self.tools] if offer else None, settings=state.generation
             )
         ) as chunks:
             async for chunk in chunks:
@@ -600,3 +623,10 @@ class Agent:
 
 
 _DONE = object()  # a step's private signal: the final answer has been produced
+
+
+def _join_system(base: str | None, extra: str | None) -> str | None:
+    """The agent's system prompt (its default when unset) followed by a run's addition."""
+    if not extra:
+        return base
+    return f"{base or DEFAULT_SYSTEM}\n\n{extra}"

@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--redis", dest="redis_url", help="Redis URL shared by workers (or TOKENRELAY_REDIS_URL)"
     )
+    serve.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error", "critical"), help="default info"
+    )
 
     stream = sub.add_parser("stream", help="stream an answer from a running tokenrelay server")
     stream.add_argument("prompt")
@@ -157,6 +160,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     names = (
         "model", "max_tokens", "temperature", "system_prompt", "openai_base_url", "db", "tool_protocol",
         "max_iterations", "early_stopping_method", "answer_policy", "host", "port", "workers", "redis_url",
+        "log_level",
     )  # fmt: skip
     return Settings.from_env(**{name: getattr(args, name, None) for name in names})
 

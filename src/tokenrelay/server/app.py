@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import mimetypes
+import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,6 +35,7 @@ from tokenrelay.server.protocol import LIMITS_KEY, ConnectionLimits
 from tokenrelay.server.quotas import Quotas, install_quota_errors
 from tokenrelay.server.runs import RunRegistry
 from tokenrelay.server.streaming import install_log_filter
+from tokenrelay.server.telemetry import Metrics, RunMonitor, sample_every
 
 __all__ = ["create_app", "error_body"]
 
@@ -214,6 +216,7 @@ def create_app(
         )
         app.state.runner = runner
         app.state.registry = registry
+        app.state.monitor = RunMonitor(own_backend.name, app.state.metrics)
         app.state.coordinator = None
         if settings.redis_url:
             from tokenrelay.server.coordination import WORKER_LOST, RedisCoordinator
@@ -230,11 +233,18 @@ def create_app(
             app.state.coordinator = coordinator
         app.state.quotas = Quotas(settings, registry, own_store, app.state.coordinator)
         ticker = asyncio.create_task(registry.keepalive(settings.keepalive_s))
+        sampler = asyncio.create_task(sample_every(app, 1.0)) if app.state.metrics else None
         try:
             # the guarded uvicorn protocols (server/protocol.py) read their limits from here
             yield {LIMITS_KEY: connection_limits(settings)}
         finally:
             ticker.cancel()
+            if sampler is not None:
+                sampler.cancel()
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # this worker's gauges leave the sums
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
             await registry.shutdown()
             if app.state.coordinator is not None:
                 await app.state.coordinator.close()
@@ -254,6 +264,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.metrics = Metrics() if settings.metrics else None
     app.add_middleware(
         BodyLimit,
         limit=settings.max_body_bytes,
@@ -312,9 +323,10 @@ def create_app(
         return JSONResponse(error_body("internal server error", type_="server_error"), status_code=500)
 
     install_quota_errors(app)
-    from tokenrelay.server import routes_chat, routes_documents, routes_openai, routes_sessions
+    from tokenrelay.server import routes_chat, routes_documents, routes_openai, routes_sessions, telemetry
 
     app.include_router(routes_chat.router)
+    app.include_router(telemetry.router)
     app.include_router(routes_sessions.router)
     app.include_router(routes_documents.router)
     app.include_router(routes_openai.router)

@@ -16,7 +16,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from tokenrelay.agent.loop import Agent
 from tokenrelay.api import Runner
+from tokenrelay.backends.base import GenerationSettings
 from tokenrelay.events import AnswerDelta, Event, RunError, RunFinished
 from tokenrelay.memory.base import Turn, remembered
 from tokenrelay.run import new_run_id
@@ -79,8 +81,12 @@ async def start_run(
     resumable: bool = False,
     streamed: bool = False,
     answer_policy: Literal["stream", "hold"] | None = None,
+    generation: GenerationSettings | None = None,
+    system: str | None = None,
 ) -> tuple[RunChannel, str | None]:
-    """Validate, resolve the session (404 if it is not the caller's), and start the run."""
+    """Validate, resolve the session (404 if it is not the caller's), and start the run.
+    `generation` replaces the agent's sampling settings for this run, `system` is added to
+    its system prompt; an agent that cannot take them (a LangChain agent) makes that a 400."""
     runner = _runner(request)
     limit = runner.settings.max_text_chars
     if not text.strip():
@@ -102,6 +108,12 @@ async def start_run(
                 if quotas is not None:
                     await quotas.claim_session(owner)
                 session_id = (await runner.store.create_session(owner=owner)).id
+        overrides: dict[str, Any] = {}
+        if generation is not None or system is not None:
+            if not isinstance(runner.agent, Agent):
+                what = "generation settings" if generation is not None else "a system prompt"
+                raise HTTPException(400, f"this server's agent does not take {what} per request")
+            overrides = {"generation": generation, "system": system}
         events = runner.agent.run(
             text,
             session_id=session_id if use_session else None,
@@ -109,6 +121,7 @@ async def start_run(
             run_id=run_id,
             history=history,
             answer_policy=answer_policy,
+            **overrides,
         )
         # a streamed, non-resumable run lives and dies with its response: let the response drive it
         channel = _registry(request).start(
@@ -125,6 +138,7 @@ async def start_run(
         raise
     if quotas is not None:
         quotas.started(owner, run_id)
+    request.app.state.monitor.track(channel)
     return channel, session_id
 
 

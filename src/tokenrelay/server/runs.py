@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
+from array import array
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast, overload
@@ -34,6 +36,8 @@ __all__ = ["RunChannel", "RunRegistry"]
 
 
 _TERMINAL = (RunFinished, RunError)
+_monotonic = time.monotonic
+log = logging.getLogger("tokenrelay.server")
 
 
 class FinishedEvents(Sequence[Event]):
@@ -86,6 +90,10 @@ class RunChannel:
     _fresh: bool = False
     #: a run that publishes this many events is stopped (`too_large`): bounded memory per run
     max_events: int = 100_000
+    #: when each answer delta was published (time.monotonic), for a measured run (metrics)
+    token_times: array[float] | None = None
+    #: called once with the channel after its terminal event is published (metrics, run log)
+    on_finish: Callable[[RunChannel], None] | None = None
     #: a detached run left without followers is cancelled after this many seconds (None: never)
     grace_s: float | None = None
     #: extra "is anyone still following?" check for followers elsewhere (e.g. on other workers)
@@ -143,12 +151,19 @@ class RunChannel:
         self._fresh = True
         if self.sink is not None:
             self.sink(len(self.events) - 1, event)
+        if self.token_times is not None and type(event) is AnswerDelta:
+            self.token_times.append(_monotonic())  # one float per token; metrics read it at the end
         if type(event) in _TERMINAL:
             self.done = True
             self.finished_at = time.monotonic()
             # current followers keep reading the list they hold; later ones get the compact copy
             if type(self.events) is list:  # (a remote channel's events are compact already)
                 self.events = FinishedEvents(self.events)
+            if self.on_finish is not None:
+                try:
+                    self.on_finish(self)
+                except Exception:  # measuring a run must never break it
+                    log.exception("run %s: recording its metrics failed", self.run_id)
         if self._waiters:
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:

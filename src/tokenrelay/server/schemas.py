@@ -117,13 +117,24 @@ class OpenAIStreamOptions(BaseModel):
 
 
 class OpenAIChatRequest(BaseModel):
+    """What `/v1/chat/completions` honours (server/openai_request.py); any other field is
+    refused with a 400 naming it, unless it has its neutral value (`n: 1`, `tools: []`...)."""
+
     model_config = ConfigDict(extra="allow")
 
-    model: str = "tokenrelay"
+    model: str = Field(default="tokenrelay", description="accepted; the server answers with its own model")
     messages: list[OpenAIMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: OpenAIStreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, description="per model call of the run")
+    max_completion_tokens: int | None = Field(default=None, ge=1, description="wins over max_tokens")
     temperature: float | None = Field(default=None, ge=0, le=2)
-    user: str | None = None
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int | None = Field(default=None, ge=1, description="only 1 is supported")
+    include_reasoning: bool = Field(
+        default=False,
+        description="stream the agent's reasoning (raw model output, thinking) as delta.reasoning_content",
+    )
+    user: str | None = Field(default=None, description="accepted; not stored")
