@@ -230,6 +230,7 @@ def create_app(
 
             await coordinator.start(registry.cancel_local, worker_lost)
             registry.on_start = coordinator.replicate
+            registry.followed_elsewhere = coordinator.followed_elsewhere
             app.state.coordinator = coordinator
         app.state.quotas = Quotas(settings, registry, own_store, app.state.coordinator)
         ticker = asyncio.create_task(registry.keepalive(settings.keepalive_s))

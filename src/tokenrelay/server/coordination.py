@@ -315,9 +315,16 @@ class RedisCoordinator:
         ends. Blocking reads go through the reader pool; the task is cancelled when the
         channel's last follower leaves."""
         stream = self._key("run", channel.run_id)
+        follow = self._key("follow", channel.run_id)
+        follow_ttl_s = max(5, int(self.heartbeat_s * 5))
+        marked_at = 0.0
         expected = start
         try:
             while not channel.done:
+                if time.monotonic() - marked_at >= self.heartbeat_s:
+                    # the owner cancels an abandoned resumable run unless someone follows it here
+                    marked_at = time.monotonic()
+                    await self._redis.set(follow, b"1", ex=follow_ttl_s)
                 reply = await self._reader.xread(
                     {stream: f"{expected}-0"}, block=int(self.heartbeat_s * 1000), count=1000
                 )
@@ -339,6 +346,10 @@ class RedisCoordinator:
         finally:
             if not channel.done:
                 channel.publish(RunError(message="stopped following the run", code="cancelled"))
+
+    async def followed_elsewhere(self, channel: RunChannel) -> bool:
+        """Whether a client follows this run through another worker (see `_read`)."""
+        return bool(await self._redis.exists(self._key("follow", channel.run_id)))
 
     async def close_dead_run(self, run_id: str, *, last_index: int) -> None:
         """Append the terminal error event for a run whose worker died (once, whoever wins)."""

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from array import array
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast, overload
 
@@ -36,6 +36,7 @@ __all__ = ["RunChannel", "RunRegistry"]
 
 
 _TERMINAL = (RunFinished, RunError)
+_background: set[asyncio.Task[None]] = set()  # checks in flight (a task nobody holds is collected)
 _monotonic = time.monotonic
 log = logging.getLogger("tokenrelay.server")
 
@@ -96,8 +97,8 @@ class RunChannel:
     on_finish: Callable[[RunChannel], None] | None = None
     #: a detached run left without followers is cancelled after this many seconds (None: never)
     grace_s: float | None = None
-    #: extra "is anyone still following?" check for followers elsewhere (e.g. on other workers)
-    followed_elsewhere: Callable[[RunChannel], bool] | None = None
+    #: "is anyone following it elsewhere?" (e.g. through another worker), checked before cancelling
+    followed_elsewhere: Callable[[RunChannel], Awaitable[bool]] | None = None
     _orphan_timer: asyncio.TimerHandle | None = None
 
     def follow(self) -> None:
@@ -122,10 +123,25 @@ class RunChannel:
         self._orphan_timer = None
         if self.done or self.followers:
             return
-        if self.followed_elsewhere is not None and self.followed_elsewhere(self):
-            self._arm_orphan_timer()  # a client follows it from another worker: check again later
+        if self.followed_elsewhere is None:
+            self.cancel()
             return
-        self.cancel()
+        task = asyncio.get_running_loop().create_task(self._check_elsewhere())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _check_elsewhere(self) -> None:
+        assert self.followed_elsewhere is not None
+        try:
+            elsewhere = await self.followed_elsewhere(self)
+        except Exception:  # cannot tell (Redis away): keep the run, ask again later
+            elsewhere = True
+        if self.done or self.followers:
+            return
+        if elsewhere:
+            self._arm_orphan_timer()
+        else:
+            self.cancel()
 
     @property
     def over_limit(self) -> bool:
@@ -218,7 +234,7 @@ class RunRegistry:
         #: a detached run nobody follows is cancelled after this many seconds (None: never)
         self.grace_s = grace_s
         #: see `RunChannel.followed_elsewhere`
-        self.followed_elsewhere: Callable[[RunChannel], bool] | None = None
+        self.followed_elsewhere: Callable[[RunChannel], Awaitable[bool]] | None = None
         self._last_sweep = time.monotonic()
         #: called with each new channel (e.g. to mirror its events to Redis)
         self.on_start: Callable[[RunChannel], object] | None = None
