@@ -398,7 +398,7 @@ async def _get(port: int, path: str) -> str | None:
     except OSError:
         return None
     try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
         data = await reader.read()
     except OSError:
         return None

@@ -8,7 +8,10 @@ What is compared (each in its own server process, one uvicorn worker, started fr
 * ``tokenrelay-json``   ``create_app(...)`` + POST /chat/events, ScriptedBackend replying with the
                         tutorial's JSON action ``{"action": "Final Answer", "action_input": "..."}``
                         (the hard path for final-answer extraction);
-* ``tokenrelay-plain``  same, native tool protocol with no tools on offer: the content streams as is.
+* ``tokenrelay-plain``  same, native tool protocol with no tools on offer: the content streams as is;
+* ``tokenrelay-native`` same, native tool protocol WITH tools on offer (the calculator): what an
+                        OpenAI-compatible deployment runs; the answer streams token by token
+                        (answer_policy "stream") because no tool-call fragment arrives.
 
 Both sides emit the same answer split into the same N tokens, one chunk (and so one frame when
 the reader keeps up) per token: the JSON action's opening ``{"action": ..., "action_input": "``
@@ -61,7 +64,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-MODES = ("bare", "tokenrelay-json", "tokenrelay-plain")
+MODES = ("bare", "tokenrelay-json", "tokenrelay-plain", "tokenrelay-native")
 SCENARIOS = ("single", "s200", "s1000", "capacity")
 SERVER_CPU, CLIENT_CPU = 1, 0
 FAST_TPS = 1e9  # "as fast as possible" with one event-loop turn per token (see --fast)
@@ -223,10 +226,11 @@ def build_tokenrelay(
             pass
 
     plain = mode == "tokenrelay-plain"
-    pieces: list[Any] = list(tokens) if plain else json_action_pieces(tokens)
+    native = plain or mode == "tokenrelay-native"
+    pieces: list[Any] = list(tokens) if native else json_action_pieces(tokens)
     if not str_pieces:  # prebuilt (immutable) chunks: the backend allocates nothing per token, as bare
         pieces = [TextChunk(p) for p in pieces]
-    backend = ScriptedBackend(replies=[pieces], tokens_per_second=tps, native_tools=plain, calls=_Forget())
+    backend = ScriptedBackend(replies=[pieces], tokens_per_second=tps, native_tools=native, calls=_Forget())
     if store == "sqlite":
         path = f"/tmp/bench_server_{os.getpid()}.db"
         for suffix in ("", "-wal", "-shm"):
@@ -236,7 +240,7 @@ def build_tokenrelay(
     else:
         the_store = InMemorySessionStore()
     settings = Settings(
-        model="scripted", db="memory://", tool_protocol="native" if plain else "json", max_tokens=100_000
+        model="scripted", db="memory://", tool_protocol="native" if native else "json", max_tokens=100_000
     )
     app = create_app(settings, backend=backend, store=the_store)
 
@@ -436,7 +440,7 @@ class _Stream(asyncio.Protocol):
 async def http_simple(port: int, method: str, path: str, body: bytes = b"") -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(
-        f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
         "Connection: close\r\n\r\n".encode()
         + body
     )

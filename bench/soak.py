@@ -56,6 +56,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from soak_round2 import rows as round2_rows  # noqa: E402
+from soak_round2 import run_limits, run_slow_clients, run_uploads  # noqa: E402
+
 PREFIX = '{"action": "Final Answer", "action_input": "'
 
 SERVER_SCRIPT = r"""
@@ -197,7 +201,7 @@ async def request(
     """One HTTP/1.1 request on its own connection (`Connection: close`), parsed by hand."""
     result = Result()
     data = json.dumps(body).encode() if body is not None else b""
-    head = f"{method} {path} HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n"
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
     if body is not None:
         head += f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
     writer: asyncio.StreamWriter | None = None
@@ -286,7 +290,13 @@ def outcome(path: str, result: Result) -> tuple[str, str]:
 # --------------------------------------------------------------------------- phases
 
 
-SUITES = ("tests/test_faults.py", "tests/test_hostile_input.py", "tests/test_fuzz_openapi.py")
+SUITES = (
+    "tests/test_faults.py", "tests/test_hostile_input.py", "tests/test_fuzz_openapi.py",
+    # round two (issue 12)
+    "tests/test_slow_clients.py", "tests/test_remote_resume.py", "tests/test_quotas.py",
+    "tests/test_store_faults.py", "tests/test_coordination_writer.py", "tests/test_exposure.py",
+    "tests/test_memory_window.py",
+)  # fmt: skip
 
 
 def run_fault_suites(model: bool = False) -> dict[str, Any]:
@@ -346,12 +356,30 @@ _GROUPS: list[tuple[str, str, tuple[str, ...]]] = [
     ("framing", "SSE framing / [DONE] in model output, tools, errors, upstream (+ property test)",
      ("framing", "no_model_output")),
     ("fuzz", "schemathesis fuzzing of the OpenAPI description (keys off and on)", ()),
+    ("slowclients", "slow clients: silent, slow-header, half-sent, unauthenticated and parallel bodies, "
+     "idle piles, oversized heads (h11 + httptools)", ()),
+    ("resume", "resume on a worker that does not own the run: ids at/past the end, 10**200, leaving "
+     "clients, 60 abandoned readers vs the heartbeat", ()),
+    ("quotas", "per-key limits (runs, sessions, requests/min; shared through Redis) and session paging", ()),
+    ("services", "PostgreSQL restarted, Redis restarted, SQLite disk full mid-run; writer outage bounds", ()),
+    ("exposure", "Host allow-list without keys, /docs off, page framing, /health without a key, "
+     "malformed notebooks", ()),
+    ("memory", "memory window: failed, empty, running and concurrent turns; partial answers marked", ()),
 ]  # fmt: skip
+
+#: round-two suites, grouped by module
+_MODULE_GROUPS = {
+    "test_slow_clients": "slowclients", "test_remote_resume": "resume", "test_quotas": "quotas",
+    "test_store_faults": "services", "test_coordination_writer": "services", "test_exposure": "exposure",
+    "test_memory_window": "memory",
+}  # fmt: skip
 
 
 def _group(module: str, name: str) -> str:
     if module == "test_fuzz_openapi":
         return "fuzz"
+    if module in _MODULE_GROUPS:
+        return _MODULE_GROUPS[module]
     if name == "test_sessions_from_before_keys_were_enabled_belong_to_no_key":
         return "keys"
     for key, _, words in _GROUPS:
@@ -633,6 +661,7 @@ def print_table(figures: dict[str, Any]) -> None:
                     and second["tasks"] - first["tasks"] <= 1 and growth < 0.02
                 ),
             ))  # fmt: skip
+    rows += round2_rows(figures)
     width = max(len(r[0]) for r in rows) if rows else 10
     vwidth = max(len(r[1]) for r in rows) if rows else 10
     print()
@@ -644,7 +673,7 @@ def print_table(figures: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--phases", default="faults,payloads,concurrency,soak")
+    parser.add_argument("--phases", default="faults,payloads,concurrency,soak,slowclients,limits,uploads")
     parser.add_argument("--runs", type=int, default=10_000, help="short runs in the soak (default 10000)")
     parser.add_argument("--levels", default="200,1000,5000", help="simultaneous streams per wave")
     parser.add_argument("--quick", action="store_true", help="2,000 soak runs, one 200-stream wave")
@@ -669,6 +698,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "soak" in phases:
         print(f"soak: {args.runs:,} short runs ...", flush=True)
         figures["soak"] = measure_leaks(args.runs, second_pass=True)
+    if "slowclients" in phases:
+        print(
+            "slowclients: the outside attack's slow and greedy connections, shipped vs reference ...",
+            flush=True,
+        )
+        figures["slowclients"] = run_slow_clients()
+    if "limits" in phases:
+        print("limits: 300 runs and 2,000 sessions from one key, shipped vs reference ...", flush=True)
+        figures["limits"] = run_limits()
+    if "uploads" in phases:
+        print("uploads: six 990 KB documents with the embedded model, shipped vs reference ...", flush=True)
+        figures["uploads"] = run_uploads()
     print_table(figures)
     if args.json:
         args.json.write_text(

@@ -231,6 +231,8 @@ class RecordedRequest:
     received_at: float = field(default_factory=time.monotonic)
     #: body parts sent so far (see `Reply.parts`)
     parts_sent: int = 0
+    #: `time.monotonic()` when each part was handed to the server, in order
+    sent_at: list[float] = field(default_factory=list)
     #: set once the whole reply was sent
     completed: threading.Event = field(default_factory=threading.Event)
     #: set when the client disconnected before the reply was complete
@@ -487,6 +489,7 @@ class _Endpoint:
                 first = False
                 if gone.is_set():
                     return
+                record.sent_at.append(time.monotonic())
                 await send({"type": "http.response.body", "body": part, "more_body": True})
                 record.parts_sent += 1
             if gone.is_set():

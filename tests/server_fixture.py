@@ -36,6 +36,8 @@ from typing import Any, TypeVar
 
 import uvicorn
 
+from tokenrelay.server.protocol import GuardedH11Protocol
+
 __all__ = ["LiveServer", "free_port", "make_app", "wait_until"]
 
 T = TypeVar("T")
@@ -64,7 +66,9 @@ class _Server(uvicorn.Server):
 
 
 class LiveServer:
-    def __init__(self, app: Any, *, graceful_s: int = 2, start_timeout_s: float = 15.0) -> None:
+    def __init__(
+        self, app: Any, *, graceful_s: int = 2, start_timeout_s: float = 15.0, http: Any = None
+    ) -> None:
         self.app = app
         self.graceful_s = graceful_s
         self.start_timeout_s = start_timeout_s
@@ -82,7 +86,8 @@ class LiveServer:
             lifespan="on",
             ws="none",
             loop="asyncio",
-            http="h11",
+            # the product's stack (`tokenrelay serve`): uvicorn's h11 with the head limits
+            http=http or GuardedH11Protocol,
             timeout_graceful_shutdown=graceful_s,
             timeout_keep_alive=5,
         )

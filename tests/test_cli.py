@@ -19,76 +19,37 @@ from pathlib import Path
 import pytest
 
 import tokenrelay.backends as backends
+from cli_helpers import ERROR_PREFIX, assert_one_line_error, cli, final, history, make_env
+from cli_helpers import render as render_screen
 from tokenrelay.agent.loop import Agent
-from tokenrelay.cli import _TerminalPrinter, main
-from tokenrelay.events import AnswerDelta, Event, RunError, RunStarted
-from tokenrelay.memory import open_store
-from tokenrelay.memory.base import Turn
+from tokenrelay.cli import main
+from tokenrelay.cli.printer import TerminalPrinter
+from tokenrelay.events import (
+    AnswerDelta,
+    Event,
+    Narration,
+    RunError,
+    RunFinished,
+    RunStarted,
+    ToolCallFinished,
+    ToolCallStarted,
+)
 from tokenrelay.testing import ScriptedBackend
-
-ERROR_PREFIX = "tokenrelay: error:"
-
-
-def final(answer: str) -> str:
-    """A scripted model string whose reply is the agent's final-answer action."""
-    return "scripted:" + json.dumps({"action": "Final Answer", "action_input": answer}, ensure_ascii=False)
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    """The environment for CLI subprocesses: no TOKENRELAY_*/OPENAI_* settings from the
-    developer's shell, and all data under tmp_path (never the real home)."""
-    out = {k: v for k, v in os.environ.items() if not k.startswith(("TOKENRELAY_", "OPENAI_"))}
-    out["XDG_DATA_HOME"] = str(tmp_path / "xdg")
-    out["HOME"] = str(tmp_path / "home")
-    return out
+    return make_env(tmp_path)
 
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
-    """The same environment for in-process runs of `main`."""
+    """The same environment for in-process runs of `main`, with an empty standard input."""
     for name in list(os.environ):
         if name.startswith(("TOKENRELAY_", "OPENAI_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("XDG_DATA_HOME", env["XDG_DATA_HOME"])
-
-
-def cli(
-    env: dict[str, str], *args: str, stdin: str | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tokenrelay.cli", *args],
-        input=stdin if stdin is not None else "",
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        env=env,
-        cwd=Path(env["XDG_DATA_HOME"]).parent,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *, contains: str = "") -> str:
-    assert result.returncode != 0, result
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(ERROR_PREFIX), result.stderr
-    assert contains in lines[0]
-    assert result.stdout == ""
-    return lines[0]
-
-
-def history(db: Path, session_id: str) -> list[Turn]:
-    async def read() -> list[Turn]:
-        store = open_store(str(db))
-        try:
-            return await store.history(session_id)
-        finally:
-            await store.close()
-
-    return asyncio.run(read())
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
 
 
 # --------------------------------------------------------------------- answers
@@ -167,6 +128,71 @@ def test_prompt_from_stdin(env: dict[str, str], tmp_path: Path) -> None:
     assert turn.user_text.strip() == question.strip()
 
 
+def test_piped_text_comes_before_the_argument_as_in_llm(env: dict[str, str], tmp_path: Path) -> None:
+    """`cat notes.md | tokenrelay ask "summarise"`: llm's rule, piped text + " " + argument,
+    with the piped text unstripped."""
+    db = tmp_path / "pipe.db"
+    notes = "  indented code\n二行目\n"
+    result = cli(env, "ask", "summarise", "-s", "p", "--db", str(db), "--model", final("ok"), stdin=notes)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ok\n"
+    (turn,) = history(db, "p")
+    assert turn.user_text == notes + " summarise"
+
+
+def test_piped_text_alone_is_the_prompt(env: dict[str, str], tmp_path: Path) -> None:
+    db = tmp_path / "pipe.db"
+    result = cli(env, "ask", "-s", "p", "--db", str(db), "--model", final("ok"), stdin="just this\n")
+    assert result.returncode == 0, result.stderr
+    assert [t.user_text for t in history(db, "p")] == ["just this\n"]
+
+
+# --------------------------------------------------------------------- usage
+
+
+def test_version(env: dict[str, str]) -> None:
+    from importlib.metadata import version
+
+    result = cli(env, "--version")
+    assert result.returncode == 0
+    assert result.stdout == f"tokenrelay {version('tokenrelay')}\n"
+    assert result.stderr == ""
+
+
+def test_bare_command_prints_the_usage_and_exits_2(env: dict[str, str]) -> None:
+    """As click groups (llm's) do since click 8.2: the help on stderr and the usage-error status
+    (git exits non-zero too); stdout stays empty for scripts."""
+    result = cli(env)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("usage: tokenrelay")
+    for command in ("ask", "chat", "sessions", "serve", "stream", "completion"):
+        assert f"    {command}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_is_on_stdout_with_status_0(env: dict[str, str]) -> None:
+    result = cli(env, "ask", "--help")
+    assert result.returncode == 0
+    assert "--attach" in result.stdout and "--continue" in result.stdout
+    assert result.stderr == ""
+
+
+def test_tokenrelay_db_takes_a_bare_path_like_db(env: dict[str, str], tmp_path: Path) -> None:
+    """TOKENRELAY_DB=PATH and --db PATH name the same SQLite file, relative to the working
+    directory, for ask and for sessions."""
+    by_env = cli({**env, "TOKENRELAY_DB": "data/env.db"}, "ask", "-s", "e", "--model", final("one"), "q")
+    by_flag = cli(env, "ask", "-s", "f", "--db", "data/flag.db", "--model", final("two"), "q")
+    assert by_env.returncode == 0, by_env.stderr
+    assert by_flag.returncode == 0, by_flag.stderr
+    assert [t.answer for t in history(tmp_path / "data" / "env.db", "e")] == ["one"]
+    assert [t.answer for t in history(tmp_path / "data" / "flag.db", "f")] == ["two"]
+    assert not (tmp_path / "xdg" / "tokenrelay").exists()
+    listed = cli({**env, "TOKENRELAY_DB": "data/env.db"}, "sessions", "--ids")
+    assert listed.stdout == "e\n"
+    assert cli(env, "sessions", "--ids", "--db", "data/flag.db").stdout == "f\n"
+
+
 # --------------------------------------------------------------------- sessions
 
 
@@ -205,10 +231,11 @@ def test_session_continues_across_invocations(env: dict[str, str], tmp_path: Pat
     assert not (tmp_path / "xdg" / "tokenrelay").exists()  # --db was used, not the default
 
 
-def test_without_session_nothing_is_stored(env: dict[str, str], tmp_path: Path) -> None:
-    result = cli(env, "ask", "--model", final("ok"), "hello")
+def test_no_store_keeps_nothing(env: dict[str, str], tmp_path: Path) -> None:
+    result = cli(env, "ask", "--no-store", "--model", final("ok"), "hello")
     assert result.returncode == 0, result.stderr
-    assert not (tmp_path / "xdg" / "tokenrelay" / "tokenrelay.db").exists()
+    assert result.stdout == "ok\n"
+    assert not (tmp_path / "xdg" / "tokenrelay").exists()
 
 
 def test_second_run_sends_the_first_turn_to_the_model(
@@ -263,7 +290,6 @@ def test_second_run_sends_the_first_turn_to_the_model(
             1,
         ),
         (["frobnicate"], "", 2),
-        ([], "command", 2),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else None,
 )
@@ -315,7 +341,7 @@ def test_api_key_never_appears_in_errors(env: dict[str, str]) -> None:
 def test_failed_run_after_partial_answer_keeps_stdout_clean() -> None:
     """In process: the partial answer ends with a newline on stdout; the error is one line on stderr."""
     out, err = io.StringIO(), io.StringIO()
-    printer = _TerminalPrinter(out, err, steps=False, verbose=False, as_json=False)
+    printer = TerminalPrinter(out, err, steps=False, verbose=False, as_json=False)
     for event in (
         RunStarted(run_id="r"),
         AnswerDelta(text="partial"),
@@ -345,7 +371,7 @@ def agent_events() -> list[Event]:
 
 def render(events: Sequence[Event], **flags: bool) -> tuple[str, str]:
     out, err = io.StringIO(), io.StringIO()
-    printer = _TerminalPrinter(out, err, **{"steps": False, "verbose": False, "as_json": False, **flags})
+    printer = TerminalPrinter(out, err, **{"steps": False, "verbose": False, "as_json": False, **flags})
     for event in events:
         printer(event)
     return out.getvalue(), err.getvalue()
@@ -392,6 +418,65 @@ def test_steps_flag_through_the_real_cli(env: dict[str, str]) -> None:
     result = cli(env, "ask", "--steps", "--model", final("done"), "x")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "done\n"
+
+
+NARRATED: list[Event] = [
+    RunStarted(run_id="r"),
+    AnswerDelta(text="Let me calculate that."),
+    AnswerDelta(text="\n\n"),
+    Narration(text="Let me calculate that.\n\n"),
+    ToolCallStarted(call_id="c", name="Calculator", arguments="2+3"),
+    ToolCallFinished(call_id="c", name="Calculator", result="5"),
+    AnswerDelta(text="It is 5."),
+    RunFinished(answer="It is 5."),
+]
+
+
+def test_narration_is_marked_with_steps() -> None:
+    out, err = render(NARRATED, steps=True)
+    assert out == "Let me calculate that.\n\nIt is 5.\n"  # every character once, in order
+    assert err == "↑ narration\n→ Calculator(2+3)\n← Calculator: 5\n"
+
+
+def test_narration_without_steps_is_just_text() -> None:
+    assert render(NARRATED) == ("Let me calculate that.\n\nIt is 5.\n", "")
+
+
+def test_json_prints_narration_like_every_event() -> None:
+    out, err = render(NARRATED, as_json=True)
+    events = [json.loads(line) for line in out.splitlines()]
+    assert {"type": "narration", "text": "Let me calculate that.\n\n"} in events
+    assert [e["type"] for e in events] == [e.type for e in NARRATED]
+    assert err == ""
+
+
+class FakeTerminal(io.StringIO):
+    """One stream for stdout and stderr that says it is a terminal, as a terminal window is."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_spinner_comes_back_after_narration_and_never_overlaps_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process, with a fake terminal: the spinner shows while waiting (at the start, and
+    after narration while the tool runs), says which step, and is erased before any text."""
+    monkeypatch.setenv("TERM", "xterm")
+    screen = FakeTerminal()
+    printer = TerminalPrinter(screen, screen, steps=False, verbose=False, as_json=False)
+    printer.spinner.delay = 0
+
+    async def play() -> list[str]:
+        shown: list[str] = []
+        for event in NARRATED:
+            printer(event)
+            for _ in range(20):  # let the frame task draw
+                await asyncio.sleep(0)
+            shown.append(printer.spinner.label if printer.spinner.visible else "")
+        return shown
+
+    shown = asyncio.run(play())
+    assert shown == ["thinking", "", "", "thinking", "calling Calculator", "thinking", "", ""]
+    assert render_screen(screen.getvalue()) == ["Let me calculate that.", "", "It is 5."]
 
 
 # --------------------------------------------------------------------- the real model
@@ -446,3 +531,19 @@ def test_ctrl_c_stops_generation_and_exits_130(env: dict[str, str]) -> None:
     assert elapsed < 5, f"took {elapsed:.1f}s to stop after Ctrl-C"
     # generation stopped: nowhere near the 400 tokens asked for came out after the signal
     assert len((first + rest).decode("utf-8", "replace")) < 1200
+
+
+@pytest.mark.parametrize(
+    ("text", "columns", "shown"),
+    [
+        ("⠋ calling Calculator…", 80, "⠋ calling Calculator…"),
+        ("⠋ calling Calculator…", 12, "⠋ calling C"),
+        ("⠋ calling 計算機…", 14, "⠋ calling 計"),  # a wide character takes two columns
+        ("⠋ thinking…", 1, "⠋"),  # always something, never more than fits
+    ],
+)
+def test_the_spinner_line_never_wraps(text: str, columns: int, shown: str) -> None:
+    """A wrapped line could not be erased with a carriage return."""
+    from tokenrelay.cli.spinner import _fit
+
+    assert _fit(text, columns) == shown

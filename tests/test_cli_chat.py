@@ -40,6 +40,7 @@ def test_chat_streams_answers_and_remembers_across_restarts(tmp_path: Path) -> N
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("noted ✓") == 2  # answers on stdout, one per line typed (blank skipped)
     assert "Traceback" not in first.stderr
+    assert not (tmp_path / "tokenrelay" / "chat_history").exists()  # piped lines are not history
     session_id = first.stderr.split("session ", 1)[1].split()[0]  # announced on stderr
     assert _turns(tmp_path, session_id) == [
         ("my name is Ada", "noted ✓", "complete"),

@@ -54,7 +54,7 @@ async def reply_text(backend: Backend) -> str:
 def test_defaults_without_environment() -> None:
     s = Settings.from_env(env={})
     assert s.model == "llamacpp"
-    assert s.max_tokens == 512
+    assert s.max_tokens == 2048
     assert s.temperature == 0.7
     assert s.openai_api_key is None
     assert s.openai_base_url is None
@@ -142,13 +142,13 @@ def test_none_overrides_are_ignored() -> None:
     s = Settings.from_env(env=env, model=None, temperature=None, max_tokens=None)
     assert s.model == "openai:x"
     assert s.temperature == 0.1
-    assert s.max_tokens == 512
+    assert s.max_tokens == 2048
 
 
 def test_with_ignores_none_and_returns_a_copy() -> None:
     s = Settings.from_env(env={})
     t = s.with_(model="scripted:z", max_tokens=None)
-    assert t.model == "scripted:z" and t.max_tokens == 512
+    assert t.model == "scripted:z" and t.max_tokens == 2048
     assert s.model == "llamacpp"
 
 
@@ -307,3 +307,44 @@ def test_register_backend_can_replace_a_prefix(registry: dict[str, backends.Back
     replacement = ScriptedBackend(replies=["replaced"])
     register_backend("openai", lambda arg, settings: replacement)
     assert load_backend("openai:gpt-4o-mini", Settings()) is replacement
+
+
+def test_a_bare_db_path_becomes_a_sqlite_url_from_env_or_argument() -> None:
+    assert Settings.from_env(env={"TOKENRELAY_DB": "data/t.db"}).db == "sqlite:///data/t.db"
+    assert Settings.from_env(env={}, db="data/t.db").db == "sqlite:///data/t.db"
+    assert Settings(db="/var/lib/t.db").db == "sqlite:////var/lib/t.db"
+    assert Settings(db="~/t.db").db == "sqlite:///~/t.db"
+    for url in ("sqlite:///x.db", "postgresql://u@h/db", "memory://", "memory:", ":memory:"):
+        assert Settings(db=url).db == url
+    once = Settings(db="t.db")
+    assert once.with_(max_tokens=5).db == "sqlite:///t.db"  # idempotent
+
+
+def test_the_slow_client_and_per_key_settings_come_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "TOKENRELAY_ALLOWED_HOSTS": "tokenrelay.lan, other.lan",
+            "TOKENRELAY_API_DOCS": "1",
+            "TOKENRELAY_HEADER_TIMEOUT_S": "2.5",
+            "TOKENRELAY_BODY_TIMEOUT_S": "7",
+            "TOKENRELAY_MAX_PENDING_CONNECTIONS": "50",
+            "TOKENRELAY_MAX_RUNS_PER_KEY": "3",
+            "TOKENRELAY_MAX_SESSIONS_PER_KEY": "0",
+            "TOKENRELAY_REQUESTS_PER_MINUTE_PER_KEY": "120",
+        }
+    )
+    assert settings.allowed_hosts == frozenset({"tokenrelay.lan", "other.lan"})
+    assert settings.api_docs is True
+    assert (settings.header_timeout_s, settings.body_timeout_s) == (2.5, 7.0)
+    assert settings.max_pending_connections == 50
+    assert (settings.max_runs_per_key, settings.max_sessions_per_key) == (3, 0)
+    assert settings.requests_per_minute_per_key == 120
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("header_timeout_s", 0), ("body_timeout_s", -1), ("max_head_bytes", 0), ("max_runs_per_key", -1)],
+)
+def test_the_slow_client_and_per_key_settings_are_checked(field: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=field):
+        Settings(**{field: value})

@@ -16,6 +16,7 @@ from tokenrelay.events import (
     TERMINAL_TYPES,
     AnswerDelta,
     Event,
+    Narration,
     ReasoningDelta,
     RunError,
     RunFinished,
@@ -33,6 +34,7 @@ EXPECTED_TYPES: dict[type, str] = {
     RunStarted: "run_started",
     AnswerDelta: "answer_delta",
     ReasoningDelta: "reasoning_delta",
+    Narration: "narration",
     ToolCallStarted: "tool_call_started",
     ToolCallFinished: "tool_call_finished",
     RunError: "error",
@@ -46,6 +48,7 @@ def sample_events(text: str = JAPANESE) -> list[Event]:
         RunStarted(run_id="run_1", session_id="s-" + text, model="scripted"),
         AnswerDelta(text=text),
         ReasoningDelta(text=text),
+        Narration(text=text),
         ToolCallStarted(
             call_id="call_1", name="Calculator", arguments={"expression": text, "n": [1, 2.5, None]}
         ),

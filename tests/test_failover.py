@@ -36,6 +36,7 @@ from tokenrelay.backends import load_backend
 from tokenrelay.backends.base import FinishChunk, ModelChunk, TextChunk
 from tokenrelay.backends.failover import FailoverBackend
 from tokenrelay.backends.openai_compat import OpenAIBackend
+from tokenrelay.backends.retry import NO_RETRY
 from tokenrelay.config import Settings
 from tokenrelay.errors import BackendError
 from tokenrelay.messages import Message
@@ -119,8 +120,8 @@ async def make_failover() -> AsyncIterator[Callable[..., FailoverBackend]]:
     made: list[FailoverBackend] = []
 
     def make(urls: Sequence[str], *, cooldown_s: float = 10.0, **kwargs: Any) -> FailoverBackend:
-        upstreams = [OpenAIBackend("m", base_url=url, api_key="", **kwargs) for url in urls]
-        backend = FailoverBackend(upstreams, cooldown_s=cooldown_s)
+        upstreams = [OpenAIBackend("m", base_url=url, api_key="", retry=NO_RETRY, **kwargs) for url in urls]
+        backend = FailoverBackend(upstreams, cooldown_s=cooldown_s, retry=NO_RETRY)  # rounds: test_retry.py
         made.append(backend)
         return backend
 
@@ -498,7 +499,8 @@ def test_the_server_alternates_upstreams_and_never_splices_a_broken_answer(
 def test_the_server_reports_every_upstream_down_as_one_error_event(
     up: dict[str, FakeOpenAIServer], serve_openai: Callable[..., LiveServer]
 ) -> None:
-    up["a"].enqueue(error_reply(503, "a-down", type="server_error"))
+    # the default settings retry a failed round twice (upstream_retries=2): down for all three
+    up["a"].enqueue(*[error_reply(503, "a-down", type="server_error") for _ in range(3)])
     server = serve_openai(f"{up['a'].base_url},{refused_url()}")
     r = httpx.post(server.url + "/chat/events", json={"text": "hi"}, timeout=30)
     events = _sse_events(r.text)
@@ -506,4 +508,6 @@ def test_the_server_reports_every_upstream_down_as_one_error_event(
     assert name == "error"
     assert "every upstream failed" in data["message"]
     assert "a-down" in data["message"] and "connection refused" in data["message"]
+    assert data["message"].endswith("(3 attempts)")
+    assert len(up["a"].chat_requests) == 3
     assert not any(n == "answer_delta" for n, _ in events)

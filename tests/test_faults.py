@@ -42,6 +42,7 @@ from tokenrelay.agent.loop import Agent
 from tokenrelay.backends.base import Backend, FinishChunk, GenerationSettings, ModelChunk, TextChunk
 from tokenrelay.backends.openai_compat import OpenAIBackend
 from tokenrelay.client import IncompleteStreamError, stream_events, stream_text
+from tokenrelay.events import RunError, RunFinished, ToolCallFinished
 from tokenrelay.memory.sqlite import RECOVERED_ERROR
 from tokenrelay.messages import Message, ToolSpec
 from tokenrelay.server.runs import RunChannel, RunRegistry
@@ -279,7 +280,7 @@ def _raw_request(port: int, path: str, body: dict[str, Any]) -> socket.socket:
     data = json.dumps(body).encode()
     sock = socket.create_connection(("127.0.0.1", port))
     sock.sendall(
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(data)}\r\n\r\n".encode()
         + data
     )
@@ -359,12 +360,12 @@ def test_an_upstream_failure_mid_stream_is_reported_on_every_endpoint(
 
     # typed SSE: ends with an error event that says what failed, never run_finished
     events = list(stream_events(server.url, "q", timeout=15))
-    name, data = events[-1]
-    assert name == "error" and data["code"] == "backend", events[-1]
-    assert says in data["message"], data["message"]
-    assert "sk-test" not in data["message"]
-    assert data["answer"] == partial_expected
-    assert "run_finished" not in [n for n, _ in events]
+    last = events[-1]
+    assert isinstance(last, RunError) and last.code == "backend", last
+    assert says in last.message, last.message
+    assert "sk-test" not in last.message
+    assert last.answer == partial_expected
+    assert not any(isinstance(e, RunFinished) for e in events)
 
     # OpenAI endpoint, streamed: the SDK raises (an error chunk and no [DONE])
     with sdk(server) as client:
@@ -482,16 +483,16 @@ def test_a_hanging_or_failing_tool_becomes_an_observation_and_the_run_goes_on(
     started = time.monotonic()
     events = list(stream_events(server.url, "use the probe", timeout=10))
     assert time.monotonic() - started < 5
-    names = [n for n, _ in events]
-    assert names[-1] == "run_finished", events[-1]
-    (finished,) = [d for n, d in events if n == "tool_call_finished"]
+    last = events[-1]
+    assert isinstance(last, RunFinished), last
+    (finished,) = [e for e in events if isinstance(e, ToolCallFinished)]
     if error is None:
-        assert finished["error"] is None and len(finished["result"]) < 10_000  # truncated observation
-        assert "truncated" in finished["result"]
+        assert finished.error is None and finished.result is not None
+        assert len(finished.result) < 10_000 and "truncated" in finished.result  # truncated observation
     else:
-        assert finished["result"] is None and error in finished["error"]
-        assert events[-1][1]["answer"].startswith("after the tool: TOOL RESPONSE")
-        assert error in events[-1][1]["answer"]
+        assert finished.result is None and finished.error is not None and error in finished.error
+        assert last.answer.startswith("after the tool: TOOL RESPONSE")
+        assert error in last.answer
     # the model saw the observation in its second call
     assert len(backend.calls) == 2
 
@@ -514,9 +515,9 @@ def test_a_tool_that_always_hangs_still_ends_the_run_cleanly(serve: Callable[...
     started = time.monotonic()
     events = list(stream_events(server.url, "use the probe", timeout=10))
     assert time.monotonic() - started < 5
-    assert [n for n, _ in events].count("tool_call_finished") == 3
-    assert all("timed out" in d["error"] for n, d in events if n == "tool_call_finished")
-    assert events[-1][0] == "run_finished" and events[-1][1]["answer"]
+    finished = [e for e in events if isinstance(e, ToolCallFinished)]
+    assert len(finished) == 3 and all("timed out" in (e.error or "") for e in finished)
+    assert isinstance(events[-1], RunFinished) and events[-1].answer
 
 
 def test_a_tool_that_calls_sys_exit_does_not_stop_the_server(serve: Callable[..., LiveServer]) -> None:
@@ -526,9 +527,9 @@ def test_a_tool_that_calls_sys_exit_does_not_stop_the_server(serve: Callable[...
     _use_tools(server, [tool], tool_timeout_s=2)
     try:
         events = list(stream_events(server.url, "use the probe", timeout=5))
-        assert events[-1][0] == "run_finished"
-        (finished,) = [d for n, d in events if n == "tool_call_finished"]
-        assert "SystemExit" in finished["error"]
+        assert isinstance(events[-1], RunFinished)
+        (finished,) = [e for e in events if isinstance(e, ToolCallFinished)]
+        assert "SystemExit" in (finished.error or "")
         assert httpx.get(server.url + "/health", timeout=5).status_code == 200
     finally:
         server._thread.join(2)
@@ -543,7 +544,7 @@ def test_a_hung_sync_tool_does_not_block_server_shutdown(
     server = serve(ScriptedBackend(tool_script("Probe")))
     _use_tools(server, [tool], tool_timeout_s=0.2)
     events = list(stream_events(server.url, "use the probe", timeout=10))
-    assert events[-1][0] == "run_finished"  # the run itself went on
+    assert isinstance(events[-1], RunFinished)  # the run itself went on
     server.server.should_exit = True
     server._thread.join(server.graceful_s + 3)
     stopped = not server._thread.is_alive()
@@ -561,7 +562,7 @@ def _slow_reader(port: int, path: str, body: dict[str, Any], seconds: float) -> 
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
     sock.sendall(
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(data)}\r\n\r\n".encode()
         + data
     )

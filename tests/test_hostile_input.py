@@ -31,6 +31,7 @@ from tokenrelay.agent.loop import Agent
 from tokenrelay.backends.base import FinishChunk, TextChunk, ToolCallChunk
 from tokenrelay.backends.openai_compat import OpenAIBackend
 from tokenrelay.client import stream_events, stream_text
+from tokenrelay.events import RunFinished
 from tokenrelay.messages import Message
 from tokenrelay.testing import ScriptedBackend
 from tokenrelay.tools.registry import Tool
@@ -210,7 +211,7 @@ def test_control_characters_are_accepted_as_text_and_come_back_exactly(
     text = "bell\x07 esc\x1b[31m red\x1b[0m del\x7f \x85 \u2028 \u2029 \ufeff \ufffe \U0010ffff"
     assert "".join(stream_text(server.url, text)) == "You said: " + text
     events = list(stream_events(server.url, text))
-    assert events[-1][0] == "run_finished" and events[-1][1]["answer"] == "You said: " + text
+    assert isinstance(events[-1], RunFinished) and events[-1].answer == "You said: " + text
     response = http.post(
         server.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": text}]}
     )
@@ -683,7 +684,7 @@ def test_framing_from_an_upstream_server_reaches_the_sdk_exactly(serve: Callable
             assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == hostile
             assert chunks[-1].choices[0].finish_reason == "stop"
         events = list(stream_events(server.url, "go"))
-        assert events[-1][0] == "run_finished" and events[-1][1]["answer"] == hostile
+        assert isinstance(events[-1], RunFinished) and events[-1].answer == hostile
         assert "".join(stream_text(server.url, "go")) == hostile
         server.run_in_loop(backend.aclose())
         assert wait_until(lambda: fake.active == 0, 2.0)

@@ -60,12 +60,14 @@ from tokenrelay.errors import BackendError, ConfigError
 from tokenrelay.events import (
     AnswerDelta,
     Event,
+    Narration,
     ReasoningDelta,
     RunError,
     RunFinished,
     RunStarted,
     ToolCallFinished,
     ToolCallStarted,
+    final_answer,
 )
 from tokenrelay.integrations.langchain import (
     CallbackAgent,
@@ -209,7 +211,7 @@ def check_stream(events: Sequence[Event]) -> None:
     assert sum(isinstance(e, RunStarted) for e in events) == 1
     terminals = [i for i, e in enumerate(events) if isinstance(e, RunFinished | RunError)]
     assert terminals == [len(events) - 1], events
-    answer = "".join(e.text for e in events if isinstance(e, AnswerDelta))
+    answer = final_answer(events)
     last = events[-1]
     assert isinstance(last, RunFinished | RunError)
     assert last.answer == answer
@@ -229,7 +231,8 @@ async def collect(stream: AsyncIterator[Event]) -> list[Event]:
 
 
 def answer_of(events: Sequence[Event]) -> str:
-    return "".join(e.text for e in events if isinstance(e, AnswerDelta))
+    """The final answer as a typed consumer shows it (narration re-labelled)."""
+    return final_answer(events)
 
 
 def deltas(events: Sequence[Event]) -> list[str]:
@@ -434,9 +437,11 @@ def test_pass_settings_is_checked() -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("builder", ["create_agent", "hand_built"])
-async def test_graph_answer_is_only_the_final_message(builder: str) -> None:
-    """A tool-calling message's text ("Let me compute.") never reaches the answer, even though
-    its tokens stream before its tool call; the final message's text is the whole answer."""
+@pytest.mark.parametrize("answer_policy", ["stream", "hold"])
+async def test_graph_answer_is_only_the_final_message(builder: str, answer_policy: Any) -> None:
+    """A tool-calling message's text ("Let me compute.") never reaches the final answer: with
+    `stream` it streams and is re-labelled as narration, with `hold` it is never sent; the
+    final message's text is the whole answer."""
     model = FakeToolModel(
         messages=iter(
             [
@@ -450,8 +455,11 @@ async def test_graph_answer_is_only_the_final_message(builder: str) -> None:
         graph = agents.create_agent(model, [calculator])
     else:
         graph = react_graph(model)
-    events = await collect(RunnableAgent(graph).run("What is 6*7?"))
+    events = await collect(RunnableAgent(graph).run("What is 6*7?", answer_policy=answer_policy))
     assert answer_of(events) == "The answer is 42."
+    narration = [e.text for e in events if isinstance(e, Narration)]
+    assert narration == (["Let me compute that.\n\n"] if answer_policy == "stream" else [])
+    assert "".join(deltas(events)) == "".join(narration) + "The answer is 42."
     assert not [e for e in events if isinstance(e, ReasoningDelta)]  # final mode
     started = [e for e in events if isinstance(e, ToolCallStarted)]
     assert [(e.call_id, e.name, e.arguments) for e in started] == [
@@ -460,7 +468,10 @@ async def test_graph_answer_is_only_the_final_message(builder: str) -> None:
     finished = [e for e in events if isinstance(e, ToolCallFinished)]
     assert [(e.call_id, e.result, e.error) for e in finished] == [("call_1", "42", None)]
     kinds = [type(e).__name__ for e in events]
-    assert kinds.index("ToolCallFinished") < kinds.index("AnswerDelta")
+    first_answer = (
+        len(kinds) - 1 - kinds[::-1].index("Narration") if narration else kinds.index("AnswerDelta")
+    )
+    assert kinds.index("ToolCallFinished") < kinds.index("AnswerDelta", first_answer)
     last = events[-1]
     assert isinstance(last, RunFinished) and last.usage.prompt_tokens == 14
 
@@ -472,7 +483,7 @@ async def test_full_mode_shows_tool_message_text_as_reasoning() -> None:
             [calls(("calculator", {"expression": "1+1"}), text="Thinking aloud.", ids=["c"]), "It is 2."]
         )
     )
-    events = await collect(RunnableAgent(react_graph(model)).run("1+1?", mode="full"))
+    events = await collect(RunnableAgent(react_graph(model)).run("1+1?", mode="full", answer_policy="hold"))
     assert "".join(e.text for e in events if isinstance(e, ReasoningDelta)) == "Thinking aloud."
     assert answer_of(events) == "It is 2."
 
@@ -498,10 +509,15 @@ async def test_answers_stream_token_by_token_where_that_is_exact() -> None:
     )
     events = await collect(RunnableAgent(react_graph(eager_model), policy="eager").run("2+2?"))
     assert deltas(events) == ["it", " ", "is", " ", "four"]
+    streamed = FakeToolModel(
+        messages=iter([calls(("calculator", {"expression": "2+2"}), ids=["c1"]), "it is four"])
+    )
+    events = await collect(RunnableAgent(react_graph(streamed)).run("2+2?"))
+    assert deltas(events) == ["it", " ", "is", " ", "four"]  # the default `stream` policy
     held = FakeToolModel(
         messages=iter([calls(("calculator", {"expression": "2+2"}), ids=["c1"]), "it is four"])
     )
-    events = await collect(RunnableAgent(react_graph(held)).run("2+2?"))
+    events = await collect(RunnableAgent(react_graph(held), policy="messages").run("2+2?"))
     assert deltas(events) == ["it is four"]  # exact policy: released when the message ends
 
 
@@ -722,11 +738,15 @@ def test_graph_served_over_http(tmp_path: Path) -> None:
         kinds = [k for k, _ in events]
         assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
         assert "tool_call_started" in kinds and "tool_call_finished" in kinds
-        assert "".join(d["text"] for k, d in events if k == "answer_delta") == "The result is 1024."
+        narration = "".join(d["text"] for k, d in events if k == "narration")
+        shown = "".join(d["text"] for k, d in events if k == "answer_delta")
+        assert shown == narration + "The result is 1024."
         assert events[-1][1]["answer"] == "The result is 1024."
         session = response.headers["X-Session-Id"]
 
-        text = client.post("/chat", json={"text": "calc 3*3", "session_id": session}).text
+        text = client.post(
+            "/chat", json={"text": "calc 3*3", "session_id": session, "answer_policy": "hold"}
+        ).text
         assert text == "The result is 9."
         turns = client.get(f"/sessions/{session}").json()["turns"]  # recorded in the server's store
         assert [(t["user_text"], t["answer"], t["status"]) for t in turns] == [
@@ -740,6 +760,7 @@ def test_graph_served_over_http(tmp_path: Path) -> None:
             json={"model": "x", "stream": True, "messages": [{"role": "user", "content": "calc 6*7"}]},
         ) as stream:
             body = "".join(stream.iter_text())
+        narration_shown = narration.replace("1024", "42")
         lines = [line[6:] for line in body.split("\n\n") if line.startswith("data: ")]
         assert lines[-1] == "[DONE]"
         content = "".join(
@@ -747,7 +768,7 @@ def test_graph_served_over_http(tmp_path: Path) -> None:
             for line in lines[:-1]
             if json.loads(line)["choices"]
         )
-        assert content == "The result is 42."
+        assert content == narration_shown + "The result is 42."  # OpenAI clients see both, in order
 
 
 def test_chat_model_served_as_backend_over_http(tmp_path: Path) -> None:

@@ -132,6 +132,21 @@ async def test_list_is_most_recently_updated_first_and_limited(store: Store) -> 
 
 
 @pytest.mark.anyio
+async def test_sessions_page_after_a_cursor_and_are_counted(store: Store) -> None:
+    """Keyset paging for GET /sessions: each session once, most recent first, ties on
+    updated_at broken by creation order; a cursor of another owner gives nothing."""
+    ids = [(await store.create_session(owner="o")).id for _ in range(7)]
+    page1 = await store.list_sessions(owner="o", limit=3)
+    page2 = await store.list_sessions(owner="o", limit=3, after=page1[-1].id)
+    page3 = await store.list_sessions(owner="o", limit=3, after=page2[-1].id)
+    assert [s.id for s in page1 + page2 + page3] == ids[::-1]
+    assert await store.list_sessions(owner="other", after=ids[0]) == []
+    assert await store.list_sessions(owner="o", after="s_missing") == []
+    assert await store.count_sessions(owner="o") == 7
+    assert await store.count_sessions() == 0
+
+
+@pytest.mark.anyio
 async def test_ownership_isolation(store: Store) -> None:
     alice = await store.create_session(owner="alice")
     anon = await store.create_session()
@@ -214,6 +229,38 @@ async def test_history_window(store: Store) -> None:
     assert ids == sorted(ids)
     with pytest.raises(ValueError):
         await store.history(s.id, limit=-1)
+
+
+@pytest.mark.anyio
+async def test_the_answered_window_skips_turns_without_an_answer(store: Store) -> None:
+    """The memory window holds the last k turns that have an answer: failed, empty and still
+    running turns do not take a place in it (they pushed real turns out before)."""
+    s = await store.create_session()
+    for i in range(3):
+        tid = await store.begin_turn(s.id, run_id=f"r{i}", user_text=f"q{i}")
+        await store.finish_turn(tid, answer=f"a{i}", status="complete")
+    tid = await store.begin_turn(s.id, run_id="cut", user_text="cut short")
+    await store.finish_turn(tid, answer="half an ans", status="interrupted", error="client left")
+    for i in range(5):
+        tid = await store.begin_turn(s.id, run_id=f"f{i}", user_text=f"fail{i}")
+        await store.finish_turn(tid, answer="", status="failed", error="backend down")
+    tid = await store.begin_turn(s.id, run_id="empty", user_text="nothing")
+    await store.finish_turn(tid, answer="", status="interrupted")
+    for i in range(6):  # concurrent runs of the same session, still going
+        await store.begin_turn(s.id, run_id=f"live{i}", user_text=f"live{i}")
+
+    window = await store.history(s.id, limit=3, answered=True)
+    assert [(t.user_text, t.answer, t.status) for t in window] == [
+        ("q1", "a1", "complete"),
+        ("q2", "a2", "complete"),
+        ("cut short", "half an ans", "interrupted"),
+    ]
+    assert [t.user_text for t in await store.history(s.id, limit=50, answered=True)] == [
+        "q0", "q1", "q2", "cut short",
+    ]  # fmt: skip
+    assert await store.history(s.id, limit=0, answered=True) == []
+    assert len(await store.history(s.id)) == 16  # the whole history still has every turn
+    assert [t.user_text for t in await store.history(s.id, limit=2)] == ["live4", "live5"]
 
 
 @pytest.mark.anyio
@@ -303,6 +350,45 @@ async def test_documents(store: Store) -> None:
     with pytest.raises(KeyError):
         await store.set_document("s_missing", name="x", text="y")
     assert await store.get_document("s_missing") is None
+
+
+@pytest.mark.anyio
+async def test_a_cut_document_keeps_what_was_left_out(store: Store) -> None:
+    s = await store.create_session()
+    await store.set_document(
+        s.id, name="big.md", text="# Head\n\nfirst part", total_chars=500, total_tokens=120, budget_tokens=30
+    )
+    doc = await store.get_document(s.id)
+    assert doc is not None
+    assert (doc.total_chars, doc.total_tokens, doc.budget_tokens) == (500, 120, 30)
+    assert doc.truncated
+    prompt = doc.prompt_text()  # the model is told the document was cut, where it was cut
+    assert prompt.startswith("# Head\n\nfirst part\n\n[NOTE: the document was cut here")
+    assert "first 18 of its 500 characters" in prompt
+    # replaced by a document that fits: no cut any more
+    await store.set_document(s.id, name="small.md", text="all of it", total_chars=9)
+    whole = await store.get_document(s.id)
+    assert whole is not None and not whole.truncated and whole.prompt_text() == "all of it"
+    assert (whole.total_tokens, whole.budget_tokens) == (None, None)
+
+
+@pytest.mark.anyio
+async def test_set_title(store: Store) -> None:
+    s = await store.create_session(owner="alice")
+    renamed = await store.set_title(s.id, "ストリーミングの設計", owner="alice")
+    assert renamed is not None and renamed.title == "ストリーミングの設計"
+    assert renamed.updated_at == s.updated_at  # renaming does not reorder the list
+    got = await store.get_session(s.id, owner="alice")
+    assert got is not None and got.title == "ストリーミングの設計"
+    assert await store.set_title(s.id, "stolen", owner="mallory") is None  # another owner's: missing
+    assert await store.set_title(s.id, "stolen") is None
+    assert await store.set_title("s_missing", "x", owner="alice") is None
+    got = await store.get_session(s.id, owner="alice")
+    assert got is not None and got.title == "ストリーミングの設計"
+    # a titled session keeps its title when the first question comes
+    await store.begin_turn(s.id, run_id="r", user_text="このドキュメントを要約してください")
+    got = await store.get_session(s.id, owner="alice")
+    assert got is not None and got.title == "ストリーミングの設計"
 
 
 @pytest.mark.anyio
@@ -475,6 +561,9 @@ async def test_a_file_with_only_the_first_migration_is_upgraded(
         assert {"turns_by_session", "sessions_by_owner"} <= indexes
         old = await store.get_session("old", owner="alice")  # existing data survives the upgrade
         assert old is not None and old.title == "t"
+        await store.set_document("old", name="n.md", text="kept")  # the document columns exist
+        doc = await store.get_document("old")
+        assert doc is not None and doc.total_chars is None and not doc.truncated
     finally:
         await store.close()
 

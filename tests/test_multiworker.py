@@ -35,14 +35,14 @@ def database() -> Iterator[str]:
 
 
 class Worker:
-    def __init__(self, db: str, prefix: str, rate: float, log: Path) -> None:
+    def __init__(self, db: str, prefix: str, rate: float, log: Path, grace: float = 30.0) -> None:
         self.port = free_port()
         self.log = log.open("wb")
         self.url = f"http://127.0.0.1:{self.port}"
         worker = Path(__file__).parent / "apps" / "worker.py"
         self.proc = subprocess.Popen(
             [sys.executable, str(worker), "--port", str(self.port), "--db", db, "--redis", REDIS,
-             "--prefix", prefix, "--rate", str(rate)],
+             "--prefix", prefix, "--rate", str(rate), "--grace", str(grace)],
             stdout=subprocess.DEVNULL,
             stderr=self.log,
         )  # fmt: skip
@@ -184,3 +184,32 @@ def test_killing_a_mid_run_gives_b_clients_an_error_event(workers: tuple[Worker,
             break
         time.sleep(0.2)
     assert status == "interrupted"
+
+
+def test_an_abandoned_run_waits_for_a_follower_on_another_worker(database: str, tmp_path: Path) -> None:
+    """The owner cancels a resumable run nobody follows after the grace period, but not one
+    that a client follows through another worker (the follow signal goes through Redis)."""
+    prefix = f"trtest:{uuid.uuid4().hex[:8]}:"
+    a = Worker(database, prefix, rate=25, log=tmp_path / "ga.log", grace=0.5)
+    try:
+        b = Worker(database, prefix, rate=25, log=tmp_path / "gb.log", grace=0.5)
+        try:
+            run_id, _, last_id, seen = _start(a, "followed", take=3)
+            rest = _follow(b, run_id, last_id)  # ~3 s of answer: far longer than the grace period
+            assert rest[-1][0] == "run_finished"
+            assert seen + "".join(str(d["text"]) for n, d in rest if n == "answer_delta") == ANSWER
+
+            _, session_id, _, _ = _start(a, "abandoned", take=3)
+
+            def status() -> str:
+                turns = httpx.get(f"{b.url}/sessions/{session_id}", timeout=10).json()["turns"]
+                return str(turns[-1]["status"])
+
+            deadline = time.monotonic() + 10
+            while status() == "running" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert status() == "interrupted"  # cancelled long before its ~3.6 s answer ended
+        finally:
+            b.stop()
+    finally:
+        a.stop()

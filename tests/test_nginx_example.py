@@ -118,6 +118,9 @@ def test_the_example_config_is_valid(tmp_path: Path) -> None:
     for setting in ("proxy_buffering off;", "proxy_http_version 1.1;", "proxy_read_timeout 3600s;"):
         assert setting in site
     assert "proxy_ignore_headers" not in site  # X-Accel-Buffering stays honoured
+    # tokenrelay refuses unknown Host names: every location must pass the client's on
+    locations = re.findall(r"location[^{]*\{(.*?)\n    \}", site, re.S)
+    assert locations and all("proxy_set_header Host $host;" in block for block in locations)
 
 
 # -- two workers behind nginx --------------------------------------------------------------------

@@ -38,6 +38,7 @@ from tokenrelay.backends.base import (
     ToolCallChunk,
 )
 from tokenrelay.backends.openai_compat import OpenAIBackend
+from tokenrelay.backends.retry import NO_RETRY
 from tokenrelay.errors import BackendError, ConfigError
 from tokenrelay.events import Usage
 from tokenrelay.messages import Message, ToolCall, ToolSpec
@@ -73,6 +74,7 @@ async def make_backend(server: FakeOpenAIServer) -> AsyncIterator[Callable[..., 
     def make(**kwargs: Any) -> OpenAIBackend:
         kwargs.setdefault("base_url", server.base_url)
         kwargs.setdefault("api_key", KEY)
+        kwargs.setdefault("retry", NO_RETRY)  # one request, one outcome (retries: test_retry.py)
         backend = OpenAIBackend(kwargs.pop("model", "fake-model"), **kwargs)
         made.append(backend)
         return backend
@@ -198,7 +200,7 @@ async def test_request_body_omits_unset_options_and_merges_extra_body(
     body = server.last_request.json
     for key in ("stop", "seed", "tools", "response_format"):
         assert key not in body
-    assert body["max_tokens"] == 512
+    assert body["max_tokens"] == 2048
 
     backend = make_backend(extra_body={"top_k": 40, "max_tokens": None, "max_completion_tokens": 99})
     await collect(backend, settings=GenerationSettings(max_tokens=None))

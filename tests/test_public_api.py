@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import os
@@ -25,6 +26,7 @@ EXPECTED_NAMES = {
     "Event",
     "GenerationSettings",
     "Message",
+    "Narration",
     "ReasoningDelta",
     "RunError",
     "RunFinished",
@@ -44,6 +46,25 @@ EXPECTED_NAMES = {
     "stream_chat",
     "tool",
 }
+
+
+#: the bundled client (`tokenrelay.client`): not re-exported at the top level
+CLIENT_NAMES = {
+    "AsyncStream",
+    "DEFAULT_TIMEOUT",
+    "IncompleteStreamError",
+    "Reconnect",
+    "Stream",
+    "TokenrelayClientError",
+    "TokenrelayConnectionError",
+    "TokenrelayHTTPError",
+    "astream_events",
+    "astream_text",
+    "stream_cli",
+    "stream_events",
+    "stream_text",
+}
+SSE_NAMES = {"SSEDecodeError", "SSEDecoder", "ServerSentEvent"}
 
 
 @pytest.fixture
@@ -87,6 +108,26 @@ def test_public_callables_are_documented() -> None:
         obj = getattr(tokenrelay, name)
         if inspect.isclass(obj) or inspect.isfunction(obj):
             assert inspect.getdoc(obj), f"{name} has no docstring"
+
+
+@pytest.mark.parametrize(
+    ("module", "names"), [("tokenrelay.client", CLIENT_NAMES), ("tokenrelay.sse", SSE_NAMES)]
+)
+def test_submodule_surfaces(module: str, names: set[str]) -> None:
+    namespace = importlib.import_module(module)
+    assert namespace.__all__ == sorted(names)
+    for name in namespace.__all__:
+        obj = getattr(namespace, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            assert inspect.getdoc(obj), f"{module}.{name} has no docstring"
+
+
+def test_client_errors_are_tokenrelay_errors() -> None:
+    from tokenrelay import client
+
+    for error in (client.IncompleteStreamError, client.TokenrelayHTTPError, client.TokenrelayConnectionError):
+        assert issubclass(error, client.TokenrelayClientError)
+    assert issubclass(client.TokenrelayClientError, tokenrelay.TokenrelayError)
 
 
 def test_error_hierarchy() -> None:

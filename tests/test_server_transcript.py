@@ -22,6 +22,7 @@ import requests
 
 from server_fixture import LiveServer, make_app
 from tokenrelay.client import IncompleteStreamError, TokenrelayHTTPError, stream_events, stream_text
+from tokenrelay.events import AnswerDelta, RunFinished
 from tokenrelay.messages import Message
 from tokenrelay.testing import ScriptedBackend
 
@@ -233,8 +234,8 @@ def test_chat_events_transcript(serve: Callable[..., LiveServer], http: httpx.Cl
     assert [n for _, n, _ in events].count("run_finished") == 1
     # the bundled client reads the same stream
     received = list(stream_events(server.url, "capital?"))
-    assert received[-1][0] == "run_finished"
-    assert "".join(d["text"] for n, d in received if n == "answer_delta") == ANSWER
+    assert isinstance(received[-1], RunFinished) and received[-1].answer == ANSWER
+    assert "".join(e.text for e in received if isinstance(e, AnswerDelta)) == ANSWER
 
 
 def test_resume_with_last_event_id(serve: Callable[..., LiveServer], http: httpx.Client) -> None:
@@ -656,18 +657,20 @@ def test_api_keys(serve: Callable[..., LiveServer], http: httpx.Client) -> None:
     assert http.delete(url + f"/sessions/{session_id}", headers=k1).status_code == 204
 
 
-def test_health_counts_the_active_runs_of_every_key(
+def test_health_counts_the_active_runs_of_the_callers_key(
     serve: Callable[..., LiveServer], http: httpx.Client
 ) -> None:
     reply = ['{"action": "Final Answer", "action_input": "', "slow", '"}']
     # slow enough that a loaded machine cannot finish the run before /health answers
-    server = serve(ScriptedBackend([reply], tokens_per_second=0.2), api_keys=frozenset({"k1"}))
+    server = serve(ScriptedBackend([reply], tokens_per_second=0.2), api_keys=frozenset({"k1", "k2"}))
     with http.stream(
         "POST", server.url + "/chat/events", json={"text": "q"}, headers={"X-API-Key": "k1"}
     ) as r:
         chunks = r.iter_raw()  # keep the iterator: dropping it closes the stream (a disconnect)
         next(chunks)  # the run has started
-        assert http.get(server.url + "/health").json()["active_runs"] == 1
+        assert http.get(server.url + "/health", headers={"X-API-Key": "k1"}).json()["active_runs"] == 1
+        assert http.get(server.url + "/health", headers={"X-API-Key": "k2"}).json()["active_runs"] == 0
+        assert "active_runs" not in http.get(server.url + "/health").json()  # no key: liveness only
 
 
 def test_the_bundled_client_takes_the_key_from_the_environment(
@@ -711,8 +714,8 @@ def test_prompt_text_cannot_break_any_endpoint_framing(
     assert "".join(d["text"] for _, n, d in events if n == "answer_delta") == expected
     assert events[-1][2]["answer"] == expected
     received = list(stream_events(server.url, INJECTION))
-    assert "".join(d["text"] for n, d in received if n == "answer_delta") == expected
-    assert received[-1] == ("run_finished", received[-1][1]) and received[-1][1]["answer"] == expected
+    assert "".join(e.text for e in received if isinstance(e, AnswerDelta)) == expected
+    assert isinstance(received[-1], RunFinished) and received[-1].answer == expected
 
     client = sdk(server)
     messages: list[Any] = [{"role": "user", "content": INJECTION}]

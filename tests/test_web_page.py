@@ -1,13 +1,11 @@
 """The web page in a real browser: headless Chromium (Debian's package) driven by Playwright,
-against a real uvicorn server with the scripted backend.
+against a real uvicorn server with the scripted backend (fixtures: tests/browser_fixture.py).
 
-The browser tests need `/usr/bin/chromium` and the `playwright` Python package (installed by
-`scripts/browser-deps`; Playwright's own browser download is never used). Without them they
-are skipped locally, but fail under CI (`CI` set), where a skip would hide a broken page.
 The first tests check the shipped files and need no browser.
 
-`TOKENRELAY_WRITE_SCREENSHOTS=1` makes the screenshot test write docs/screenshot.png and
-docs/screenshot-ja.png (the README's pictures); otherwise it writes to a temporary folder.
+`TOKENRELAY_WRITE_SCREENSHOTS=1` makes the screenshot tests (here and in the other
+test_web_page_*.py modules) write their pictures into docs/ (the README's and docs/page.md's);
+otherwise they write to a temporary folder.
 """
 
 from __future__ import annotations
@@ -16,36 +14,34 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from browser_fixture import (  # noqa: F401 - the fixtures register by name
+    ROOT,
+    STATIC,
+    TIMEOUT_MS,
+    PageFactory,
+    ask,
+    browser_fixture,
+    last_answer,
+    open_page_fixture,
+    playwright_fixture,
+    wait_for_end,
+)
 from server_fixture import LiveServer, make_app, wait_until
 from tokenrelay.messages import Message
 from tokenrelay.presets import DEFAULT_PRESETS
 from tokenrelay.testing import ScriptedBackend
 
 try:
-    from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+    from playwright.sync_api import Browser, expect
 except ImportError:  # pragma: no cover - scripts/browser-deps installs it
-    sync_playwright = None  # type: ignore[assignment]
-
-ROOT = Path(__file__).resolve().parents[1]
-STATIC = ROOT / "src" / "tokenrelay" / "server" / "static"
-CHROMIUM = os.environ.get("TOKENRELAY_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-TIMEOUT_MS = 15_000
+    pass
 
 
 # -- the scripted model ----------------------------------------------------------------------
@@ -131,6 +127,8 @@ def reply(messages: Sequence[Message]) -> str:
 def test_page_files_ship_inside_the_package() -> None:
     for name in ("index.html", "app.css", "app.js", "dom.js", "i18n.js", "markdown.js", "sse.js"):
         assert (STATIC / name).is_file(), name
+    for module in STATIC.glob("*.js"):  # small modules, one concern each
+        assert len(module.read_text(encoding="utf-8").splitlines()) <= 400, module.name
     vendor = STATIC / "vendor"
     for path in (
         "marked/marked.esm.js",
@@ -140,6 +138,10 @@ def test_page_files_ship_inside_the_package() -> None:
         "mermaid/mermaid.esm.min.mjs",
         "mermaid/LICENSE",
         "mermaid/THIRD_PARTY_LICENSES.txt",
+        "highlight/highlight.min.js",
+        "highlight/github.min.css",
+        "highlight/github-dark.min.css",
+        "highlight/LICENSE",
     ):
         assert (vendor / path).is_file(), path
     too_big = [p for p in vendor.rglob("*") if p.is_file() and p.stat().st_size >= 5 * 1024 * 1024]
@@ -153,6 +155,7 @@ def test_page_loads_nothing_from_another_host() -> None:
     for script in STATIC.glob("*.js"):
         source = script.read_text(encoding="utf-8")
         imports += re.findall(r"""(?:from|import)\s*\(?\s*["']([^"']+)["']""", source)
+        source = source.replace('"http://www.w3.org/2000/svg"', "")  # the SVG namespace: a name
         assert "http://" not in source and "https://" not in source
     assert "./vendor/mermaid/mermaid.esm.min.mjs" in imports
     assert all(spec.startswith("./") for spec in imports), imports
@@ -178,75 +181,6 @@ def _pace(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if "backend" in request.fixturenames:
         request.getfixturevalue("backend").tokens_per_second = None
-
-
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    problem = None
-    if sync_playwright is None:
-        problem = "the playwright package is not installed (scripts/browser-deps installs it)"
-    elif not os.access(CHROMIUM, os.X_OK):
-        problem = f"{CHROMIUM} is missing (scripts/browser-deps installs Debian's chromium)"
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser tests cannot run under CI: {problem}")
-        pytest.skip(problem)
-    with sync_playwright() as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
-    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    yield browser
-    browser.close()
-
-
-PageFactory = Callable[..., Page]
-
-
-@pytest.fixture
-def open_page(browser: Browser, server: LiveServer) -> Iterator[PageFactory]:
-    """Open the page in a fresh browser context. Uncaught page errors fail the test, and so
-    does any request to another host (the page must work offline: nothing from a CDN)."""
-    contexts = []
-    errors: list[str] = []
-    foreign: list[str] = []
-
-    def check_host(request: Any) -> None:
-        if not request.url.startswith((server.url + "/", "data:", "blob:")):
-            foreign.append(request.url)
-
-    def open_(*, locale: str = "en-US", url: str | None = None, **options: Any) -> Page:
-        context = browser.new_context(locale=locale, viewport={"width": 1280, "height": 860}, **options)
-        context.set_default_timeout(TIMEOUT_MS)
-        contexts.append(context)
-        page = context.new_page()
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.on("request", check_host)
-        page.goto(url or server.url)
-        expect(page.locator("body[data-ready='1']")).to_have_count(1)
-        return page
-
-    yield open_
-    for context in contexts:
-        context.close()
-    assert not errors, errors
-    assert not foreign, foreign
-
-
-def ask(page: Page, text: str) -> None:
-    page.get_by_test_id("message-input").fill(text)
-    page.get_by_test_id("send-button").click()
-
-
-def wait_for_end(page: Page) -> None:
-    expect(page.get_by_test_id("stop-button")).to_be_hidden()
-    expect(page.get_by_test_id("send-button")).to_be_enabled()
-
-
-def last_answer(page: Page) -> Any:
-    return page.get_by_test_id("answer").last
 
 
 # -- chat -----------------------------------------------------------------------------------------
@@ -301,7 +235,7 @@ def test_mermaid_block_becomes_a_diagram_once_it_closes(
     page = open_page()
     ask(page, "live diagram")
     answer = last_answer(page)
-    svg = answer.locator(".mermaid-block svg")
+    svg = answer.locator(".diagram-viewport > svg")
     expect(svg).to_have_count(1)
     assert page.get_by_test_id("stop-button").is_visible(), "drawn only after the run ended"
     expect(svg.get_by_text("Agent").first).to_be_visible()
@@ -411,16 +345,24 @@ def test_stop_cancels_the_run_on_the_server(
     assert LONG.startswith(detail["turns"][-1]["answer"])
 
 
-def test_closing_the_page_cancels_the_run(open_page: PageFactory, backend: ScriptedBackend) -> None:
-    # runs are started resumable (a dropped connection does not end them), so leaving the
-    # page must cancel explicitly
-    backend.tokens_per_second = 5
+def test_closing_the_page_leaves_the_run_going_and_the_chat_shows_it(
+    open_page: PageFactory, backend: ScriptedBackend, server: LiveServer
+) -> None:
+    # runs are started resumable: a page cannot tell a reload (which must resume) from a
+    # closed tab at `pagehide`, so neither cancels; the answer is there when the chat reopens
+    backend.tokens_per_second = 40
     page = open_page()
-    ask(page, "slow, then close")
+    ask(page, "stream please, then close")
     expect(last_answer(page)).not_to_be_empty()
     call = backend.calls[-1]
+    url = page.url
+    assert "?chat=s_" in url
     page.close(run_before_unload=True)
-    assert wait_until(lambda: call.abandoned, timeout=5), "the model kept generating"
+    assert wait_until(lambda: call.finished, timeout=10), "the run stopped with the page"
+    assert not call.abandoned
+    again = open_page(url=url)
+    expect(last_answer(again)).to_have_text(STREAMED)
+    expect(again.get_by_test_id("turn")).to_have_count(1)
 
 
 def test_reopening_a_chat_follows_its_running_answer(
@@ -633,7 +575,7 @@ def test_screenshot_of_an_answer_with_a_sequence_diagram(
     expect(page.get_by_test_id("preset-button")).to_have_count(len(DEFAULT_PRESETS))
     ask(page, SEED_QUESTION)
     wait_for_end(page)
-    svg = last_answer(page).locator(".mermaid-block svg")
+    svg = last_answer(page).locator(".diagram-viewport > svg")
     expect(svg).to_have_count(1)
     for name in ("ユーザー", "フロントエンド", "バックエンド", "LLM"):
         expect(svg.get_by_text(name, exact=True).first).to_be_visible()

@@ -47,6 +47,7 @@ class Runner:
             tool_timeout_s=settings.tool_timeout_s,
             system_prompt=settings.system_prompt,
             generation=self.generation,
+            answer_policy=settings.answer_policy,
         )
 
     async def ensure_session(self, session_id: str | None, *, owner: str | None = None) -> str:

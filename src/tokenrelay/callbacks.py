@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from tokenrelay.events import (
     AnswerDelta,
+    Narration,
     ReasoningDelta,
     RunError,
     RunFinished,
@@ -36,6 +37,10 @@ class CallbackHandler:
 
     def on_reasoning_token(self, token: str) -> Any:
         pass
+
+    def on_narration(self, text: str) -> Any:
+        """The trailing `text` of the tokens already given to `on_llm_new_token` was the model
+        speaking before a tool call, not the final answer (see `tokenrelay.events.Narration`)."""
 
     def on_tool_start(self, name: str, arguments: Any) -> Any:
         pass
@@ -92,6 +97,8 @@ async def run_callbacks(
                 await _call(handler.on_llm_new_token(event.text))
             elif isinstance(event, ReasoningDelta):
                 await _call(handler.on_reasoning_token(event.text))
+            elif isinstance(event, Narration):
+                await _call(handler.on_narration(event.text))
             elif isinstance(event, RunStarted):
                 await _call(handler.on_llm_start(event.run_id, event.model))
             elif isinstance(event, ToolCallStarted):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tokenrelay.backends.base import Backend
+from tokenrelay.memory.base import Document
 
 __all__ = ["FittedDocument", "extract_text", "fit_document"]
 
@@ -31,17 +32,31 @@ def extract_text(name: str, content: str) -> str:
 
 
 def _notebook_text(name: str, content: str) -> str:
+    def invalid(problem: str) -> ValueError:
+        return ValueError(f"{name} is not a valid Jupyter notebook: {problem}")
+
     try:
         notebook: Any = json.loads(content)
-        cells = notebook["cells"]
-    except (ValueError, KeyError, TypeError):
-        raise ValueError(f"{name} is not a valid Jupyter notebook (expected JSON with 'cells')") from None
+    except RecursionError:
+        raise invalid("its JSON is nested too deeply") from None
+    except ValueError as exc:
+        raise invalid(f"it is not JSON ({exc})") from None
+    if not isinstance(notebook, dict) or "cells" not in notebook:
+        raise invalid("expected a JSON object with 'cells'")
+    cells = notebook["cells"]
+    if not isinstance(cells, list):
+        raise invalid(f"'cells' must be a list, not {_json_type(cells)}")
     parts: list[str] = []
-    for cell in cells:
+    for number, cell in enumerate(cells, 1):
         if not isinstance(cell, dict):
-            continue
+            raise invalid(f"cell {number} must be an object, not {_json_type(cell)}")
         source = cell.get("source", "")
-        text = "".join(source) if isinstance(source, list) else str(source)
+        if isinstance(source, list) and all(isinstance(line, str) for line in source):
+            text = "".join(source)
+        elif isinstance(source, str):
+            text = source
+        else:
+            raise invalid(f"cell {number}: 'source' must be text or a list of text lines")
         if not text.strip():
             continue
         if cell.get("cell_type") == "code":
@@ -49,6 +64,11 @@ def _notebook_text(name: str, content: str) -> str:
         else:
             parts.append(text.rstrip())
     return "\n\n".join(parts)
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +83,19 @@ class FittedDocument:
     @property
     def truncated(self) -> bool:
         return self.kept_chars < self.total_chars
+
+    @classmethod
+    def stored(cls, doc: Document) -> FittedDocument:
+        """The fit of a stored document (whole, when the store did not record a cut)."""
+        kept = len(doc.text)
+        return cls(
+            name=doc.name,
+            text=doc.text,
+            total_chars=doc.total_chars if doc.total_chars is not None else kept,
+            kept_chars=kept,
+            total_tokens=doc.total_tokens or 0,
+            budget_tokens=doc.budget_tokens or 0,
+        )
 
     def notice(self) -> str | None:
         """What was left out, in words, or None when the whole document fits."""

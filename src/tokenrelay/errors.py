@@ -3,7 +3,7 @@ server turns them into error events or 4xx bodies. Never put secrets (API keys) 
 
 from __future__ import annotations
 
-__all__ = ["BackendError", "ConfigError", "TokenrelayError"]
+__all__ = ["BackendError", "ConfigError", "StorageError", "TokenrelayError"]
 
 
 class TokenrelayError(Exception):
@@ -23,7 +23,23 @@ class BackendError(TokenrelayError):
 
     code = "backend"
 
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
+        #: whether trying the same call again may succeed (429, 5xx, connection failures)
         self.retryable = retryable
+        #: how long the server asked to wait before trying again (Retry-After), if it did
+        self.retry_after_s = retry_after_s
+
+
+class StorageError(TokenrelayError):
+    """The session store could not be read or written: disk full, database unreachable."""
+
+    code = "storage"

@@ -17,6 +17,7 @@ The `type` field is a `Literal` discriminator and is also the SSE `event:` name.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -33,6 +34,7 @@ __all__ = [
     "Usage",
     "event_from_dict",
     "event_to_dict",
+    "final_answer",
     "Narration",
     "new_answer_delta",
 ]
@@ -241,3 +243,16 @@ def event_from_dict(data: dict[str, Any]) -> Event:
     fields = {k: v for k, v in data.items() if k != "type" and k in cls.__dataclass_fields__}
     event: Event = cls(**fields)
     return event
+
+
+def final_answer(events: Iterable[Event]) -> str:
+    """The final answer as a typed consumer shows it: the answer deltas' text, with every
+    `Narration` taking its text back off the end (for a well-formed stream, it is there)."""
+    parts: list[str] = []
+    for event in events:
+        if type(event) is AnswerDelta:
+            parts.append(event.text)
+        elif type(event) is Narration:
+            shown = "".join(parts)
+            parts = [shown[: len(shown) - len(event.text)] if shown.endswith(event.text) else shown]
+    return "".join(parts)

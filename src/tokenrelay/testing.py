@@ -1,9 +1,12 @@
-"""Test doubles shipped with the library: a scripted model backend.
+"""Test doubles and checks shipped with the library: a scripted model backend, a stream checker.
 
 `ScriptedBackend` replays prepared replies, chunk by chunk, optionally at a fixed rate, so
 tests and benchmarks are deterministic. It is public so users can test code built on
 tokenrelay without a model. It is never selected by default: only by passing it explicitly
 or with the model string `scripted:<text>` (which answers every call with `<text>`).
+
+`check_events` asserts the invariants of `tokenrelay.events` on a run's events; `final_answer`
+and `shown_text` are what a typed consumer and a consumer that ignores `Narration` show.
 """
 
 from __future__ import annotations
@@ -22,10 +25,74 @@ from tokenrelay.backends.base import (
     ToolCallChunk,
 )
 from tokenrelay.errors import BackendError
-from tokenrelay.events import Usage
+from tokenrelay.events import (
+    AnswerDelta,
+    Event,
+    Narration,
+    RunError,
+    RunFinished,
+    RunStarted,
+    ToolCallFinished,
+    ToolCallStarted,
+    Usage,
+    final_answer,
+)
 from tokenrelay.messages import Message, ToolSpec
 
-__all__ = ["Reply", "ScriptedBackend", "ScriptedCall", "split_tokens"]
+__all__ = [
+    "Reply",
+    "ScriptedBackend",
+    "ScriptedCall",
+    "check_events",
+    "final_answer",
+    "shown_text",
+    "split_tokens",
+]
+
+
+def shown_text(events: Sequence[Event]) -> str:
+    """Every answer delta's text: what a consumer that ignores `Narration` shows."""
+    return "".join([e.text for e in events if type(e) is AnswerDelta])
+
+
+def _check_narration(events: Sequence[Event]) -> None:
+    since: list[str] = []  # answer text since the previous narration
+    for event in events:
+        if type(event) is AnswerDelta:
+            since.append(event.text)
+        elif type(event) is Narration:
+            assert "".join(since).endswith(event.text), "a Narration re-labels the end of the answer text"
+            since = []
+
+
+def check_events(events: Sequence[Event], *, complete: bool = True) -> None:
+    """Assert the invariants of a run's event stream (of a prefix of one if not `complete`):
+    one `RunStarted` first; exactly one terminal event, last; the terminal event's answer is
+    the answer text with narration re-labelled; every `Narration` re-labels the end of the
+    answer text since the previous one; tool calls are bracketed, one at a time."""
+    assert events and isinstance(events[0], RunStarted), "a run starts with RunStarted"
+    assert sum(isinstance(e, RunStarted) for e in events) == 1
+    terminal = [i for i, e in enumerate(events) if isinstance(e, RunFinished | RunError)]
+    if complete:
+        assert terminal == [len(events) - 1], "exactly one terminal event, and nothing after it"
+        last = events[-1]
+        assert isinstance(last, RunFinished | RunError)
+        assert last.answer == final_answer(events)
+    else:
+        assert terminal == []
+    _check_narration(events)
+    open_call: str | None = None
+    for e in events:
+        if isinstance(e, ToolCallStarted):
+            assert open_call is None, "one tool call at a time"
+            open_call = e.call_id
+        elif isinstance(e, ToolCallFinished):
+            assert e.call_id == open_call
+            assert (e.result is None) != (e.error is None)
+            open_call = None
+        else:
+            assert open_call is None, f"{e.type} inside a tool call"
+
 
 #: One model call's reply: text (split with `split_tokens`), or explicit chunks/strings.
 Reply = str | Sequence[str | ModelChunk]

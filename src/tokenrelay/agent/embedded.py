@@ -66,7 +66,16 @@ class RunHooks(Protocol):
         """Record answer text and return its `AnswerDelta`."""
         ...
 
+    @property
+    def generation(self) -> GenerationSettings:
+        """This run's sampling settings (the agent's, or the run's override)."""
+        ...
+
     def add_usage(self, usage: Usage) -> None: ...
+
+    def finished(self, reason: str | None) -> None:
+        """The model call that wrote the answer ended with `reason` ("length": cut short)."""
+        ...
 
     def call_tool(self, name: str, arguments: Any) -> AsyncGenerator[Event, None]:
         """Run a tool through the agent: `ToolCallStarted`, then `ToolCallFinished`."""
@@ -104,13 +113,11 @@ class EmbeddedPolicy:
         model: LocalModel,
         tools: Sequence[Tool],
         *,
-        generation: GenerationSettings,
         margin: float = DEFAULT_MARGIN,
         precheck: bool = True,
     ) -> None:
         self.model = model
         self.tools = list(tools)
-        self.generation = generation
         self.margin = margin
         #: the deterministic pre-check (arith.py) may filter candidates, decide explicit
         #: arithmetic and supply the expression; False leaves all of it to the model
@@ -244,13 +251,15 @@ class EmbeddedPolicy:
     async def _answer(self, conversation: list[Message], hooks: RunHooks) -> AsyncGenerator[Event, None]:
         """The answer from the plain chat prompt: the same tokens a plain call evaluates."""
         prompt = await self.model.render(conversation)
-        async with aclosing(self.model.stream_text(prompt, settings=self.generation)) as chunks:
+        async with aclosing(self.model.stream_text(prompt, settings=hooks.generation)) as chunks:
             async for chunk in chunks:
                 if type(chunk) is TextChunk:
                     if chunk.text:
                         yield hooks.answer(chunk.text)
-                elif isinstance(chunk, FinishChunk) and chunk.usage is not None:
-                    hooks.add_usage(chunk.usage)
+                elif isinstance(chunk, FinishChunk):
+                    hooks.finished(chunk.reason)
+                    if chunk.usage is not None:
+                        hooks.add_usage(chunk.usage)
 
     async def _prompt(self, key: str, build: Callable[[str], list[Message]], question: str) -> SplitPrompt:
         """`build(question)` rendered, split into the part shared by every question (rendered
@@ -268,10 +277,8 @@ def _show(arguments: Any) -> str:
     return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
 
 
-def embedded_policy(
-    backend: Backend, tools: Sequence[Tool], *, generation: GenerationSettings
-) -> EmbeddedPolicy | None:
+def embedded_policy(backend: Backend, tools: Sequence[Tool]) -> EmbeddedPolicy | None:
     """The policy for `backend` when it is an in-process model, else None."""
     if not isinstance(backend, LocalModel):
         return None
-    return EmbeddedPolicy(backend, tools, generation=generation)
+    return EmbeddedPolicy(backend, tools)

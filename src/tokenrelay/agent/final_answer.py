@@ -153,6 +153,8 @@ class FinalAnswerExtractor:
         action: the action name once its string is complete, else None.
         action_input: the parsed action_input value once complete, else None.
         is_final: None until the action is known; then whether it is final.
+        action_key_seen: whether a key named "action" or "action_input" has been parsed (the
+            output is an attempt at an action, even if it later turns out malformed).
         complete: True once the top-level JSON object has closed.
         error: why the output is not a valid action, else None.
     """
@@ -181,6 +183,7 @@ class FinalAnswerExtractor:
         "_value_start",
         "action",
         "action_input",
+        "action_key_seen",
         "complete",
         "error",
         "is_final",
@@ -192,6 +195,7 @@ class FinalAnswerExtractor:
         self.action: str | None = None
         self.action_input: object = None
         self.is_final: bool | None = None
+        self.action_key_seen = False
         self.complete = False
         self.error: str | None = None
         self._chunks: list[str] = []  # raw chunks (joined lazily by .raw)
@@ -494,6 +498,8 @@ class FinalAnswerExtractor:
         target = self._target
         if target == _T_KEY:
             self._key = text
+            if text == "action" or text == "action_input":
+                self.action_key_seen = True
             self._state = _COLON
             return
         self._state = _AFTER

@@ -76,7 +76,9 @@ def _openai(arg: str, settings: Settings) -> Backend:
     """`openai:<model>`; a comma-separated base URL list means several upstream servers
     (round robin with failover before the first token)."""
     from tokenrelay.backends.openai_compat import OpenAIBackend
+    from tokenrelay.backends.retry import NO_RETRY, RetryPolicy
 
+    retry = RetryPolicy(attempts=settings.upstream_retries + 1, max_total_s=settings.upstream_retry_max_s)
     urls: list[str | None] = [u.strip() for u in (settings.openai_base_url or "").split(",") if u.strip()]
     backends: list[Backend] = [
         OpenAIBackend(
@@ -84,6 +86,7 @@ def _openai(arg: str, settings: Settings) -> Backend:
             base_url=url,
             api_key=settings.openai_api_key,
             timeout_s=settings.request_timeout_s,
+            retry=retry if len(urls) <= 1 else NO_RETRY,  # several: the failover retries rounds
         )
         for url in urls or [None]
     ]
@@ -91,7 +94,7 @@ def _openai(arg: str, settings: Settings) -> Backend:
         return backends[0]
     from tokenrelay.backends.failover import FailoverBackend
 
-    return FailoverBackend(backends)
+    return FailoverBackend(backends, retry=retry)
 
 
 def _scripted(arg: str, settings: Settings) -> Backend:

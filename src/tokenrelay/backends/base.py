@@ -74,7 +74,7 @@ class GenerationSettings:
     grammar for llama.cpp and is ignored elsewhere.
     """
 
-    max_tokens: int | None = 512
+    max_tokens: int | None = 2048
     temperature: float = 0.7
     top_p: float = 0.95
     stop: tuple[str, ...] = ()

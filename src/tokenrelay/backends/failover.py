@@ -6,6 +6,11 @@ failure puts an upstream in cooldown; when every upstream is cooling down, all a
 anyway). A call that fails before its first chunk moves on to the next upstream; once a
 chunk has been yielded the call is committed to that upstream and a later failure is raised
 as is — two models' answers are never spliced together.
+
+Retries (`retry`, backends/retry.py) wrap whole rounds: when every upstream failed before its
+first chunk and one of the failures was retryable, the round is tried again after a backoff
+(at least the shortest Retry-After). Build the upstreams with `retry=NO_RETRY` (the model
+string factory does): a failing upstream is then left for the next at once, not hammered.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 
 from tokenrelay.backends.base import Backend, GenerationSettings, ModelChunk
+from tokenrelay.backends.retry import RetryPolicy, retrying_stream
 from tokenrelay.errors import BackendError
 from tokenrelay.messages import Message, ToolSpec
 
@@ -23,12 +29,18 @@ __all__ = ["FailoverBackend"]
 
 class FailoverBackend(Backend):
     def __init__(
-        self, upstreams: Sequence[Backend], *, cooldown_s: float = 10.0, name: str | None = None
+        self,
+        upstreams: Sequence[Backend],
+        *,
+        cooldown_s: float = 10.0,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if not upstreams:
             raise ValueError("FailoverBackend needs at least one upstream")
         self.upstreams = list(upstreams)
         self.cooldown_s = cooldown_s
+        self.retry = RetryPolicy() if retry is None else retry
         self.name = name or self.upstreams[0].name
         self.supports_native_tools = all(u.supports_native_tools for u in self.upstreams)
         self.enforces_json_schema = all(u.enforces_json_schema for u in self.upstreams)
@@ -51,14 +63,24 @@ class FailoverBackend(Backend):
         now = time.monotonic()
         return [until <= now for until in self._down_until]
 
-    async def stream(
+    def stream(
         self,
         messages: Sequence[Message],
         *,
         tools: Sequence[ToolSpec] | None = None,
         settings: GenerationSettings = GenerationSettings(),
     ) -> AsyncGenerator[ModelChunk, None]:
+        if self.retry.attempts <= 1:
+            return self._round(messages, tools, settings)
+        return retrying_stream(lambda: self._round(messages, tools, settings), self.retry, where=self.name)
+
+    async def _round(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] | None, settings: GenerationSettings
+    ) -> AsyncGenerator[ModelChunk, None]:
+        """One try of every upstream in turn, until one yields its first chunk."""
         failures: list[str] = []
+        retryable = False
+        waits: list[float] = []
         for index in self.order():
             upstream = self.upstreams[index]
             async with aclosing(upstream.stream(messages, tools=tools, settings=settings)) as chunks:
@@ -72,13 +94,20 @@ class FailoverBackend(Backend):
                     self._down_until[index] = time.monotonic() + self.cooldown_s
                     where = getattr(upstream, "shown_url", upstream.name)
                     failures.append(f"{where}: {exc}")
+                    retryable = retryable or exc.retryable
+                    if exc.retry_after_s is not None:
+                        waits.append(exc.retry_after_s)
                     continue
                 self._down_until[index] = 0.0
                 yield first
                 async for chunk in chunks:  # committed: errors from here on are the caller's
                     yield chunk
                 return
-        raise BackendError("every upstream failed: " + "; ".join(failures), retryable=True)
+        raise BackendError(
+            "every upstream failed: " + "; ".join(failures),
+            retryable=retryable,
+            retry_after_s=min(waits) if waits else None,  # the first to be ready again
+        )
 
     async def aclose(self) -> None:
         for upstream in self.upstreams:

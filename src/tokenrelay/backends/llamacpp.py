@@ -407,6 +407,11 @@ class LlamaCppBackend(Backend):
     def busy(self) -> bool:
         return bool(self._model and self._model.busy)
 
+    @property
+    def queue_depth(self) -> int:
+        """Generation jobs waiting for the model's worker thread (metrics)."""
+        return self._model._jobs.qsize() if self._model else 0
+
     def count_tokens(self, text: str) -> int:
         if self._model is None:
             return super().count_tokens(text)

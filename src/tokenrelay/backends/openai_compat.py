@@ -15,8 +15,9 @@ Invariants (on top of those in `tokenrelay.backends.base`):
 * the stream ends with exactly one `FinishChunk`, yielded after the HTTP response has been
   released; a stream that ends without `[DONE]` or a `finish_reason` is an error;
 * every failure is a one-line `BackendError` (connection, HTTP status, malformed chunk,
-  in-stream error, timeout) whose message never contains the API key; 429 and 5xx are
-  `retryable`;
+  in-stream error, timeout) whose message never contains the API key; 429, 5xx and
+  connection failures are `retryable` (with the server's Retry-After), and such a failure
+  before the first chunk is retried per `retry` (backends/retry.py), never after it;
 * when the consumer stops iterating (`aclose()` of the generator, `break`, or the task is
   cancelled) the HTTP response is closed at once, so the upstream server sees the disconnect
   and can stop generating;
@@ -33,10 +34,13 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import email.utils
 import json
+import math
 import os
 import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -51,6 +55,7 @@ from tokenrelay.backends.base import (
     ThinkingChunk,
     ToolCallChunk,
 )
+from tokenrelay.backends.retry import RetryPolicy, retrying_stream
 from tokenrelay.errors import BackendError, ConfigError
 from tokenrelay.events import Usage
 from tokenrelay.messages import Message, ToolSpec
@@ -112,7 +117,9 @@ class OpenAIBackend(Backend):
     `base_url` defaults to `OPENAI_BASE_URL` or the OpenAI API; `api_key` defaults to
     `OPENAI_API_KEY` and may be absent for local servers (pass `""` to send no key even when
     the variable is set). `extra_body` is merged into every request body last; a `None`
-    value removes a key (e.g. `{"max_tokens": None, "max_completion_tokens": 512}`).
+    value removes a key (e.g. `{"max_tokens": None, "max_completion_tokens": 512}`). `retry`
+    says how a call that fails before its first chunk (429, 5xx, unreachable) is tried again
+    (default: `RetryPolicy()`; `NO_RETRY` never retries).
     """
 
     supports_native_tools = True
@@ -129,6 +136,7 @@ class OpenAIBackend(Backend):
         idle_timeout_s: float | None = None,
         client: httpx.AsyncClient | None = None,
         extra_body: dict[str, Any] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if not model:
             raise ConfigError("the OpenAI backend needs a model name, e.g. 'openai:gpt-4o-mini'")
@@ -157,6 +165,7 @@ class OpenAIBackend(Backend):
         self.first_token_timeout_s = first_token_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.extra_body: dict[str, Any] = dict(extra_body or {})
+        self.retry = RetryPolicy() if retry is None else retry
         self._api_key = key or None
         self._shown_url = _redact_url(self.base_url)
         self._client = client
@@ -241,13 +250,23 @@ class OpenAIBackend(Backend):
                 body[key] = value
         return body
 
-    async def stream(
+    def stream(
         self,
         messages: Sequence[Message],
         *,
         tools: Sequence[ToolSpec] | None = None,
         settings: GenerationSettings = GenerationSettings(),
     ) -> AsyncGenerator[ModelChunk, None]:
+        if self.retry.attempts <= 1:  # no retry layer: one generator less per chunk
+            return self._stream_once(messages, tools, settings)
+        return retrying_stream(
+            lambda: self._stream_once(messages, tools, settings), self.retry, where=self._shown_url
+        )
+
+    async def _stream_once(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec] | None, settings: GenerationSettings
+    ) -> AsyncGenerator[ModelChunk, None]:
+        """One HTTP request: the whole stream, or a `BackendError`."""
         client = self._get_client()
         request = client.build_request(
             "POST",
@@ -523,10 +542,18 @@ class OpenAIBackend(Backend):
             return BackendError(f"HTTP 404 from {self._shown_url}: {hint}{detail}", status=status)
         if status == 429:
             return BackendError(
-                f"rate limited by the server (HTTP 429){detail}", status=status, retryable=True
+                f"rate limited by the server (HTTP 429){detail}",
+                status=status,
+                retryable=True,
+                retry_after_s=_retry_after(response.headers),
             )
         if status >= 500:
-            return BackendError(f"server error (HTTP {status}){detail}", status=status, retryable=True)
+            return BackendError(
+                f"server error (HTTP {status}){detail}",
+                status=status,
+                retryable=True,
+                retry_after_s=_retry_after(response.headers),
+            )
         if status >= 400:
             return BackendError(f"the server rejected the request (HTTP {status}){detail}", status=status)
         return BackendError(f"unexpected HTTP {status} from {self._shown_url}{detail}", status=status)
@@ -639,6 +666,26 @@ def _server_message(body: str) -> tuple[str, bool]:
             if value:
                 return (_error_message(value)[0] if key == "error" else str(value)), True
     return body, False
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds the server asks to wait: `retry-after-ms` (OpenAI), else `Retry-After` as
+    seconds or an HTTP date; None when absent or unreadable."""
+    try:
+        if "retry-after-ms" in headers:
+            seconds = float(headers["retry-after-ms"]) / 1000
+        else:
+            value = headers.get("retry-after")
+            if value is None:
+                return None
+            try:
+                seconds = float(value)
+            except ValueError:
+                when = email.utils.parsedate_to_datetime(value)
+                seconds = (when - datetime.now(UTC)).total_seconds()
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def _redact_url(url: str) -> str:

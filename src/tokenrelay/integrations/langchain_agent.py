@@ -3,7 +3,8 @@
 `RunnableAgent(graph)` has the `run(text, *, session_id, mode, run_id, history)` signature of
 tokenrelay's `Agent`, so the server's sinks (raw /chat, typed SSE /chat/events,
 OpenAI-compatible /v1/chat/completions, the page) and the CLI helpers stream it unchanged.
-Each run gets its own `TokenrelayCallbackHandler` (policy `messages` by default: only the text
+Each run gets its own `TokenrelayCallbackHandler` (policy `stream` by default; `messages` is the
+exact-but-held alternative, `answer_policy="hold"` per run: only the text
 of model messages that end without tool calls is answer text; see `langchain_events`), attached
 through the run's config, and the graph runs with `ainvoke` as a task; the handler makes its
 chat models stream.
@@ -28,21 +29,21 @@ import tokenrelay.integrations.langchain_common  # noqa: F401  (first: says whic
 
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.callbacks import BaseCallbackManager
 from langchain_core.language_models import BaseLanguageModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import Runnable, RunnableConfig
 
-from tokenrelay.events import AnswerDelta, Event, RunError, RunFinished, RunStarted
+from tokenrelay.events import AnswerDelta, Event, Narration, RunError, RunFinished, RunStarted, final_answer
 from tokenrelay.integrations.langchain_events import (
     AnswerPolicy,
     StreamMode,
     TokenrelayCallbackHandler,
     follow_task,
 )
-from tokenrelay.memory.base import SessionStore, TurnStatus
+from tokenrelay.memory.base import SessionStore, TurnStatus, remembered
 from tokenrelay.run import new_run_id
 
 __all__ = ["RunnableAgent"]
@@ -66,7 +67,7 @@ class RunnableAgent:
         runnable: Runnable[Any, Any],
         *,
         name: str | None = None,
-        policy: AnswerPolicy = "messages",
+        policy: AnswerPolicy = "stream",
         answer_nodes: Collection[str] | None = None,
         store: SessionStore | None = None,
         memory_k: int | None = None,
@@ -76,7 +77,7 @@ class RunnableAgent:
     ) -> None:
         if memory_k is not None and memory_k < 0:
             raise ValueError("memory_k must be 0 or more")
-        if policy not in ("all", "json", "messages", "eager"):
+        if policy not in ("all", "json", "messages", "stream", "eager"):
             raise ValueError(f"unknown answer policy {policy!r}")
         self.runnable = runnable
         self.name = name or getattr(runnable, "name", None) or runnable.get_name()
@@ -135,12 +136,20 @@ class RunnableAgent:
         mode: StreamMode = "final",
         run_id: str | None = None,
         history: Sequence[tuple[str, str]] = (),
+        answer_policy: Literal["stream", "hold"] | None = None,
     ) -> AsyncIterator[Event]:
         """Run the Runnable on `text` and stream its events (one `RunStarted` first, exactly one
-        `RunFinished` or `RunError` last)."""
+        `RunFinished` or `RunError` last). `answer_policy="hold"` runs this request with the
+        `messages` policy (only final-answer text, held per tool-enabled call); `"stream"` with
+        `stream`."""
         run_id = run_id or new_run_id()
+        policy = self.policy
+        if answer_policy == "hold" and policy in ("stream", "eager"):
+            policy = "messages"
+        elif answer_policy == "stream" and policy in ("messages", "eager"):
+            policy = "stream"
         handler = TokenrelayCallbackHandler(
-            policy=self.policy,
+            policy=policy,
             mode=mode,
             answer_nodes=self.answer_nodes,
             run_id=run_id,
@@ -158,8 +167,8 @@ class RunnableAgent:
             pairs = list(history)
             if store is not None and session_id is not None:
                 if self.memory_k:
-                    turns = await store.history(session_id, limit=self.memory_k)
-                    pairs += [(t.user_text, t.answer) for t in turns if t.status != "running" and t.answer]
+                    turns = await store.history(session_id, limit=self.memory_k, answered=True)
+                    pairs += remembered(turns)
                 turn.append(await store.begin_turn(session_id, run_id=run_id, user_text=text))
             messages: list[BaseMessage] = []
             for user_text, answer in pairs:
@@ -169,11 +178,11 @@ class RunnableAgent:
         status: TurnStatus = "interrupted"
         error: str | None = None
         recorded = False
-        delivered: list[str] = []  # the answer as far as the consumer has it
+        delivered: list[Event] = []  # answer events as far as the consumer has them
         try:
             async for event in follow_task(handler, work()):
-                if type(event) is AnswerDelta:
-                    delivered.append(event.text)
+                if type(event) is AnswerDelta or type(event) is Narration:
+                    delivered.append(event)
                 elif isinstance(event, RunFinished | RunError):
                     if isinstance(event, RunFinished):
                         status = "complete"
@@ -184,7 +193,7 @@ class RunnableAgent:
                 yield event
         finally:
             if not recorded:
-                await self._finish_turn(store, turn, "".join(delivered), status, error)
+                await self._finish_turn(store, turn, final_answer(delivered), status, error)
             if ephemeral is not None:
                 await self._forget(ephemeral)
 

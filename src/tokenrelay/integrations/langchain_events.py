@@ -24,6 +24,11 @@ What becomes answer text (`AnswerDelta`), by policy:
   answer only if the message has no tool calls. A call offered no tools streams live. This
   never puts text of a tool-calling message into the answer, at the price of a tool-enabled
   call's final answer arriving in one piece when the call ends;
+* `stream` (what `RunnableAgent` uses by default): every candidate call streams live from its
+  first text token; if the message then turns into a tool call (a tool-call chunk arrives, or
+  the finished message has tool calls), the text it streamed is re-labelled with a `Narration`
+  event - still shown, never part of the final answer - and its later text is reasoning. Exact
+  and token by token (see `tokenrelay.events.Narration`);
 * `eager`: like `messages`, but a tool-enabled call streams live from its first text token
   when no tool-call chunk came before it. Exact for models that put tool calls before any
   text (or write no text in tool-calling messages, as OpenAI's usually do); a model that writes
@@ -71,6 +76,7 @@ from tokenrelay.errors import TokenrelayError
 from tokenrelay.events import (
     AnswerDelta,
     Event,
+    Narration,
     ReasoningDelta,
     RunError,
     RunFinished,
@@ -93,7 +99,7 @@ __all__ = [
 
 log = logging.getLogger("tokenrelay.langchain")
 
-AnswerPolicy = Literal["all", "json", "messages", "eager"]
+AnswerPolicy = Literal["all", "json", "messages", "stream", "eager"]
 StreamMode = Literal["final", "full"]
 T = TypeVar("T")
 
@@ -108,6 +114,7 @@ class _Call:
     hold: bool  # answer text waits for the end of the call
     held: list[str] = field(default_factory=list)
     live: bool = False  # answer text of this call has been emitted while streaming
+    said: list[str] = field(default_factory=list)  # that text (policy `stream`: narration if tools follow)
     tool_seen: bool = False  # a tool-call chunk arrived
     streamed: bool = False  # any text token arrived
     extractor: FinalAnswerExtractor | None = None
@@ -200,7 +207,7 @@ class TokenrelayCallbackHandler(BaseCallbackHandler):
         super().__init__()
         if policy is None:
             policy = "json" if final_only else "all"
-        if policy not in ("all", "json", "messages", "eager"):
+        if policy not in ("all", "json", "messages", "stream", "eager"):
             raise ValueError(f"unknown answer policy {policy!r}")
         if mode not in ("final", "full"):
             raise ValueError("mode must be 'final' or 'full'")
@@ -440,6 +447,8 @@ class TokenrelayCallbackHandler(BaseCallbackHandler):
                 text, thinking = message_parts(message)
             if not call.tool_seen and getattr(message, "tool_call_chunks", None):
                 call.tool_seen = True
+                if call.live and self.policy == "stream":
+                    self._narrate(call)
         elif isinstance(token, str):
             text, thinking = token, ""
         else:
@@ -468,12 +477,33 @@ class TokenrelayCallbackHandler(BaseCallbackHandler):
                 call.live = True
                 self._emit_answer(out)
         elif call.live:
+            if policy == "stream":
+                call.said.append(text)
             self._emit_answer(text)
         elif call.hold or call.tool_seen or call.held:
             call.held.append(text)
         else:
             call.live = True
+            if policy == "stream":
+                call.said.append(text)
             self._emit_answer(text)
+
+    def _narrate(self, call: _Call) -> None:
+        """The call's live text preceded a tool call: re-label it as narration."""
+        call.live = False
+        text = "".join(call.said)
+        call.said = []
+        answer = self.answer
+        if not text or not answer.endswith(text):  # another call's answer text came after it
+            log.warning("run %s: streamed text of a tool-calling message stays in the answer", self.run_id)
+            return
+        if text.strip() and not text.endswith("\n\n"):
+            separator = "\n" if text.endswith("\n") else "\n\n"
+            self._emit_answer(separator)
+            text += separator
+        shown = self.answer
+        self._answer = [shown[: len(shown) - len(text)]]
+        self._emit(Narration(text=text))
 
     def _end_model(self, run_id: UUID, response: LLMResult | None) -> None:
         with self._lock:
@@ -521,6 +551,8 @@ class TokenrelayCallbackHandler(BaseCallbackHandler):
                     self._emit_answer(text)
                 elif self.full:
                     self._emit(ReasoningDelta(text=text))
+            elif call.live and tools and self.policy == "stream":
+                self._narrate(call)
             elif call.live and tools and self.policy in ("eager", "messages") and not self._leak_warned:
                 self._leak_warned = True
                 log.warning(
@@ -797,7 +829,10 @@ class CallbackAgent:
         mode: StreamMode = "final",
         run_id: str | None = None,
         history: Sequence[tuple[str, str]] = (),
+        answer_policy: Literal["stream", "hold"] | None = None,
     ) -> AsyncIterator[Event]:
+        """`answer_policy` is accepted for the server's sake and ignored: the factory's own
+        policy decides what is answer text."""
         handler = TokenrelayCallbackHandler(
             final_only=self.final_only,
             policy=self.policy,

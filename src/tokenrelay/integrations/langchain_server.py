@@ -23,7 +23,7 @@ import tokenrelay.integrations.langchain_common  # noqa: F401  (first: says whic
 
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.runnables import Runnable
@@ -58,6 +58,7 @@ class AgentLike(Protocol):
         mode: StreamMode = "final",
         run_id: str | None = None,
         history: Sequence[tuple[str, str]] = (),
+        answer_policy: Literal["stream", "hold"] | None = None,
     ) -> AsyncIterator[Event]: ...
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
+from collections.abc import Sequence
 
-from tokenrelay.memory.base import Document, SessionInfo, Turn, TurnStatus
+from tokenrelay.memory.base import Document, SessionInfo, Step, Turn, TurnStatus
 from tokenrelay.memory.sqlite import FINAL_STATUSES, RECOVERED_ERROR, new_session_id, title_from_text
 
 __all__ = ["InMemorySessionStore"]
@@ -45,12 +46,23 @@ class InMemorySessionStore:
         info = self._sessions.get(session_id)
         return info if info is not None and info.owner == owner else None
 
-    async def list_sessions(self, *, owner: str | None = None, limit: int = 100) -> list[SessionInfo]:
+    async def list_sessions(
+        self, *, owner: str | None = None, limit: int = 100, after: str | None = None
+    ) -> list[SessionInfo]:
         if limit < 0:
             raise ValueError(f"limit must be 0 or more, not {limit}")
         mine = [s for s in self._sessions.values() if s.owner == owner]
         mine.sort(key=lambda s: (s.updated_at, self._order[s.id]), reverse=True)
+        if after is not None:
+            cursor = self._sessions.get(after)
+            if cursor is None or cursor.owner != owner:
+                return []
+            key = (cursor.updated_at, self._order[after])
+            mine = [s for s in mine if (s.updated_at, self._order[s.id]) < key]
         return mine[:limit]
+
+    async def count_sessions(self, *, owner: str | None = None) -> int:
+        return sum(1 for s in self._sessions.values() if s.owner == owner)
 
     async def delete_session(self, session_id: str, *, owner: str | None = None) -> bool:
         if await self.get_session(session_id, owner=owner) is None:
@@ -60,6 +72,13 @@ class InMemorySessionStore:
         for turn_id in self._by_session.pop(session_id, []):
             del self._turns[turn_id]
         return True
+
+    async def set_title(self, session_id: str, title: str, *, owner: str | None = None) -> SessionInfo | None:
+        info = await self.get_session(session_id, owner=owner)
+        if info is None:
+            return None
+        info = self._sessions[session_id] = dataclasses.replace(info, title=title)
+        return info
 
     async def begin_turn(self, session_id: str, *, run_id: str, user_text: str) -> int:
         info = self._sessions.get(session_id)
@@ -90,7 +109,14 @@ class InMemorySessionStore:
             self._turns[turn_id] = dataclasses.replace(turn, answer=answer)
 
     async def finish_turn(
-        self, turn_id: int, *, answer: str, status: TurnStatus, error: str | None = None
+        self,
+        turn_id: int,
+        *,
+        answer: str,
+        status: TurnStatus,
+        error: str | None = None,
+        finish_reason: str | None = None,
+        steps: Sequence[Step] = (),
     ) -> None:
         if status not in FINAL_STATUSES:
             raise ValueError(
@@ -99,13 +125,23 @@ class InMemorySessionStore:
         turn = self._turns.get(turn_id)
         if turn is not None and turn.status == "running":
             self._turns[turn_id] = dataclasses.replace(
-                turn, answer=answer, status=status, error=error, finished_at=time.time()
+                turn,
+                answer=answer,
+                status=status,
+                error=error,
+                finished_at=time.time(),
+                finish_reason=finish_reason,
+                steps=tuple(dict(step) for step in steps),
             )
 
-    async def history(self, session_id: str, *, limit: int | None = None) -> list[Turn]:
+    async def history(
+        self, session_id: str, *, limit: int | None = None, answered: bool = False
+    ) -> list[Turn]:
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be 0 or more, not {limit}")
         turns = [self._turns[i] for i in self._by_session.get(session_id, ())]
+        if answered:
+            turns = [t for t in turns if t.status != "running" and t.answer]
         return turns if limit is None else turns[max(0, len(turns) - limit) :]
 
     async def interrupt_run(self, run_id: str, *, error: str) -> bool:
@@ -126,10 +162,26 @@ class InMemorySessionStore:
             )
         return len(running)
 
-    async def set_document(self, session_id: str, *, name: str, text: str) -> None:
+    async def set_document(
+        self,
+        session_id: str,
+        *,
+        name: str,
+        text: str,
+        total_chars: int | None = None,
+        total_tokens: int | None = None,
+        budget_tokens: int | None = None,
+    ) -> None:
         if session_id not in self._sessions:
             raise KeyError(session_id)
-        self._documents[session_id] = Document(name=name, text=text, created_at=time.time())
+        self._documents[session_id] = Document(
+            name=name,
+            text=text,
+            created_at=time.time(),
+            total_chars=total_chars,
+            total_tokens=total_tokens,
+            budget_tokens=budget_tokens,
+        )
 
     async def get_document(self, session_id: str) -> Document | None:
         return self._documents.get(session_id)

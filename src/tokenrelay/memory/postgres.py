@@ -20,6 +20,9 @@ Invariants (the same behaviour as `SQLiteSessionStore`; the SQLite test suite ru
   (`time.time()`), as in SQLite. Every write is one transaction (most are one statement).
 * A finished turn is never rewritten: `finish_turn` and `update_partial` only touch turns
   whose status is still `running`.
+* Losing the server raises `StorageError`; a checkpoint that fails is skipped, a final turn
+  write that fails is retried in the background until the server is back
+  (memory/deferred.py). The pool replaces broken connections: no restart needed.
 * A session of another owner behaves exactly like a missing one (`owner=None` sees only
   sessions without owner).
 * PostgreSQL `text` cannot hold NUL characters: in stored texts (messages, answers, titles,
@@ -47,6 +50,7 @@ leases), `interrupt_run(run_id, error=...)` closes those precisely; `recover_run
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import time
@@ -61,18 +65,40 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from tokenrelay.errors import ConfigError
-from tokenrelay.memory.base import Document, SessionInfo, Turn, TurnStatus
-from tokenrelay.memory.sqlite import FINAL_STATUSES, RECOVERED_ERROR, new_session_id, title_from_text
+from tokenrelay.errors import ConfigError, StorageError
+from tokenrelay.memory.base import Document, SessionInfo, Step, Turn, TurnStatus
+from tokenrelay.memory.deferred import DeferredWrites
+from tokenrelay.memory.sqlite import (
+    FINAL_STATUSES,
+    RECOVERED_ERROR,
+    dump_steps,
+    load_steps,
+    new_session_id,
+    title_from_text,
+)
 
 __all__ = ["MIGRATIONS", "TABLES", "PostgresSessionStore", "apply_migrations"]
 
 Connection = AsyncConnection[TupleRow]
+log = logging.getLogger("tokenrelay.memory")
 
 #: Seconds to wait for a connection when none is given in the URL (`connect_timeout`).
 CONNECT_TIMEOUT_S = 10
 #: Seconds to wait for the pool's first connections.
 POOL_OPEN_TIMEOUT_S = 30.0
+#: Seconds a checkpoint waits for a connection (it is skipped after that: best effort).
+CHECKPOINT_TIMEOUT_S = 2.0
+#: After a failed checkpoint, checkpoints are skipped this long (a run must not stall on each
+#: one while the server is away).
+CHECKPOINT_PAUSE_S = 5.0
+#: Seconds the first try of a turn's final write waits before it is deferred (the run's last
+#: event waits for it).
+FINISH_TIMEOUT_S = 2.0
+#: Seconds any other operation waits for a connection (the server may be restarting).
+CONNECTION_TIMEOUT_S = 10.0
+#: For this long after a failure, operations wait at most `OUTAGE_WAIT_S` for a connection.
+OUTAGE_S = 5.0
+OUTAGE_WAIT_S = 1.0
 #: First key of the migration lock (`pg_advisory_xact_lock(int4, int4)`: a key space apart
 #: from the one-bigint form); the second key is a hash of the current schema.
 MIGRATION_LOCK_CLASS = 0x746B7231  # "tkr1"
@@ -119,10 +145,30 @@ _M0002_INDEXES = (
     " WHERE status = 'running'",
 )
 
+_M0003_TURN_FINISH_REASON_STEPS = (
+    "ALTER TABLE tokenrelay_turns ADD COLUMN finish_reason text NULL",
+    "ALTER TABLE tokenrelay_turns ADD COLUMN steps text NOT NULL DEFAULT '[]'",
+)
+
+# what fitting a document to the context window left out (NULL: stored whole, or before)
+_M0004_DOCUMENT_CUT = (
+    "ALTER TABLE tokenrelay_documents ADD COLUMN total_chars bigint NULL,"
+    " ADD COLUMN total_tokens bigint NULL, ADD COLUMN budget_tokens bigint NULL",
+)
+
+_M0101_ANSWERED_TURNS = (
+    # the memory window reads the last k turns with an answer: exact, however many failed
+    "CREATE INDEX IF NOT EXISTS tokenrelay_turns_answered ON tokenrelay_turns (session_id, id)"
+    " WHERE status <> 'running' AND answer <> ''",
+)
+
 #: Applied in this order; a name, once released, never changes meaning. Append only.
 MIGRATIONS: list[tuple[str, Sequence[str]]] = [
     ("0001_initial", _M0001_INITIAL),
     ("0002_indexes", _M0002_INDEXES),
+    ("0003_turn_finish_reason_steps", _M0003_TURN_FINISH_REASON_STEPS),
+    ("0004_document_cut", _M0004_DOCUMENT_CUT),
+    ("0101_answered_turns", _M0101_ANSWERED_TURNS),
 ]
 
 
@@ -161,7 +207,9 @@ async def apply_migrations(
 # --------------------------------------------------------------------------- rows
 
 _SESSION_COLUMNS = "id, owner, title, created_at, updated_at"
-_TURN_COLUMNS = "id, session_id, run_id, user_text, answer, status, error, created_at, finished_at"
+_TURN_COLUMNS = (
+    "id, session_id, run_id, user_text, answer, status, error, created_at, finished_at, finish_reason, steps"
+)
 
 
 def _session(row: TupleRow) -> SessionInfo:
@@ -170,7 +218,7 @@ def _session(row: TupleRow) -> SessionInfo:
 
 
 def _turn(row: TupleRow) -> Turn:
-    id_, session_id, run_id, user_text, answer, status, error, created_at, finished_at = row
+    id_, session_id, run_id, user_text, answer, status, error, created_at, finished_at, reason, steps = row
     return Turn(
         id=id_,
         session_id=session_id,
@@ -181,6 +229,8 @@ def _turn(row: TupleRow) -> Turn:
         error=error,
         created_at=created_at,
         finished_at=finished_at,
+        finish_reason=reason,
+        steps=load_steps(steps),
     )
 
 
@@ -230,6 +280,11 @@ class PostgresSessionStore:
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._open_lock = asyncio.Lock()
         self._closed = False
+        self._deferred = DeferredWrites()
+        self._checkpoints_paused_until = 0.0
+        self._failed_at = float("-inf")
+        self._probed_at = float("-inf")
+        self._degraded = False  # a connection failed since the last one that worked
 
     def __repr__(self) -> str:
         return f"PostgresSessionStore({_redact_url(self._url)!r})"
@@ -270,6 +325,12 @@ class PostgresSessionStore:
             raise ConfigError(
                 f"cannot set up the tokenrelay tables in PostgreSQL at {self.where}: {self._reason(exc)}"
             ) from None
+        try:
+            return await self._new_pool(POOL_OPEN_TIMEOUT_S)
+        except PoolTimeout as exc:
+            raise ConfigError(f"cannot connect to PostgreSQL at {self.where}: {self._reason(exc)}") from None
+
+    async def _new_pool(self, open_timeout_s: float) -> AsyncConnectionPool[Connection]:
         pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             self._url,
             kwargs=self._connect_kwargs,
@@ -278,23 +339,60 @@ class PostgresSessionStore:
             open=False,
             check=AsyncConnectionPool.check_connection,
             name="tokenrelay",
+            timeout=CONNECTION_TIMEOUT_S,
         )
         try:
-            await pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
-        except PoolTimeout as exc:
-            await pool.close()
-            raise ConfigError(f"cannot connect to PostgreSQL at {self.where}: {self._reason(exc)}") from None
+            await pool.open(wait=True, timeout=open_timeout_s)
         except BaseException:
             await pool.close()
             raise
         return pool
 
+    async def _back(self, pool: AsyncConnectionPool[Connection]) -> AsyncConnectionPool[Connection]:
+        """During an outage, at most once a second: if the server answers again, a fresh pool.
+        (The pool's own reconnection backs off exponentially for as long as the outage
+        lasted, so after a long one it would leave the store failing long after the server is
+        back.)"""
+        now = time.monotonic()
+        if now - self._probed_at < 1.0:
+            return pool
+        self._probed_at = now
+        try:
+            probe = await psycopg.AsyncConnection.connect(
+                self._url, **{**self._connect_kwargs, "connect_timeout": 1}
+            )
+            await probe.close()
+            fresh = await self._new_pool(OUTAGE_WAIT_S * 5)
+        except (psycopg.Error, PoolTimeout):
+            return pool
+        if self._pool is not pool or self._closed:  # someone else swapped it meanwhile
+            await fresh.close()
+            return self._pool or pool
+        self._pool, self._degraded = fresh, False
+        await pool.close(timeout=1.0)
+        log.info("PostgreSQL at %s is back", self.where)
+        return fresh
+
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Connection]:
-        """A pooled connection in autocommit mode (use `conn.transaction()` to write)."""
+    async def _connection(self, wait_s: float | None = None) -> AsyncIterator[Connection]:
+        """A pooled connection in autocommit mode (use `conn.transaction()` to write).
+        Losing the server (a restart, the network) raises `StorageError`; the pool replaces
+        broken connections, so the store works again as soon as the server is back. Within
+        `OUTAGE_S` of a failure, waits for a connection are cut to `OUTAGE_WAIT_S`: while the
+        server is away, requests fail fast instead of each waiting the whole timeout; and until
+        a connection works again, the server is probed (`_back`) so recovery is immediate."""
         pool = await self._get_pool()
-        async with pool.connection() as conn:
-            yield conn
+        if self._degraded:
+            pool = await self._back(pool)
+            if time.monotonic() - self._failed_at < OUTAGE_S:
+                wait_s = OUTAGE_WAIT_S if wait_s is None else min(wait_s, OUTAGE_WAIT_S)
+        try:
+            async with pool.connection(timeout=wait_s) as conn:
+                self._degraded = False
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            self._failed_at, self._degraded = time.monotonic(), True
+            raise StorageError(f"cannot reach PostgreSQL at {self.where}: {self._reason(exc)}") from None
 
     # -- sessions
 
@@ -330,11 +428,22 @@ class PostgresSessionStore:
             row = await cur.fetchone()
         return None if row is None else _session(row)
 
-    async def list_sessions(self, *, owner: str | None = None, limit: int = 100) -> list[SessionInfo]:
-        """Most recently updated first (ties: most recently created first)."""
+    async def list_sessions(
+        self, *, owner: str | None = None, limit: int = 100, after: str | None = None
+    ) -> list[SessionInfo]:
+        """Most recently updated first (ties: most recently created first); `after`: those
+        after that session (keyset paging)."""
         if limit < 0:
             raise ValueError(f"limit must be 0 or more, not {limit}")
         condition, params = _owner_filter(owner)
+        if after is not None:
+            if "\x00" in after:
+                return []
+            condition = (
+                f"{condition} AND (updated_at, seq) < (SELECT updated_at, seq FROM tokenrelay_sessions"
+                f" WHERE id = %s AND {condition})"
+            )
+            params = (*params, after, *params)
         async with self._connection() as conn:
             cur = await conn.execute(
                 f"SELECT {_SESSION_COLUMNS} FROM tokenrelay_sessions WHERE {condition}"
@@ -343,6 +452,13 @@ class PostgresSessionStore:
             )
             rows = await cur.fetchall()
         return [_session(row) for row in rows]
+
+    async def count_sessions(self, *, owner: str | None = None) -> int:
+        condition, params = _owner_filter(owner)
+        async with self._connection() as conn:
+            cur = await conn.execute(f"SELECT count(*) FROM tokenrelay_sessions WHERE {condition}", params)
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
 
     async def delete_session(self, session_id: str, *, owner: str | None = None) -> bool:
         """Delete the session, its turns and its document (one transaction)."""
@@ -354,6 +470,20 @@ class PostgresSessionStore:
                 f"DELETE FROM tokenrelay_sessions WHERE id = %s AND {condition}", (session_id, *params)
             )
             return cur.rowcount > 0
+
+    async def set_title(self, session_id: str, title: str, *, owner: str | None = None) -> SessionInfo | None:
+        """Rename a session (its `updated_at` stays); None when it is not the owner's."""
+        if "\x00" in session_id:
+            return None
+        condition, params = _owner_filter(owner)
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                f"UPDATE tokenrelay_sessions SET title = %s WHERE id = %s AND {condition}"
+                f" RETURNING {_SESSION_COLUMNS}",
+                (_text(title), session_id, *params),
+            )
+            row = await cur.fetchone()
+        return None if row is None else _session(row)
 
     # -- turns
 
@@ -394,15 +524,28 @@ class PostgresSessionStore:
         """Checkpoint a running turn's partial answer and refresh its heartbeat (no-op once
         the turn is finished). With several workers, call it more often than the
         `older_than_s` given to `recover_running`, even when the answer has not grown."""
-        async with self._connection() as conn, conn.transaction():
-            await conn.execute(
-                f"UPDATE tokenrelay_turns SET answer = %s, heartbeat_at = {_SERVER_NOW}"
-                " WHERE id = %s AND status = 'running'",
-                (_text(answer), turn_id),
-            )
+        if time.monotonic() < self._checkpoints_paused_until:
+            return
+        try:
+            async with self._connection(wait_s=CHECKPOINT_TIMEOUT_S) as conn, conn.transaction():
+                await conn.execute(
+                    f"UPDATE tokenrelay_turns SET answer = %s, heartbeat_at = {_SERVER_NOW}"
+                    " WHERE id = %s AND status = 'running'",
+                    (_text(answer), turn_id),
+                )
+        except StorageError as exc:  # a checkpoint is best effort: the run goes on
+            log.warning("checkpoint of turn %d failed: %s", turn_id, exc)
+            self._checkpoints_paused_until = time.monotonic() + CHECKPOINT_PAUSE_S
 
     async def finish_turn(
-        self, turn_id: int, *, answer: str, status: TurnStatus, error: str | None = None
+        self,
+        turn_id: int,
+        *,
+        answer: str,
+        status: TurnStatus,
+        error: str | None = None,
+        finish_reason: str | None = None,
+        steps: Sequence[Step] = (),
     ) -> None:
         """Store the final answer and status; a turn that is not `running` is left as is."""
         if status not in FINAL_STATUSES:
@@ -410,23 +553,44 @@ class PostgresSessionStore:
                 f"finish_turn needs a final status (complete, interrupted, failed), not {status!r}"
             )
         now = time.time()
-        async with self._connection() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE tokenrelay_turns SET answer = %s, status = %s, error = %s, finished_at = %s"
-                " WHERE id = %s AND status = 'running'",
-                (_text(answer), status, _opt_text(error), now, turn_id),
-            )
 
-    async def history(self, session_id: str, *, limit: int | None = None) -> list[Turn]:
-        """The last `limit` turns (all when None), oldest first."""
+        first = True
+
+        async def update() -> None:
+            nonlocal first
+            wait_s, first = (FINISH_TIMEOUT_S if first else None), False
+            async with self._connection(wait_s=wait_s) as conn, conn.transaction():
+                await conn.execute(
+                    "UPDATE tokenrelay_turns SET answer = %s, status = %s, error = %s, finished_at = %s,"
+                    " finish_reason = %s, steps = %s WHERE id = %s AND status = 'running'",
+                    (
+                        _text(answer),
+                        status,
+                        _opt_text(error),
+                        now,
+                        finish_reason,
+                        _text(dump_steps(steps)),
+                        turn_id,
+                    ),
+                )
+
+        # the answer must not be lost to a restarting server: retried until it lands
+        await self._deferred.write(("finish", turn_id), update)
+
+    async def history(
+        self, session_id: str, *, limit: int | None = None, answered: bool = False
+    ) -> list[Turn]:
+        """The last `limit` turns (all when None), oldest first; `answered`: only those with
+        an answer (the memory window; see `SessionStore.history`)."""
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be 0 or more, not {limit}")
         if "\x00" in session_id:
             return []
+        where = "session_id = %s" + (" AND status <> 'running' AND answer <> ''" if answered else "")
         async with self._connection() as conn:
             cur = await conn.execute(
                 f"SELECT {_TURN_COLUMNS} FROM (SELECT {_TURN_COLUMNS} FROM tokenrelay_turns"
-                " WHERE session_id = %s ORDER BY id DESC LIMIT %s) AS last ORDER BY id ASC",
+                f" WHERE {where} ORDER BY id DESC LIMIT %s) AS last ORDER BY id ASC",
                 (session_id, limit),
             )
             rows = await cur.fetchall()
@@ -472,7 +636,16 @@ class PostgresSessionStore:
 
     # -- documents
 
-    async def set_document(self, session_id: str, *, name: str, text: str) -> None:
+    async def set_document(
+        self,
+        session_id: str,
+        *,
+        name: str,
+        text: str,
+        total_chars: int | None = None,
+        total_tokens: int | None = None,
+        budget_tokens: int | None = None,
+    ) -> None:
         """Attach (or replace) the session's document. Raises `KeyError` for a missing session."""
         if "\x00" in session_id:
             raise KeyError(session_id)
@@ -480,11 +653,14 @@ class PostgresSessionStore:
         try:
             async with self._connection() as conn, conn.transaction():
                 cur = await conn.execute(
-                    "INSERT INTO tokenrelay_documents (session_id, name, text, created_at)"
-                    " SELECT id, %s, %s, %s FROM tokenrelay_sessions WHERE id = %s"
+                    "INSERT INTO tokenrelay_documents"
+                    " (session_id, name, text, created_at, total_chars, total_tokens, budget_tokens)"
+                    " SELECT id, %s, %s, %s, %s, %s, %s FROM tokenrelay_sessions WHERE id = %s"
                     " ON CONFLICT (session_id) DO UPDATE SET"
-                    " name = excluded.name, text = excluded.text, created_at = excluded.created_at",
-                    (_text(name), _text(text), now, session_id),
+                    " name = excluded.name, text = excluded.text, created_at = excluded.created_at,"
+                    " total_chars = excluded.total_chars, total_tokens = excluded.total_tokens,"
+                    " budget_tokens = excluded.budget_tokens",
+                    (_text(name), _text(text), now, total_chars, total_tokens, budget_tokens, session_id),
                 )
                 if cur.rowcount == 0:
                     raise KeyError(session_id)
@@ -496,13 +672,22 @@ class PostgresSessionStore:
             return None
         async with self._connection() as conn:
             cur = await conn.execute(
-                "SELECT name, text, created_at FROM tokenrelay_documents WHERE session_id = %s",
+                "SELECT name, text, created_at, total_chars, total_tokens, budget_tokens"
+                " FROM tokenrelay_documents WHERE session_id = %s",
                 (session_id,),
             )
             row = await cur.fetchone()
         if row is None:
             return None
-        return Document(name=row[0], text=row[1], created_at=row[2])
+        name, text, created_at, total_chars, total_tokens, budget_tokens = row
+        return Document(
+            name=name,
+            text=text,
+            created_at=created_at,
+            total_chars=total_chars,
+            total_tokens=total_tokens,
+            budget_tokens=budget_tokens,
+        )
 
     # -- maintenance
 
@@ -521,7 +706,7 @@ class PostgresSessionStore:
                     return "the tokenrelay_migrations table is missing"
                 cur = await conn.execute("SELECT name FROM tokenrelay_migrations")
                 done = {row[0] for row in await cur.fetchall()}
-        except ConfigError as exc:
+        except (ConfigError, StorageError) as exc:
             return str(exc)
         except (psycopg.OperationalError, PoolTimeout) as exc:
             return f"cannot reach PostgreSQL at {self.where}: {self._reason(exc)}"
@@ -535,6 +720,8 @@ class PostgresSessionStore:
 
     async def close(self) -> None:
         """Close the pool; calling it again does nothing. The store refuses work afterwards."""
+        if not self._closed and self._pool is not None:
+            await self._deferred.close()
         self._closed = True
         pool, self._pool = self._pool, None
         if pool is not None:

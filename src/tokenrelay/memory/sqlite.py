@@ -11,6 +11,9 @@ Invariants:
   workers (two processes) can share one file; readers never block the writer.
 * The schema is built by an ordered list of migrations recorded in `_migrations`; each
   missing one is applied, all in one transaction, when the store opens. Re-opening is a no-op.
+* Operational failures (disk full, a lock held past the busy timeout) raise `StorageError`;
+  a checkpoint that fails is skipped, a final turn write that fails is retried in the
+  background until the disk has room again (memory/deferred.py).
 * A finished turn is never rewritten: `finish_turn` and `update_partial` only touch turns
   whose status is still `running` (a late writer after `recover_running` changes nothing).
 * A session of another owner behaves exactly like a missing one (`owner=None` sees only
@@ -23,15 +26,19 @@ The small helpers shared with `InMemorySessionStore` (`new_session_id`, `title_f
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar, cast
 
-from tokenrelay.memory.base import Document, SessionInfo, Turn, TurnStatus
+from tokenrelay.errors import StorageError
+from tokenrelay.memory.base import Document, SessionInfo, Step, Turn, TurnStatus
+from tokenrelay.memory.deferred import DeferredWrites
 
 __all__ = [
     "FINAL_STATUSES",
@@ -43,6 +50,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+log = logging.getLogger("tokenrelay.memory")
 
 #: The error stored on turns that `recover_running` marks `interrupted`.
 RECOVERED_ERROR = "server stopped before the run finished"
@@ -105,10 +113,32 @@ def _m0002_indexes(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS turns_running ON turns (status) WHERE status = 'running'")
 
 
+def _m0003_turn_finish_reason_steps(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE turns ADD COLUMN finish_reason TEXT NULL")
+    conn.execute("ALTER TABLE turns ADD COLUMN steps TEXT NOT NULL DEFAULT '[]'")
+
+
+def _m0004_document_cut(conn: sqlite3.Connection) -> None:
+    # what fitting a document to the context window left out (NULL: stored whole, or before)
+    for column in ("total_chars", "total_tokens", "budget_tokens"):
+        conn.execute(f"ALTER TABLE documents ADD COLUMN {column} INTEGER NULL")
+
+
+def _m0101_answered_turns(conn: sqlite3.Connection) -> None:
+    # the memory window reads the last k turns with an answer: exact, however many failed
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS turns_answered ON turns (session_id, id)"
+        " WHERE status != 'running' AND answer != ''"
+    )
+
+
 #: Applied in this order; a name, once released, never changes meaning. Append only.
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _m0001_initial),
     ("0002_indexes", _m0002_indexes),
+    ("0003_turn_finish_reason_steps", _m0003_turn_finish_reason_steps),
+    ("0004_document_cut", _m0004_document_cut),
+    ("0101_answered_turns", _m0101_answered_turns),
 ]
 
 
@@ -143,7 +173,11 @@ def apply_migrations(
 # --------------------------------------------------------------------------- the store
 
 _SESSION_COLUMNS = "id, owner, title, created_at, updated_at"
-_TURN_COLUMNS = "id, session_id, run_id, user_text, answer, status, error, created_at, finished_at"
+_TURN_COLUMNS = (
+    "id, session_id, run_id, user_text, answer, status, error, created_at, finished_at, finish_reason, steps"
+)
+#: the turns that have an answer: what the memory window holds (matches `turns_answered`)
+_ANSWERED = " AND status != 'running' AND answer != ''"
 
 
 def _session(row: tuple[object, ...]) -> SessionInfo:
@@ -158,7 +192,7 @@ def _session(row: tuple[object, ...]) -> SessionInfo:
 
 
 def _turn(row: tuple[object, ...]) -> Turn:
-    id_, session_id, run_id, user_text, answer, status, error, created_at, finished_at = row
+    id_, session_id, run_id, user_text, answer, status, error, created_at, finished_at, reason, steps = row
     return Turn(
         id=cast(int, id_),
         session_id=cast(str, session_id),
@@ -169,7 +203,23 @@ def _turn(row: tuple[object, ...]) -> Turn:
         error=cast("str | None", error),
         created_at=cast(float, created_at),
         finished_at=cast("float | None", finished_at),
+        finish_reason=cast("str | None", reason),
+        steps=load_steps(cast(str, steps)),
     )
+
+
+def dump_steps(steps: Sequence[Step]) -> str:
+    return json.dumps(list(steps), ensure_ascii=False, separators=(",", ":"))
+
+
+def load_steps(text: str | None) -> tuple[Step, ...]:
+    if not text:
+        return ()
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return ()
+    return tuple(step for step in value if isinstance(step, dict)) if isinstance(value, list) else ()
 
 
 class SQLiteSessionStore:
@@ -193,6 +243,7 @@ class SQLiteSessionStore:
             conn.close()
             raise
         self._conn: sqlite3.Connection | None = conn
+        self._deferred = DeferredWrites()
 
     def __repr__(self) -> str:
         return f"SQLiteSessionStore({str(self.path)!r})"
@@ -222,10 +273,16 @@ class SQLiteSessionStore:
             return result
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.to_thread(self._read_sync, fn)
+        try:
+            return await asyncio.to_thread(self._read_sync, fn)
+        except sqlite3.OperationalError as exc:
+            raise StorageError(f"the session database failed: {exc}") from exc
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.to_thread(self._write_sync, fn)
+        try:
+            return await asyncio.to_thread(self._write_sync, fn)
+        except sqlite3.OperationalError as exc:  # disk full, locked past the busy timeout, I/O
+            raise StorageError(f"the session database cannot be written: {exc}") from exc
 
     # -- sessions
 
@@ -259,20 +316,35 @@ class SQLiteSessionStore:
 
         return await self._read(select)
 
-    async def list_sessions(self, *, owner: str | None = None, limit: int = 100) -> list[SessionInfo]:
-        """Most recently updated first."""
+    async def list_sessions(
+        self, *, owner: str | None = None, limit: int = 100, after: str | None = None
+    ) -> list[SessionInfo]:
+        """Most recently updated first; `after`: those after that session (keyset paging)."""
         if limit < 0:
             raise ValueError(f"limit must be 0 or more, not {limit}")
+        where, params = "owner IS ?", [owner]
+        if after is not None:
+            where += (
+                " AND (updated_at, rowid) <"
+                " (SELECT updated_at, rowid FROM sessions WHERE id = ? AND owner IS ?)"
+            )
+            params += [after, owner]
 
         def select(conn: sqlite3.Connection) -> list[SessionInfo]:
             rows = conn.execute(
-                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE owner IS ?"
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE {where}"
                 " ORDER BY updated_at DESC, rowid DESC LIMIT ?",
-                (owner, limit),
+                (*params, limit),
             ).fetchall()
             return [_session(row) for row in rows]
 
         return await self._read(select)
+
+    async def count_sessions(self, *, owner: str | None = None) -> int:
+        def count(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT count(*) FROM sessions WHERE owner IS ?", (owner,)).fetchone()[0])
+
+        return await self._read(count)
 
     async def delete_session(self, session_id: str, *, owner: str | None = None) -> bool:
         def delete(conn: sqlite3.Connection) -> bool:
@@ -280,6 +352,20 @@ class SQLiteSessionStore:
             return cur.rowcount > 0
 
         return await self._write(delete)
+
+    async def set_title(self, session_id: str, title: str, *, owner: str | None = None) -> SessionInfo | None:
+        """Rename a session (its `updated_at` stays); None when it is not the owner's."""
+
+        def update(conn: sqlite3.Connection) -> SessionInfo | None:
+            conn.execute(
+                "UPDATE sessions SET title = ? WHERE id = ? AND owner IS ?", (title, session_id, owner)
+            )
+            row = conn.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ? AND owner IS ?", (session_id, owner)
+            ).fetchone()
+            return None if row is None else _session(row)
+
+        return await self._write(update)
 
     # -- turns
 
@@ -313,10 +399,20 @@ class SQLiteSessionStore:
         def update(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE turns SET answer = ? WHERE id = ? AND status = 'running'", (answer, turn_id))
 
-        await self._write(update)
+        try:
+            await self._write(update)
+        except StorageError as exc:  # a checkpoint is best effort: the run goes on
+            log.warning("checkpoint of turn %d failed: %s", turn_id, exc)
 
     async def finish_turn(
-        self, turn_id: int, *, answer: str, status: TurnStatus, error: str | None = None
+        self,
+        turn_id: int,
+        *,
+        answer: str,
+        status: TurnStatus,
+        error: str | None = None,
+        finish_reason: str | None = None,
+        steps: Sequence[Step] = (),
     ) -> None:
         """Store the final answer and status; a turn that is not `running` is left as is."""
         if status not in FINAL_STATUSES:
@@ -327,21 +423,26 @@ class SQLiteSessionStore:
 
         def update(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE turns SET answer = ?, status = ?, error = ?, finished_at = ?"
-                " WHERE id = ? AND status = 'running'",
-                (answer, status, error, now, turn_id),
+                "UPDATE turns SET answer = ?, status = ?, error = ?, finished_at = ?, finish_reason = ?,"
+                " steps = ? WHERE id = ? AND status = 'running'",
+                (answer, status, error, now, finish_reason, dump_steps(steps), turn_id),
             )
 
-        await self._write(update)
+        # the answer must not be lost to a full disk: retried until it lands (memory/deferred.py)
+        await self._deferred.write(("finish", turn_id), lambda: self._write(update))
 
-    async def history(self, session_id: str, *, limit: int | None = None) -> list[Turn]:
-        """The last `limit` turns (all when None), oldest first."""
+    async def history(
+        self, session_id: str, *, limit: int | None = None, answered: bool = False
+    ) -> list[Turn]:
+        """The last `limit` turns (all when None), oldest first; `answered`: only those with
+        an answer (the memory window; see `SessionStore.history`)."""
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be 0 or more, not {limit}")
+        where = "session_id = ?" + (_ANSWERED if answered else "")
 
         def select(conn: sqlite3.Connection) -> list[Turn]:
             rows = conn.execute(
-                f"SELECT {_TURN_COLUMNS} FROM (SELECT {_TURN_COLUMNS} FROM turns WHERE session_id = ?"
+                f"SELECT {_TURN_COLUMNS} FROM (SELECT {_TURN_COLUMNS} FROM turns WHERE {where}"
                 " ORDER BY id DESC LIMIT ?) ORDER BY id ASC",
                 (session_id, -1 if limit is None else limit),
             ).fetchall()
@@ -380,7 +481,16 @@ class SQLiteSessionStore:
 
     # -- documents
 
-    async def set_document(self, session_id: str, *, name: str, text: str) -> None:
+    async def set_document(
+        self,
+        session_id: str,
+        *,
+        name: str,
+        text: str,
+        total_chars: int | None = None,
+        total_tokens: int | None = None,
+        budget_tokens: int | None = None,
+    ) -> None:
         """Attach (or replace) the session's document. Raises `KeyError` for a missing session."""
         now = time.time()
 
@@ -388,10 +498,13 @@ class SQLiteSessionStore:
             if conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is None:
                 raise KeyError(session_id)
             conn.execute(
-                "INSERT INTO documents (session_id, name, text, created_at) VALUES (?, ?, ?, ?)"
+                "INSERT INTO documents (session_id, name, text, created_at, total_chars, total_tokens,"
+                " budget_tokens) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (session_id) DO UPDATE SET"
-                " name = excluded.name, text = excluded.text, created_at = excluded.created_at",
-                (session_id, name, text, now),
+                " name = excluded.name, text = excluded.text, created_at = excluded.created_at,"
+                " total_chars = excluded.total_chars, total_tokens = excluded.total_tokens,"
+                " budget_tokens = excluded.budget_tokens",
+                (session_id, name, text, now, total_chars, total_tokens, budget_tokens),
             )
 
         await self._write(upsert)
@@ -399,11 +512,21 @@ class SQLiteSessionStore:
     async def get_document(self, session_id: str) -> Document | None:
         def select(conn: sqlite3.Connection) -> Document | None:
             row = conn.execute(
-                "SELECT name, text, created_at FROM documents WHERE session_id = ?", (session_id,)
+                "SELECT name, text, created_at, total_chars, total_tokens, budget_tokens"
+                " FROM documents WHERE session_id = ?",
+                (session_id,),
             ).fetchone()
             if row is None:
                 return None
-            return Document(name=row[0], text=row[1], created_at=row[2])
+            name, text, created_at, total_chars, total_tokens, budget_tokens = row
+            return Document(
+                name=name,
+                text=text,
+                created_at=created_at,
+                total_chars=total_chars,
+                total_tokens=total_tokens,
+                budget_tokens=budget_tokens,
+            )
 
         return await self._read(select)
 
@@ -418,7 +541,10 @@ class SQLiteSessionStore:
         return await self._read(check)
 
     async def close(self) -> None:
-        """Close the connection; calling it again does nothing."""
+        """Close the connection (after a last try of deferred writes); calling it again does
+        nothing."""
+        if self._conn is not None:
+            await self._deferred.close()
 
         def close_sync() -> None:
             with self._lock:

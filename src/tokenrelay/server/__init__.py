@@ -21,7 +21,11 @@ def create_app_from_env() -> Any:
     An application that embeds `create_app` keeps its own settings."""
     import gc
 
-    app = create_app(Settings.from_env())
+    from tokenrelay.server.logs import configure_logging
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    app = create_app(settings)
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
@@ -37,14 +41,19 @@ def __getattr__(name: str) -> Any:
 
 
 _ENV_FIELDS = ("model", "db", "max_tokens", "temperature", "system_prompt", "openai_base_url",
-               "tool_protocol", "max_iterations", "early_stopping_method", "redis_url")  # fmt: skip
+               "tool_protocol", "max_iterations", "early_stopping_method", "redis_url",
+               "log_level", "host")  # fmt: skip
 
 
 def serve(settings: Settings) -> int:
     """Run uvicorn. Settings travel to worker processes through the environment."""
+    import shutil
     import sys
+    import tempfile
 
     import uvicorn
+
+    from tokenrelay.server.logs import logging_config
 
     if settings.workers > 1 and not settings.redis_url:
         print(
@@ -60,15 +69,33 @@ def serve(settings: Settings) -> int:
         os.environ.setdefault("OPENAI_API_KEY", settings.openai_api_key)
     if settings.workers > 1:
         _nodelay_shared_socket()
-    uvicorn.run(
-        "tokenrelay.server:create_app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level="info",
-        access_log=False,  # a line per request costs more than the request at thousands of streams
-    )
+    from tokenrelay.server.protocol import http_protocol
+
+    metrics_dir = None
+    if settings.workers > 1 and settings.metrics and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # prometheus-client's multiprocess mode: every worker writes its metrics there, and any
+        # worker's /metrics sums them. A fresh directory per server: stale files would count.
+        metrics_dir = tempfile.mkdtemp(prefix="tokenrelay-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    level = settings.log_level.lower()
+    try:
+        uvicorn.run(
+            "tokenrelay.server:create_app_from_env",
+            factory=True,
+            # uvicorn's own HTTP stack ("auto": httptools when installed) with a deadline and a
+            # size cap for request heads and a cap on idle connections (server/protocol.py)
+            http=http_protocol("auto"),
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=level,
+            log_config=logging_config(level),
+            access_log=False,  # a line per request costs more than the request at thousands of streams
+        )
+    finally:
+        if metrics_dir is not None:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

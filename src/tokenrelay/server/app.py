@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import mimetypes
+import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,9 +28,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tokenrelay.api import Runner
 from tokenrelay.backends import Backend, load_backend
 from tokenrelay.config import Settings
+from tokenrelay.errors import StorageError
 from tokenrelay.memory import SessionStore, open_store
+from tokenrelay.server.guard import RequestGuard
+from tokenrelay.server.protocol import LIMITS_KEY, ConnectionLimits
+from tokenrelay.server.quotas import Quotas, install_quota_errors
 from tokenrelay.server.runs import RunRegistry
 from tokenrelay.server.streaming import install_log_filter
+from tokenrelay.server.telemetry import Metrics, RunMonitor, sample_every
 
 __all__ = ["create_app", "error_body"]
 
@@ -46,11 +52,20 @@ def error_body(
 
 
 class BodyLimit:
-    """Reject bodies over `limit` bytes with 413 before they are read into memory."""
+    """Reject bodies over `limit` bytes with 413 before they are read into memory; a body
+    that does not arrive within `timeout_s` gets 408, and one that would take the bodies being
+    read at once past `max_buffered` bytes gets 503 with Retry-After (both close the
+    connection): slow or parallel uploads hold bounded memory for a bounded time."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: int, timeout_s: float = 30.0, max_buffered: int = 64_000_000
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.timeout_s = timeout_s
+        self.max_buffered = max_buffered
+        #: bytes of the bodies being read now, all requests together
+        self.buffered = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,18 +84,41 @@ class BodyLimit:
         # instead of failing inside the framework's parser; then replay it.
         chunks: list[bytes] = []
         seen = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client left before sending it all
-                return
-            body = message.get("body", b"")
-            seen += len(body)
-            if seen > self.limit:
-                await self._reject(scope, receive, send)
-                return
-            chunks.append(body)
-            if not message.get("more_body", False):
-                break
+        refusal: JSONResponse | None = None
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":  # the client left before sending it all
+                        return
+                    body = message.get("body", b"")
+                    seen += len(body)
+                    if seen > self.limit:
+                        await self._reject(scope, receive, send)
+                        return
+                    if self.buffered + len(body) > self.max_buffered:
+                        refusal = _closing(
+                            error_body("the server is reading too many request bodies; retry shortly",
+                                       type_="server_error", code="busy"),
+                            503, {"Retry-After": "1"},
+                        )  # fmt: skip
+                        break
+                    self.buffered += len(body)
+                    chunks.append(body)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            refusal = _closing(
+                error_body(
+                    f"the request body did not arrive within {self.timeout_s:g} s", code="body_timeout"
+                ),
+                408,
+            )
+        finally:
+            self.buffered -= sum(len(c) for c in chunks)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
         replayed = False
 
         async def replay() -> Any:
@@ -111,6 +149,11 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+def _closing(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error response that closes the connection (the rest of its body is never read)."""
+    return JSONResponse(body, status_code=status, headers={"Connection": "close", **(headers or {})})
+
+
 _MAX_PROBLEMS = 20
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
@@ -139,6 +182,14 @@ def _parse_problem(exc: BaseException | None) -> str | None:
     return None
 
 
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    return ConnectionLimits(
+        header_timeout_s=settings.header_timeout_s,
+        max_head_bytes=settings.max_head_bytes,
+        max_pending_connections=settings.max_pending_connections,
+    )
+
+
 def create_app(
     settings: Settings | None = None, *, backend: Backend | None = None, store: SessionStore | None = None
 ) -> FastAPI:
@@ -147,7 +198,7 @@ def create_app(
     settings = settings or Settings.from_env()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         install_log_filter()
         own_backend = backend or load_backend(settings.model, settings)
         own_store = store or open_store(settings.db)
@@ -161,9 +212,13 @@ def create_app(
         runner = Runner(settings, own_backend, own_store)
         if load is not None:
             await runner.agent.warm()  # the first question should not pay for the agent's prompts
-        registry = RunRegistry(max_events=settings.max_buffered_events)
+        registry = RunRegistry(
+            max_events=settings.max_buffered_events,
+            grace_s=settings.resume_grace_s if settings.resume_grace_s >= 0 else None,
+        )
         app.state.runner = runner
         app.state.registry = registry
+        app.state.monitor = RunMonitor(own_backend.name, app.state.metrics)
         app.state.coordinator = None
         if settings.redis_url:
             from tokenrelay.server.coordination import WORKER_LOST, RedisCoordinator
@@ -177,12 +232,22 @@ def create_app(
 
             await coordinator.start(registry.cancel_local, worker_lost)
             registry.on_start = coordinator.replicate
+            registry.followed_elsewhere = coordinator.followed_elsewhere
             app.state.coordinator = coordinator
+        app.state.quotas = Quotas(settings, registry, own_store, app.state.coordinator)
         ticker = asyncio.create_task(registry.keepalive(settings.keepalive_s))
+        sampler = asyncio.create_task(sample_every(app, 1.0)) if app.state.metrics else None
         try:
-            yield
+            # the guarded uvicorn protocols (server/protocol.py) read their limits from here
+            yield {LIMITS_KEY: connection_limits(settings)}
         finally:
             ticker.cancel()
+            if sampler is not None:
+                sampler.cancel()
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # this worker's gauges leave the sums
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
             await registry.shutdown()
             if app.state.coordinator is not None:
                 await app.state.coordinator.close()
@@ -196,9 +261,20 @@ def create_app(
         version=__version__,
         description="Stream an LLM agent's answer token by token: raw text, typed SSE, OpenAI-compatible.",
         lifespan=lifespan,
+        # Swagger UI loads its script from a CDN onto the origin where the page keeps the API
+        # key: only when asked for (the OpenAPI description itself is always served)
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url=None,
     )
     app.state.settings = settings
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.state.metrics = Metrics() if settings.metrics else None
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_s,
+        max_buffered=settings.max_buffered_body_bytes,
+    )
+    app.add_middleware(RequestGuard, settings=settings)  # outermost: before any body is read
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -235,15 +311,33 @@ def create_app(
         message = "; ".join(problems) or "invalid request"
         return JSONResponse(error_body(message, code="invalid_request"), status_code=422)
 
+    @app.exception_handler(StorageError)
+    async def storage_error(request: Request, exc: StorageError) -> JSONResponse:
+        # the database is away (restarting, disk full): say so, and that it is worth a retry
+        return JSONResponse(
+            error_body(str(exc), type_="server_error", code="storage_unavailable"),
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
         # a bug: still the documented JSON shape (the server logs the traceback)
         return JSONResponse(error_body("internal server error", type_="server_error"), status_code=500)
 
-    from tokenrelay.server import routes_chat, routes_documents, routes_info, routes_openai, routes_sessions
+    install_quota_errors(app)
+    from tokenrelay.server import (
+        routes_chat,
+        routes_documents,
+        routes_info,
+        routes_openai,
+        routes_sessions,
+        telemetry,
+    )
 
     app.include_router(routes_chat.router)
     app.include_router(routes_info.router)
+    app.include_router(telemetry.router)
     app.include_router(routes_sessions.router)
     app.include_router(routes_documents.router)
     app.include_router(routes_openai.router)
@@ -255,16 +349,38 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 
 def _mount_page(app: FastAPI) -> None:
-    """The web chat page at `/`, its files under `/static` (shipped inside the package)."""
+    """The web chat page at `/`, its files under `/static` (shipped inside the package).
+
+    The page's Content-Security-Policy goes out as a header too (a `<meta>` policy cannot say
+    `frame-ancestors`): with `frame-ancestors 'none'` and `X-Frame-Options: DENY` no other
+    site can frame the page (clickjacking the origin that keeps the API key)."""
     mimetypes.add_type("text/javascript", ".mjs")  # browsers refuse ES modules served otherwise
     index = STATIC_DIR / "index.html"
     if not index.is_file():
         return
+    headers = {
+        "Cache-Control": "no-cache",
+        "Content-Security-Policy": page_policy(index.read_text(encoding="utf-8")),
+        "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
-        return FileResponse(
-            index, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"}
-        )
+        return FileResponse(index, media_type="text/html; charset=utf-8", headers=headers)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+
+_META_POLICY = re.compile(r'http-equiv="Content-Security-Policy"\s+content="([^"]+)"', re.IGNORECASE)
+DEFAULT_PAGE_POLICY = "default-src 'self'; object-src 'none'; base-uri 'self'"
+
+
+def page_policy(html: str) -> str:
+    """The page's own `<meta>` policy (the page's authors keep it) plus `frame-ancestors 'none'`."""
+    match = _META_POLICY.search(html)
+    policy = match.group(1).strip().rstrip(";") if match else DEFAULT_PAGE_POLICY
+    if "frame-ancestors" not in policy:
+        policy += "; frame-ancestors 'none'"
+    return policy

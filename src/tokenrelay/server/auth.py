@@ -8,7 +8,9 @@ import hmac
 
 from fastapi import HTTPException, Request
 
-__all__ = ["owner_of", "require_owner"]
+__all__ = ["KEY_REQUIRED", "owner_for", "owner_of", "require_owner"]
+
+KEY_REQUIRED = "a valid API key is required (Authorization: Bearer <key> or X-API-Key)"
 
 
 def owner_of(key: str) -> str:
@@ -22,18 +24,21 @@ def _presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
+def owner_for(presented: str | None, keys: frozenset[str]) -> str | None:
+    """The owner id of a presented key, or None when it is not one of `keys`."""
+    if presented:
+        for key in keys:  # constant-time per key: no timing oracle on the key's content
+            if hmac.compare_digest(presented.encode(), key.encode()):
+                return owner_of(key)
+    return None
+
+
 async def require_owner(request: Request) -> str | None:
     """FastAPI dependency: the caller's owner id (None when keys are off); 401 otherwise."""
     keys: frozenset[str] = request.app.state.settings.api_keys
     if not keys:
         return None
-    presented = _presented_key(request)
-    if presented:
-        for key in keys:  # constant-time per key: no timing oracle on the key's content
-            if hmac.compare_digest(presented.encode(), key.encode()):
-                return owner_of(key)
-    raise HTTPException(
-        status_code=401,
-        detail="a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
+    owner = owner_for(_presented_key(request), keys)
+    if owner is not None:
+        return owner
+    raise HTTPException(status_code=401, detail=KEY_REQUIRED, headers={"WWW-Authenticate": "Bearer"})

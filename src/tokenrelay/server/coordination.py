@@ -11,9 +11,19 @@ Keys (prefix `tokenrelay:` by default):
   after `lease_s`).
 * `active`: a hash run id → worker id of runs in flight, swept for runs of dead workers.
 
-Writes go through one batching writer per worker (one pipeline round trip per batch for all
-its runs); blocking reads use a separate connection pool so readers never starve writers.
 * `cancel`: the pub/sub channel that carries run ids to cancel.
+* `runs:{owner}`, `rl:{owner}:{minute}`: per-key runs in flight and requests per minute, for
+  the per-key limits (server/quotas.py).
+
+Connections: writes go through one batching writer per worker (one pipeline round trip per
+batch for all its runs) on the main pool; blocking reads (XREAD) use a separate pool, so
+readers never starve writers; the heartbeat has a connection of its own, so nothing a client
+does can make the worker's lease lapse while it is alive.
+
+Failures: every loop that talks to Redis retries with exponential backoff and a cap; the
+writer gives up on a batch after a few attempts and then keeps only the ops that end runs
+(terminal events, `active` clean-up), so a long outage costs bounded memory. A reader that
+finds a hole in a run's log (events dropped during an outage) ends with an error, never waits.
 
 Invariants: the owning worker appends events in order, in batches (one pipeline round trip
 per batch, not per token); an entry id can be written once, so when a dead worker's run is
@@ -29,19 +39,29 @@ import json
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 from tokenrelay.errors import ConfigError
 from tokenrelay.events import Event, RunError, RunFinished, event_from_dict, event_to_dict
+from tokenrelay.server.redis_log import BatchWriter, OffsetEvents, backoff
 from tokenrelay.server.runs import RunChannel
 
-__all__ = ["RedisCoordinator"]
+__all__ = ["EventIdPastEnd", "RedisCoordinator"]
 
 log = logging.getLogger("tokenrelay.server")
 
 WORKER_LOST = "the worker running this answer stopped before it finished"
+LOG_GAP = "the run's event log lost events while Redis was unreachable"
+#: how long a reader waits for a run that is still going to reach a Last-Event-ID past its
+#: end (the owner's writes lag by one batch) before answering like the owner: 422
+PAST_END_WAIT_S = 1.0
+
+
+class EventIdPastEnd(Exception):
+    """A Last-Event-ID beyond the run's last event (the owning worker answers 422 too)."""
 
 
 class RedisCoordinator:
@@ -63,7 +83,8 @@ class RedisCoordinator:
         self.prefix = prefix
         self._redis: Any = None
         self._reader: Any = None
-        self._writer: _BatchWriter | None = None
+        self._beat_client: Any = None
+        self._writer: BatchWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._on_worker_lost: Callable[[str], Awaitable[None]] | None = None
 
@@ -92,11 +113,18 @@ class RedisCoordinator:
                 self.url, max_connections=256, timeout=None
             )
         )
+        # the heartbeat's own connection: a lapse would make the other workers close our runs
+        self._beat_client = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                self.url, max_connections=1, timeout=None, socket_timeout=self.lease_s
+            )
+        )
         try:
             await self._redis.ping()
         except Exception as exc:
+            await self._close_clients()
             raise ConfigError(f"cannot connect to Redis at {_safe(self.url)}: {exc}") from None
-        self._writer = _BatchWriter(self._redis)
+        self._writer = BatchWriter(self._redis)
         self._on_worker_lost = on_worker_lost
         await self._beat()
         self._tasks = [
@@ -111,18 +139,25 @@ class RedisCoordinator:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._writer is not None:
             await self._writer.close()
-        if self._reader is not None:
-            await self._reader.aclose()
         if self._redis is not None:
             with contextlib.suppress(Exception):
                 await self._redis.delete(self._key("worker", self.worker_id))
-            await self._redis.aclose()
+        await self._close_clients()
+
+    async def _close_clients(self) -> None:
+        for client in (self._reader, self._beat_client, self._redis):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+                # a client given its pool does not close it: disconnect every connection
+                with contextlib.suppress(Exception):
+                    await client.connection_pool.disconnect()
 
     def _key(self, kind: str, name: str = "") -> str:
         return f"{self.prefix}{kind}:{name}" if name else f"{self.prefix}{kind}"
 
     async def _beat(self) -> None:
-        await self._redis.set(self._key("worker", self.worker_id), b"1", px=int(self.lease_s * 1000))
+        await self._beat_client.set(self._key("worker", self.worker_id), b"1", px=int(self.lease_s * 1000))
 
     async def _heartbeat(self) -> None:
         while True:
@@ -152,12 +187,19 @@ class RedisCoordinator:
         })  # fmt: skip
         writer.add("hset", active, run_id, self.worker_id)
 
+        owner_runs = self._key("runs", channel.owner) if channel.owner is not None else None
+
         def sink(index: int, event: Event) -> None:
-            writer.add("xadd", stream, {"e": _encode(event)}, id=f"{index + 1}-0")
             if type(event) is RunFinished or type(event) is RunError:
-                writer.add("hdel", active, run_id)
-                writer.add("pexpire", stream, retention)
-                writer.add("pexpire", info, retention)
+                # what ends a run survives an outage: readers then end instead of waiting
+                writer.add_essential("xadd", stream, {"e": _encode(event)}, id=f"{index + 1}-0")
+                writer.add_essential("hdel", active, run_id)
+                if owner_runs is not None:
+                    writer.add_essential("hdel", owner_runs, run_id)
+                writer.add_essential("pexpire", stream, retention)
+                writer.add_essential("pexpire", info, retention)
+            else:
+                writer.add("xadd", stream, {"e": _encode(event)}, id=f"{index + 1}-0")
 
         for index, event in enumerate(channel.events):  # anything published before now
             sink(index, event)
@@ -167,18 +209,50 @@ class RedisCoordinator:
         await self._redis.publish(self._key("cancel"), run_id.encode())
 
     async def _listen_cancel(self, on_cancel: Callable[[str], bool]) -> None:
+        """Follow the cancel channel for the worker's life. While Redis is away, reconnect
+        with exponential backoff (0.1 s doubling, capped at 5 s); a working subscription
+        resets the backoff."""
+        failures = 0
         while True:
+            pubsub = self._redis.pubsub()
             try:
-                pubsub = self._redis.pubsub()
                 await pubsub.subscribe(self._key("cancel"))
+                failures = 0
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
                         on_cancel(message["data"].decode())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("cancel listener lost Redis (%s); retrying", exc)
-                await asyncio.sleep(1.0)
+                failures += 1
+                delay = backoff(failures)
+                log.warning("cancel listener lost Redis (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    # -- per-key limits (server/quotas.py) ----------------------------------------------
+
+    async def count_request(self, owner: str, minute: int) -> int:
+        """Count one request of `owner` in `minute`; the count so far (all workers)."""
+        key = self._key("rl", f"{owner}:{minute}")
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, 120)
+        count, _ = await pipe.execute()
+        return int(count)
+
+    async def claim_run(self, owner: str, run_id: str, limit: int) -> bool:
+        """Add `run_id` to `owner`'s runs in flight unless it has `limit` already (entries of
+        dead workers do not count and are dropped); True when added."""
+        added = await self._redis.eval(
+            _CLAIM_RUN, 1, self._key("runs", owner), limit, run_id, self.worker_id, f"{self.prefix}worker:"
+        )
+        return bool(added)
+
+    async def release_run(self, owner: str, run_id: str) -> None:
+        await self._redis.hdel(self._key("runs", owner), run_id)
 
     # -- the reading side --------------------------------------------------------------
 
@@ -190,30 +264,81 @@ class RedisCoordinator:
 
     async def remote_channel(self, run_id: str, *, owner: str | None, start: int) -> RunChannel | None:
         """A channel fed from the run's stream, from event index `start` on; None when the
-        run is unknown or belongs to another owner."""
+        run is unknown or belongs to another owner. Answers like the owning worker at the
+        edges: `start` just past a finished run's last event gives a channel that is already
+        done (an empty stream); further than that raises `EventIdPastEnd` (unless the owner
+        died: it may have sent events it never logged, and the reader ends the run with
+        `worker_lost`). Any `start` costs O(1) memory: the channel holds only what it reads."""
         info = await self.run_info(run_id)
         if info is None or (info["owner"] or None) != owner:
             return None
-        channel = RunChannel(run_id=run_id, owner=owner, session_id=info["session"] or None, detached=True)
-        channel.events = cast(list[Event], [None] * start)  # indexes below `start` are never read
+        channel = RunChannel(run_id=run_id, owner=owner, session_id=info["session"] or None)
+        end, terminal = await self._tail(run_id)
+        # An id past the log of a run still going: the owner's last batch may be on its way
+        # (wait up to PAST_END_WAIT_S), or the owner died before logging what its client saw
+        # (its lease runs out within `lease_s`: then follow, and the reader ends the run with
+        # `worker_lost`). An owner alive all along answers 422 too.
+        started = time.monotonic()
+        worker_alive = True
+        while start > end + 1 and terminal is None and worker_alive:
+            waited = time.monotonic() - started
+            if waited >= PAST_END_WAIT_S + self.lease_s:
+                break
+            await asyncio.sleep(0.05 if waited < PAST_END_WAIT_S else 0.2)
+            end, terminal = await self._tail(run_id)
+            if time.monotonic() - started >= PAST_END_WAIT_S:
+                worker_alive = await self.worker_alive(info["worker"])
+        if start > end + 1 and (terminal is not None or worker_alive):
+            raise EventIdPastEnd(start)
+        if start == end + 1 and terminal is not None:  # an EventSource reconnecting after the end
+            events = OffsetEvents(end)
+            events.append(terminal)
+            channel.events = events
+            channel.done = True
+            return channel
+        channel.events = OffsetEvents(start)
         channel.task = asyncio.create_task(self._read(channel, info["worker"], start), name=f"read {run_id}")
         return channel
 
+    async def _tail(self, run_id: str) -> tuple[int, Event | None]:
+        """The index of the run's last logged event (-1: none) and that event if it ends the run."""
+        last = await self._redis.xrevrange(self._key("run", run_id), count=1)
+        if not last:
+            return -1, None
+        entry_id, fields = last[0]
+        event = event_from_dict(json.loads(fields[b"e"]))
+        terminal = event if type(event) is RunFinished or type(event) is RunError else None
+        return int(entry_id.decode().split("-")[0]) - 1, terminal
+
     async def _read(self, channel: RunChannel, worker: str, start: int) -> None:
+        """Publish the run's logged events from index `start` into `channel` until the run
+        ends. Blocking reads go through the reader pool; the task is cancelled when the
+        channel's last follower leaves."""
         stream = self._key("run", channel.run_id)
-        last = f"{start}-0"
+        follow = self._key("follow", channel.run_id)
+        follow_ttl_s = max(5, int(self.heartbeat_s * 5))
+        marked_at = 0.0
+        expected = start
         try:
             while not channel.done:
-                reply = await self._redis.xread(
-                    {stream: last}, block=int(self.heartbeat_s * 1000), count=1000
+                if time.monotonic() - marked_at >= self.heartbeat_s:
+                    # the owner cancels an abandoned resumable run unless someone follows it here
+                    marked_at = time.monotonic()
+                    await self._redis.set(follow, b"1", ex=follow_ttl_s)
+                reply = await self._reader.xread(
+                    {stream: f"{expected}-0"}, block=int(self.heartbeat_s * 1000), count=1000
                 )
                 if reply:
                     for entry_id, fields in reply[0][1]:
-                        last = entry_id.decode()
+                        index = int(entry_id.decode().split("-")[0]) - 1
+                        if index != expected:  # a batch the owner could not write
+                            channel.publish(RunError(message=LOG_GAP, code="internal"))
+                            return
+                        expected += 1
                         channel.publish(event_from_dict(json.loads(fields[b"e"])))
                     continue
                 if not await self.worker_alive(worker):
-                    await self.close_dead_run(channel.run_id, last_index=int(last.split("-")[0]) - 1)
+                    await self.close_dead_run(channel.run_id, last_index=expected - 1)
         except asyncio.CancelledError:
             pass
         except Exception as exc:
@@ -221,6 +346,10 @@ class RedisCoordinator:
         finally:
             if not channel.done:
                 channel.publish(RunError(message="stopped following the run", code="cancelled"))
+
+    async def followed_elsewhere(self, channel: RunChannel) -> bool:
+        """Whether a client follows this run through another worker (see `_read`)."""
+        return bool(await self._redis.exists(self._key("follow", channel.run_id)))
 
     async def close_dead_run(self, run_id: str, *, last_index: int) -> None:
         """Append the terminal error event for a run whose worker died (once, whoever wins)."""
@@ -257,48 +386,20 @@ class RedisCoordinator:
                 log.warning("dead-worker sweep failed: %s", exc)
 
 
-class _BatchWriter:
-    """One task that sends every queued Redis command in one pipeline; while a pipeline is in
-    flight the next batch accumulates. A failed batch is retried (entries already written are
-    refused by their ids, so a retry never duplicates an event)."""
-
-    def __init__(self, redis: Any) -> None:
-        self._redis = redis
-        self._ops: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
-        self._wake = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name="tokenrelay redis writer")
-
-    def add(self, name: str, *args: Any, **kwargs: Any) -> None:
-        self._ops.append((name, args, kwargs))
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            ops, self._ops = self._ops, []
-            pipe = self._redis.pipeline(transaction=False)
-            for name, args, kwargs in ops:
-                getattr(pipe, name)(*args, **kwargs)
-            try:
-                await pipe.execute(raise_on_error=False)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("writing run logs to Redis failed (%s); retrying", exc)
-                self._ops = ops + self._ops
-                await asyncio.sleep(0.5)
-                self._wake.set()
-
-    async def close(self) -> None:
-        """Flush what is queued (best effort), then stop."""
-        for _ in range(20):
-            if not self._ops:
-                break
-            await asyncio.sleep(0.05)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+_CLAIM_RUN = """
+local entries = redis.call('HGETALL', KEYS[1])
+local n = 0
+for i = 1, #entries, 2 do
+  if redis.call('EXISTS', ARGV[4] .. entries[i + 1]) == 1 then
+    n = n + 1
+  else
+    redis.call('HDEL', KEYS[1], entries[i])
+  end
+end
+if n >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+return 1
+"""
 
 
 def _encode(event: Event) -> bytes:

@@ -16,11 +16,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from tokenrelay.agent.loop import Agent
 from tokenrelay.api import Runner
+from tokenrelay.backends.base import GenerationSettings
 from tokenrelay.events import AnswerDelta, Event, RunError, RunFinished
-from tokenrelay.memory.base import Turn
+from tokenrelay.memory.base import Turn, remembered
 from tokenrelay.run import new_run_id
 from tokenrelay.server.auth import require_owner
+from tokenrelay.server.quotas import quotas_of
 from tokenrelay.server.runs import RunChannel, RunRegistry
 from tokenrelay.server.schemas import ChatRequest, ChatResponse, HistoryMessage
 from tokenrelay.server.streaming import FollowResponse
@@ -45,17 +48,25 @@ def _registry(request: Request) -> RunRegistry:
 
 @router.get("/health", tags=["service"])
 async def health(request: Request) -> dict[str, Any]:
-    """Liveness, the model in use and the version (the tutorial's 🤙)."""
+    """Liveness (the tutorial's 🤙) and the version, for anyone. With a valid API key (or
+    when keys are off) also the model, this key's runs in flight and the worker's id: a
+    stranger learns nothing about the deployment or other keys' activity."""
     from tokenrelay.server.app import __version__
 
-    runner = _runner(request)
-    return {
-        "status": "🤙",
-        "model": runner.backend.name,
-        "version": __version__,
-        "active_runs": _registry(request).active_count(),
-        "worker": request.app.state.coordinator.worker_id if request.app.state.coordinator else os.getpid(),
-    }
+    out: dict[str, Any] = {"status": "🤙", "version": __version__}
+    try:
+        owner = await require_owner(request)
+    except HTTPException:
+        return out
+    keys_on = bool(request.app.state.settings.api_keys)
+    registry = _registry(request)
+    coordinator = request.app.state.coordinator
+    out.update(
+        model=_runner(request).backend.name,
+        active_runs=len(registry.active(owner=owner)) if keys_on else registry.active_count(),
+        worker=coordinator.worker_id if coordinator else os.getpid(),
+    )
+    return out
 
 
 async def start_run(
@@ -69,8 +80,13 @@ async def start_run(
     use_session: bool = True,
     resumable: bool = False,
     streamed: bool = False,
+    answer_policy: Literal["stream", "hold"] | None = None,
+    generation: GenerationSettings | None = None,
+    system: str | None = None,
 ) -> tuple[RunChannel, str | None]:
-    """Validate, resolve the session (404 if it is not the caller's), and start the run."""
+    """Validate, resolve the session (404 if it is not the caller's), and start the run.
+    `generation` replaces the agent's sampling settings for this run, `system` is added to
+    its system prompt; an agent that cannot take them (a LangChain agent) makes that a 400."""
     runner = _runner(request)
     limit = runner.settings.max_text_chars
     if not text.strip():
@@ -79,25 +95,50 @@ async def start_run(
         raise HTTPException(413, f"text is {len(text)} characters; the limit is {limit}")
     if "\x00" in text:
         raise HTTPException(422, "text must not contain NUL characters")
-    if use_session:
-        if session_id is not None:
-            if await runner.store.get_session(session_id, owner=owner) is None:
-                raise HTTPException(404, f"no session {session_id!r}")
-        else:
-            session_id = (await runner.store.create_session(owner=owner)).id
+    quotas = quotas_of(request.app)
     run_id = new_run_id()
-    events = runner.agent.run(
-        text, session_id=session_id if use_session else None, mode=mode, run_id=run_id, history=history
-    )
-    # a streamed, non-resumable run lives and dies with its response: let the response drive it
-    channel = _registry(request).start(
-        run_id,
-        events,
-        owner=owner,
-        session_id=session_id,
-        detached=resumable,
-        inline=streamed and not resumable,
-    )
+    if quotas is not None:
+        await quotas.claim_run(owner, run_id)
+    try:
+        if use_session:
+            if session_id is not None:
+                if await runner.store.get_session(session_id, owner=owner) is None:
+                    raise HTTPException(404, f"no session {session_id!r}")
+            else:
+                if quotas is not None:
+                    await quotas.claim_session(owner)
+                session_id = (await runner.store.create_session(owner=owner)).id
+        overrides: dict[str, Any] = {}
+        if generation is not None or system is not None:
+            if not isinstance(runner.agent, Agent):
+                what = "generation settings" if generation is not None else "a system prompt"
+                raise HTTPException(400, f"this server's agent does not take {what} per request")
+            overrides = {"generation": generation, "system": system}
+        events = runner.agent.run(
+            text,
+            session_id=session_id if use_session else None,
+            mode=mode,
+            run_id=run_id,
+            history=history,
+            answer_policy=answer_policy,
+            **overrides,
+        )
+        # a streamed, non-resumable run lives and dies with its response: let the response drive it
+        channel = _registry(request).start(
+            run_id,
+            events,
+            owner=owner,
+            session_id=session_id,
+            detached=resumable,
+            inline=streamed and not resumable,
+        )
+    except BaseException:
+        if quotas is not None:
+            await quotas.release_run(owner, run_id)
+        raise
+    if quotas is not None:
+        quotas.started(owner, run_id)
+    request.app.state.monitor.track(channel)
     return channel, session_id
 
 
@@ -107,11 +148,9 @@ def _encode_text(events: Sequence[Event], first_id: int) -> bytes:
 
 def _history_out(turns: list[Turn]) -> list[HistoryMessage]:
     out: list[HistoryMessage] = []
-    for turn in turns:  # what the agent's memory holds: finished turns with an answer
-        if turn.status == "running" or not turn.answer:
-            continue
-        out.append(HistoryMessage(role="user", content=turn.user_text))
-        out.append(HistoryMessage(role="assistant", content=turn.answer))
+    for user_text, answer in remembered(turns):  # what the agent's memory holds
+        out.append(HistoryMessage(role="user", content=user_text))
+        out.append(HistoryMessage(role="assistant", content=answer))
     return out
 
 
@@ -121,7 +160,7 @@ async def _chat(request: Request, body: ChatRequest, owner: str | None) -> Respo
     memory_k = runner.settings.memory_k
     known = body.session_id is not None and await runner.store.get_session(body.session_id, owner=owner)
     if not body.stream and body.session_id is not None and known and memory_k:
-        prior = await runner.store.history(body.session_id, limit=memory_k)
+        prior = await runner.store.history(body.session_id, limit=memory_k, answered=True)
     channel, session_id = await start_run(
         request,
         body.text,
@@ -130,6 +169,7 @@ async def _chat(request: Request, body: ChatRequest, owner: str | None) -> Respo
         mode=body.mode,
         resumable=body.resumable,
         streamed=body.stream,
+        answer_policy=body.answer_policy,
     )
     assert session_id is not None
     headers = {"X-Session-Id": session_id, "X-Run-Id": channel.run_id}
@@ -158,6 +198,7 @@ async def _chat(request: Request, body: ChatRequest, owner: str | None) -> Respo
         output=last.answer,
         session_id=session_id,
         run_id=channel.run_id,
+        finish_reason=last.finish_reason,
     )
     return JSONResponse(payload.model_dump(), headers=headers)
 
@@ -222,9 +263,11 @@ def _sse_response(
     summary="Chat (typed server-sent events)",
     description=(
         "`text/event-stream`: `event:` is the event type (run_started, answer_delta, reasoning_delta, "
-        "tool_call_started, tool_call_finished, error, run_finished), `data:` its JSON, `id:` its index in "
-        "the run (use it as Last-Event-ID with GET /runs/{run_id}/events to resume). The last event is "
-        "run_finished (whole answer, usage, timings) or error."
+        "narration, tool_call_started, tool_call_finished, error, run_finished), `data:` its JSON, `id:` its "
+        "index in the run (use it as Last-Event-ID with GET /runs/{run_id}/events to resume). The last event "
+        "is run_finished (whole answer, usage, timings, finish_reason: stop or length) or error. "
+        "A `narration` event re-labels answer text already sent: the model speaking before a tool call, "
+        "not the final answer (consumers that ignore it still show correct text)."
     ),
     response_model=None,
 )
@@ -242,6 +285,7 @@ async def chat_events(
         mode=mode or body.mode,
         resumable=body.resumable,
         streamed=True,
+        answer_policy=body.answer_policy,
     )
     assert session_id is not None
     return _sse_response(channel, {"X-Session-Id": session_id, "X-Run-Id": channel.run_id})
@@ -267,15 +311,25 @@ async def run_events(
             raise HTTPException(422, "Last-Event-ID must be an event id (an integer)") from None
     if start < 0:
         raise HTTPException(422, f"Last-Event-ID {last_event_id} is not an event of this run")
+    past_end = HTTPException(422, f"Last-Event-ID {last_event_id} is not an event of this run")
     channel = _registry(request).get(run_id, owner=owner)
     if channel is None:
         coordinator = request.app.state.coordinator
         if coordinator is not None:
-            channel = await coordinator.remote_channel(run_id, owner=owner, start=start)
+            from tokenrelay.server.coordination import EventIdPastEnd
+
+            try:
+                channel = await coordinator.remote_channel(run_id, owner=owner, start=start)
+            except EventIdPastEnd:
+                raise past_end from None
+            except Exception as exc:  # Redis is away: the run's log cannot be read now
+                raise HTTPException(503, f"the shared run log is unavailable: {exc}") from None
         if channel is None:
             raise HTTPException(404, f"no run {run_id!r}")
-    elif start > len(channel.events):
-        raise HTTPException(422, f"Last-Event-ID {last_event_id} is not an event of this run")
+        # a reader of the shared log: it stops when its client leaves (the run goes on)
+        return _sse_response(channel, {"X-Run-Id": run_id}, start=start)
+    if start > len(channel.events):
+        raise past_end
     return _sse_response(channel, {"X-Run-Id": run_id}, start=start, detached=True)
 
 
@@ -286,8 +340,11 @@ async def cancel_run(request: Request, run_id: str, owner: Owner) -> dict[str, A
         return {"run_id": run_id, "cancelled": channel.cancel()}
     coordinator = request.app.state.coordinator
     if coordinator is not None:  # another worker may own it: tell them all
-        info = await coordinator.run_info(run_id)
-        if info is not None and (info["owner"] or None) == owner:
-            await coordinator.publish_cancel(run_id)
-            return {"run_id": run_id, "cancelled": True}
+        try:
+            info = await coordinator.run_info(run_id)
+            if info is not None and (info["owner"] or None) == owner:
+                await coordinator.publish_cancel(run_id)
+                return {"run_id": run_id, "cancelled": True}
+        except Exception as exc:  # Redis is away: other workers cannot be told now
+            raise HTTPException(503, f"the shared run log is unavailable: {exc}") from None
     raise HTTPException(404, f"no run {run_id!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -10,6 +11,7 @@ from pydantic import BaseModel, Field
 from tokenrelay.documents import extract_text, fit_document
 from tokenrelay.presets import load_presets
 from tokenrelay.server.routes_chat import Owner, _runner
+from tokenrelay.server.schemas import DocumentInfo
 
 __all__ = ["router"]
 
@@ -21,21 +23,13 @@ class DocumentIn(BaseModel):
     content: str = Field(description="the file's text (a notebook's JSON for .ipynb)")
 
 
-class DocumentOut(BaseModel):
-    name: str
-    total_chars: int
-    kept_chars: int
-    truncated: bool
-    notice: str | None = Field(description="what was left out to fit the context window, in words")
-
-
 @router.get("/presets", summary="Preset questions for an attached document")
 async def presets(request: Request) -> list[dict[str, Any]]:
     return load_presets(request.app.state.settings.presets_file)
 
 
 @router.put("/sessions/{session_id}/document", summary="Attach a document to a session")
-async def attach_document(request: Request, session_id: str, body: DocumentIn, owner: Owner) -> DocumentOut:
+async def attach_document(request: Request, session_id: str, body: DocumentIn, owner: Owner) -> DocumentInfo:
     """The document's text becomes context for every question in the session. When it does
     not fit the model's context window the response says plainly what was left out."""
     runner = _runner(request)
@@ -43,15 +37,25 @@ async def attach_document(request: Request, session_id: str, body: DocumentIn, o
         raise HTTPException(404, f"no session {session_id!r}")
     if "\x00" in body.content:
         raise HTTPException(422, "the document contains NUL characters; attach a text file")
+    # parsing and tokenizing a large document takes CPU seconds: never on the event loop
     try:
-        text = extract_text(body.name, body.content)
+        text = await asyncio.to_thread(extract_text, body.name, body.content)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
     if not text.strip():
         raise HTTPException(422, f"{body.name} has no text")
-    fitted = fit_document(body.name, text, runner.backend, max_tokens=runner.settings.max_tokens)
-    await runner.store.set_document(session_id, name=body.name, text=fitted.text)
-    return DocumentOut(
+    fitted = await asyncio.to_thread(
+        fit_document, body.name, text, runner.backend, max_tokens=runner.settings.max_tokens
+    )
+    await runner.store.set_document(
+        session_id,
+        name=body.name,
+        text=fitted.text,
+        total_chars=fitted.total_chars,
+        total_tokens=fitted.total_tokens,
+        budget_tokens=fitted.budget_tokens,
+    )
+    return DocumentInfo(
         name=body.name,
         total_chars=fitted.total_chars,
         kept_chars=fitted.kept_chars,

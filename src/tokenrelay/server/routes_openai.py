@@ -1,9 +1,13 @@
 """OpenAI-compatible Chat Completions, so the official SDK and OpenAI-speaking UIs work as is.
 
-The request's last user message is the input; earlier user/assistant pairs are the history
-(the endpoint is stateless, like OpenAI's). The final answer is the content; tool steps never
-leak into it. A failure mid-stream sends `data: {"error": {...}}` and no `[DONE]`, which the
-SDK raises as an APIError.
+The request becomes one agent run (server/openai_request.py: what is honoured, what is a 400):
+the last user message is the input, earlier user/assistant messages the history (the endpoint
+is stateless, like OpenAI's), system/developer messages an addition to the agent's system
+prompt. The final answer is the content; tool steps never leak into it. With
+`include_reasoning`, the agent's reasoning goes out as `reasoning_content` (the vLLM/DeepSeek
+convention). `model` names the backend that answered; `finish_reason` is the run's (`length`
+when the answer was cut by max_tokens). A failure mid-stream sends `data: {"error": {...}}`
+and no `[DONE]`, which the SDK raises as an APIError.
 """
 
 from __future__ import annotations
@@ -13,46 +17,20 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from tokenrelay.events import AnswerDelta, Event, RunError, RunFinished
+from tokenrelay.events import AnswerDelta, Event, ReasoningDelta, RunError, RunFinished
+from tokenrelay.server.app import error_body
+from tokenrelay.server.openai_request import Unsupported, run_inputs
 from tokenrelay.server.routes_chat import Owner, _runner, _wait, start_run
-from tokenrelay.server.schemas import OpenAIChatRequest, OpenAIMessage
+from tokenrelay.server.schemas import OpenAIChatRequest
 from tokenrelay.server.streaming import FollowResponse
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
-
-def _text(message: OpenAIMessage) -> str:
-    content = message.content
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    texts = [part.get("text", "") for part in content if isinstance(part, dict)]
-    if not all(isinstance(text, str) for text in texts):
-        raise HTTPException(422, "messages: a content part's text must be a string")
-    return "".join(texts)
-
-
-def _split(messages: list[OpenAIMessage]) -> tuple[str, list[tuple[str, str]]]:
-    """The input text and (user, assistant) history pairs from an OpenAI message list."""
-    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
-    if last_user is None:
-        raise HTTPException(422, "messages must contain a user message")
-    history: list[tuple[str, str]] = []
-    pending: str | None = None
-    for message in messages[:last_user]:
-        if message.role == "user":
-            pending = _text(message)
-        elif message.role == "assistant" and pending is not None:
-            history.append((pending, _text(message)))
-            pending = None
-    return _text(messages[last_user]), history
 
 
 @router.get("/models", summary="Models (OpenAI-compatible)")
@@ -68,22 +46,48 @@ async def models(request: Request, owner: Owner) -> dict[str, Any]:
 class _ChunkEncoder:
     """Events → `chat.completion.chunk` SSE lines; the per-token path is one string build."""
 
-    def __init__(self, completion_id: str, model: str, include_usage: bool) -> None:
+    def __init__(self, completion_id: str, model: str, include_usage: bool, include_reasoning: bool) -> None:
         self.include_usage = include_usage
+        self.include_reasoning = include_reasoning
         head = (
             f'data: {{"id":"{completion_id}","object":"chat.completion.chunk","created":{int(time.time())},'
         )
         self.head = head + f'"model":{_dumps(model)},"choices":[{{"index":0,'
         self.content_head = self.head + '"delta":{"content":'
+        self.reasoning_head = self.head + '"delta":{"reasoning_content":'
         self.prologue = (
             self.head + '"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n'
         ).encode()
 
     def __call__(self, events: Sequence[Event], first_id: int) -> bytes:
+        if self.include_reasoning:
+            return self._with_reasoning(events)
         text = "".join([e.text for e in events if type(e) is AnswerDelta])
         if not text:
             return b""
         return (self.content_head + _dumps(text) + '},"finish_reason":null}]}\n\n').encode()
+
+    def _with_reasoning(self, events: Sequence[Event]) -> bytes:
+        """Answer and reasoning text in order, one chunk per run of the same kind."""
+        out: list[str] = []
+        head: str | None = None
+        texts: list[str] = []
+        for event in events:
+            kind = type(event)
+            if kind is AnswerDelta:
+                this = self.content_head
+            elif kind is ReasoningDelta:
+                this = self.reasoning_head
+            else:
+                continue
+            if this is not head and texts:
+                out.append(f'{head}{_dumps("".join(texts))}}},"finish_reason":null}}]}}\n\n')
+                texts = []
+            head = this
+            texts.append(event.text)  # type: ignore[union-attr]
+        if texts:
+            out.append(f'{head}{_dumps("".join(texts))}}},"finish_reason":null}}]}}\n\n')
+        return "".join(out).encode()
 
     def epilogue(self, last: Event) -> bytes:
         if isinstance(last, RunError):
@@ -91,19 +95,23 @@ class _ChunkEncoder:
             return f"data: {_dumps(error)}\n\n".encode()
         out = self.head + f'"delta":{{}},"finish_reason":"{_finish(last)}"}}]}}\n\n'
         if self.include_usage and isinstance(last, RunFinished):
-            usage = {
-                "prompt_tokens": last.usage.prompt_tokens,
-                "completion_tokens": last.usage.completion_tokens,
-                "total_tokens": last.usage.total_tokens,
-            }
             out += (
                 self.head.replace('"choices":[{"index":0,', '"choices":[],')
-                + f'"usage":{_dumps(usage)}}}\n\n'
+                + f'"usage":{_dumps(_usage(last))}}}\n\n'
             )
         return (out + "data: [DONE]\n\n").encode()
 
 
+def _usage(last: RunFinished) -> dict[str, int]:
+    return {
+        "prompt_tokens": last.usage.prompt_tokens,
+        "completion_tokens": last.usage.completion_tokens,
+        "total_tokens": last.usage.total_tokens,
+    }
+
+
 def _finish(last: Event) -> str:
+    """OpenAI's finish_reason for a run: `length` when the answer was cut at max_tokens."""
     if isinstance(last, RunFinished) and last.finish_reason == "length":
         return "length"
     return "stop"
@@ -111,17 +119,33 @@ def _finish(last: Event) -> str:
 
 @router.post("/chat/completions", summary="Chat Completions (OpenAI-compatible)", response_model=None)
 async def chat_completions(request: Request, body: OpenAIChatRequest, owner: Owner) -> Response:
-    text, history = _split(body.messages)
+    runner = _runner(request)
+    try:
+        inputs = run_inputs(body, runner.generation)
+    except Unsupported as exc:
+        return JSONResponse(
+            error_body(exc.message, code="unsupported_parameter", param=exc.param), status_code=400
+        )
+    except ValueError as exc:
+        return JSONResponse(error_body(str(exc), code="invalid_request"), status_code=422)
     channel, _ = await start_run(
-        request, text, owner=owner, session_id=None, history=history, use_session=False, streamed=body.stream
+        request,
+        inputs.text,
+        owner=owner,
+        session_id=None,
+        history=inputs.history,
+        use_session=False,
+        streamed=body.stream,
+        mode="full" if inputs.include_reasoning else "final",
+        generation=inputs.generation,
+        system=inputs.system,
     )
     completion_id = "chatcmpl-" + channel.run_id.removeprefix("run_")
-    model = body.model or _runner(request).backend.name
+    model = runner.backend.name  # what answered, whatever name the client used
     headers = {"X-Run-Id": channel.run_id}
     if body.stream:
-        encoder = _ChunkEncoder(
-            completion_id, model, bool(body.stream_options and body.stream_options.include_usage)
-        )
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        encoder = _ChunkEncoder(completion_id, model, include_usage, inputs.include_reasoning)
         return FollowResponse(
             channel, encoder, media_type="text/event-stream; charset=utf-8", headers=headers,
             prologue=encoder.prologue, epilogue=encoder.epilogue, keepalive=b": keep-alive\n\n",
@@ -135,24 +159,17 @@ async def chat_completions(request: Request, body: OpenAIChatRequest, owner: Own
             headers=headers,
         )
     assert isinstance(last, RunFinished)
+    message: dict[str, Any] = {"role": "assistant", "content": last.answer}
+    if inputs.include_reasoning:
+        message["reasoning_content"] = "".join([e.text for e in channel.events if type(e) is ReasoningDelta])
     return JSONResponse(
         {
             "id": completion_id,
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": last.answer},
-                    "finish_reason": _finish(last),
-                }
-            ],
-            "usage": {
-                "prompt_tokens": last.usage.prompt_tokens,
-                "completion_tokens": last.usage.completion_tokens,
-                "total_tokens": last.usage.total_tokens,
-            },
+            "choices": [{"index": 0, "message": message, "finish_reason": _finish(last)}],
+            "usage": _usage(last),
         },
         headers=headers,
     )

@@ -10,7 +10,10 @@ Invariants:
   start, in order, each once; they never block the producer (a run's output is bounded by
   max_tokens per model call and max_iterations, so the buffer is bounded too);
 * a run whose last follower leaves (client disconnect) is cancelled, unless it was started
-  detached; the agent then records the turn as interrupted with its partial answer;
+  detached; the agent then records the turn as interrupted with its partial answer. A
+  detached (resumable) run whose last follower leaves waits `grace_s` for a client to resume
+  it (a page reload, a dropped connection), then is cancelled the same way: a closed tab
+  never keeps the model running;
 * finished runs are forgotten after `retention_s`, and beyond the newest `max_finished`;
 * a run that reaches `max_events` events is stopped (`too_large`): with a backend that ignores
   max_tokens, that is the only bound on its buffer.
@@ -20,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from array import array
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast, overload
 
@@ -31,6 +36,9 @@ __all__ = ["RunChannel", "RunRegistry"]
 
 
 _TERMINAL = (RunFinished, RunError)
+_background: set[asyncio.Task[None]] = set()  # checks in flight (a task nobody holds is collected)
+_monotonic = time.monotonic
+log = logging.getLogger("tokenrelay.server")
 
 
 class FinishedEvents(Sequence[Event]):
@@ -83,6 +91,57 @@ class RunChannel:
     _fresh: bool = False
     #: a run that publishes this many events is stopped (`too_large`): bounded memory per run
     max_events: int = 100_000
+    #: when each answer delta was published (time.monotonic), for a measured run (metrics)
+    token_times: array[float] | None = None
+    #: called once with the channel after its terminal event is published (metrics, run log)
+    on_finish: Callable[[RunChannel], None] | None = None
+    #: a detached run left without followers is cancelled after this many seconds (None: never)
+    grace_s: float | None = None
+    #: "is anyone following it elsewhere?" (e.g. through another worker), checked before cancelling
+    followed_elsewhere: Callable[[RunChannel], Awaitable[bool]] | None = None
+    _orphan_timer: asyncio.TimerHandle | None = None
+
+    def follow(self) -> None:
+        self.followers += 1
+        if self._orphan_timer is not None:
+            self._orphan_timer.cancel()
+            self._orphan_timer = None
+
+    def unfollow(self) -> None:
+        """The follower left. An abandoned detached run gets `grace_s` to be resumed."""
+        self.followers -= 1
+        if self.followers == 0 and self.detached and not self.done and self.grace_s is not None:
+            self._arm_orphan_timer()
+
+    def _arm_orphan_timer(self) -> None:
+        if self._orphan_timer is not None:
+            self._orphan_timer.cancel()
+        assert self.grace_s is not None
+        self._orphan_timer = asyncio.get_running_loop().call_later(self.grace_s, self._orphaned)
+
+    def _orphaned(self) -> None:
+        self._orphan_timer = None
+        if self.done or self.followers:
+            return
+        if self.followed_elsewhere is None:
+            self.cancel()
+            return
+        task = asyncio.get_running_loop().create_task(self._check_elsewhere())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _check_elsewhere(self) -> None:
+        assert self.followed_elsewhere is not None
+        try:
+            elsewhere = await self.followed_elsewhere(self)
+        except Exception:  # cannot tell (Redis away): keep the run, ask again later
+            elsewhere = True
+        if self.done or self.followers:
+            return
+        if elsewhere:
+            self._arm_orphan_timer()
+        else:
+            self.cancel()
 
     @property
     def over_limit(self) -> bool:
@@ -108,11 +167,19 @@ class RunChannel:
         self._fresh = True
         if self.sink is not None:
             self.sink(len(self.events) - 1, event)
+        if self.token_times is not None and type(event) is AnswerDelta:
+            self.token_times.append(_monotonic())  # one float per token; metrics read it at the end
         if type(event) in _TERMINAL:
             self.done = True
             self.finished_at = time.monotonic()
             # current followers keep reading the list they hold; later ones get the compact copy
-            self.events = FinishedEvents(self.events)
+            if type(self.events) is list:  # (a remote channel's events are compact already)
+                self.events = FinishedEvents(self.events)
+            if self.on_finish is not None:
+                try:
+                    self.on_finish(self)
+                except Exception:  # measuring a run must never break it
+                    log.exception("run %s: recording its metrics failed", self.run_id)
         if self._waiters:
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
@@ -150,7 +217,12 @@ class RunRegistry:
     """The runs of this process, by id."""
 
     def __init__(
-        self, retention_s: float = 300.0, *, max_events: int = 100_000, max_finished: int = 1000
+        self,
+        retention_s: float = 300.0,
+        *,
+        max_events: int = 100_000,
+        max_finished: int = 1000,
+        grace_s: float | None = 30.0,
     ) -> None:
         self._runs: dict[str, RunChannel] = {}
         self.retention_s = retention_s
@@ -159,6 +231,10 @@ class RunRegistry:
         #: finished runs kept for resume: the newest this many (+25% between sweeps)
         self.max_finished = max_finished
         self._sweep_at = max_finished
+        #: a detached run nobody follows is cancelled after this many seconds (None: never)
+        self.grace_s = grace_s
+        #: see `RunChannel.followed_elsewhere`
+        self.followed_elsewhere: Callable[[RunChannel], Awaitable[bool]] | None = None
         self._last_sweep = time.monotonic()
         #: called with each new channel (e.g. to mirror its events to Redis)
         self.on_start: Callable[[RunChannel], object] | None = None
@@ -182,6 +258,8 @@ class RunRegistry:
         self._sweep()
         channel = RunChannel(run_id=run_id, owner=owner, session_id=session_id, detached=detached)
         channel.max_events = self.max_events
+        channel.grace_s = self.grace_s
+        channel.followed_elsewhere = self.followed_elsewhere
         if inline:
             channel.source = events
         else:

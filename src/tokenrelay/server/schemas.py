@@ -9,11 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "ChatRequest",
     "ChatResponse",
+    "DocumentInfo",
     "HistoryMessage",
     "OpenAIChatRequest",
     "OpenAIMessage",
     "SessionDetail",
     "SessionSummary",
+    "TitleIn",
 ]
 
 
@@ -26,10 +28,17 @@ class ChatRequest(BaseModel):
     )
     stream: bool = Field(default=True, description="stream the answer (false: one JSON response)")
     mode: Literal["final", "full"] = Field(default="final", description="final answer only, or everything")
+    answer_policy: Literal["stream", "hold"] | None = Field(
+        default=None,
+        description="stream: answer text as the model writes it (text that turns out to precede a tool call "
+        "is re-labelled by a `narration` event); hold: only final-answer text, at the cost of latency. "
+        "Default: the server's setting (stream)",
+    )
     resumable: bool = Field(
         default=False,
         description="keep the run going when the connection drops (resume with GET /runs/{run_id}/events "
-        "and Last-Event-ID); otherwise a disconnect cancels the run",
+        "and Last-Event-ID) for the server's resume grace period (30 s by default), then cancel it; "
+        "otherwise a disconnect cancels the run at once",
     )
 
 
@@ -45,6 +54,7 @@ class ChatResponse(BaseModel):
     session_id: str
     run_id: str
     status: str = "complete"
+    finish_reason: str = Field(default="stop", description='"stop", or "length" when the answer was cut off')
 
 
 class TurnOut(BaseModel):
@@ -55,6 +65,14 @@ class TurnOut(BaseModel):
     error: str | None
     created_at: float
     finished_at: float | None
+    finish_reason: str | None = Field(
+        default=None, description='"stop", or "length" when the answer was cut off at the token limit'
+    )
+    steps: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description='narration ({"type": "narration", "text"}) and tool calls ({"type": "tool", "call_id", '
+        '"name", "arguments", "result", "error"}), in order',
+    )
 
 
 class SessionSummary(BaseModel):
@@ -64,9 +82,26 @@ class SessionSummary(BaseModel):
     updated_at: float
 
 
+class TitleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1, max_length=200, description="the session's new title (not blank)")
+
+
+class DocumentInfo(BaseModel):
+    name: str
+    total_chars: int
+    kept_chars: int
+    truncated: bool
+    notice: str | None = Field(description="what was left out to fit the context window, in words")
+
+
 class SessionDetail(SessionSummary):
     turns: list[TurnOut]
     document: str | None = Field(default=None, description="name of the attached document, if any")
+    document_info: DocumentInfo | None = Field(
+        default=None, description="the attached document's size and what was left out to fit the model"
+    )
     active_run_id: str | None = None
 
 
@@ -82,13 +117,24 @@ class OpenAIStreamOptions(BaseModel):
 
 
 class OpenAIChatRequest(BaseModel):
+    """What `/v1/chat/completions` honours (server/openai_request.py); any other field is
+    refused with a 400 naming it, unless it has its neutral value (`n: 1`, `tools: []`...)."""
+
     model_config = ConfigDict(extra="allow")
 
-    model: str = "tokenrelay"
+    model: str = Field(default="tokenrelay", description="accepted; the server answers with its own model")
     messages: list[OpenAIMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: OpenAIStreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, description="per model call of the run")
+    max_completion_tokens: int | None = Field(default=None, ge=1, description="wins over max_tokens")
     temperature: float | None = Field(default=None, ge=0, le=2)
-    user: str | None = None
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int | None = Field(default=None, ge=1, description="only 1 is supported")
+    include_reasoning: bool = Field(
+        default=False,
+        description="stream the agent's reasoning (raw model output, thinking) as delta.reasoning_content",
+    )
+    user: str | None = Field(default=None, description="accepted; not stored")

@@ -87,7 +87,7 @@ class FollowResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         channel = self.channel
-        channel.followers += 1
+        channel.follow()
         sender = asyncio.current_task()
         disconnected = False
         finished = False
@@ -179,7 +179,7 @@ class FollowResponse(Response):
         finally:
             finished = True
             listener.cancel()
-            channel.followers -= 1
+            channel.unfollow()
             channel.on_idle = None
             if source is not None and channel.task is sender:
                 channel.task = None  # the request's task outlives this run: never cancel it later

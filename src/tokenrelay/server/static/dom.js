@@ -41,6 +41,10 @@ export function setText(el, key, args) {
   el.textContent = t(key, args);
 }
 
+/** Text as HTML text (for the few places that build HTML strings that are then sanitised). */
+export function escapeHtml(text) {
+  return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
 
 /** Empty an element that held translatable text. */
 export function clearText(el) {

@@ -1,0 +1,189 @@
+"""Server-sent events: an incremental `text/event-stream` decoder, as the HTML standard says.
+
+    decoder = SSEDecoder()
+    for chunk in response.iter_bytes():          # or str chunks: response.iter_text()
+        for event in decoder.feed(chunk):
+            handle(event.event, event.data, event.id)
+
+It is the one SSE decoder of the Python code: the bundled client reads tokenrelay's typed
+events with it, and an OpenAI-style stream (plain `data:` lines, `data: [DONE]`) is the same
+grammar: take `event.data` and ignore the rest.
+
+Invariants (https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation):
+
+* any split of a stream into chunks gives the same events, even a split inside a UTF-8
+  character or between the CR and the LF of a CRLF; a line is handled as soon as its line end
+  arrives (a CR-only stream is not held back waiting for a possible LF);
+* lines end at CR, LF or CRLF only, never at the other characters `str.splitlines` knows
+  (U+2028, U+0085, ...); bytes are UTF-8 (invalid bytes become U+FFFD, never an exception);
+  one U+FEFF byte order mark at the very start of the stream is dropped;
+* comment lines (`:` first: keep-alives) are skipped, unknown fields ignored; `data` lines are
+  joined with LF; an `id` containing NUL is ignored; `retry` counts only if all ASCII digits;
+* a blank line dispatches the event built so far, only if it has at least one `data` line; the
+  last event ID persists from event to event until an `id` field changes it (so a resuming
+  client sends it as `Last-Event-ID`), and a block without data still updates it;
+* at the end of the stream, an event without its closing blank line is discarded (`finish()`),
+  unless `finish(flush=True)` asks for the lenient reading some OpenAI-compatible servers need;
+* with `max_buffer`, a line or an event over that many characters raises `SSEDecodeError`
+  instead of growing without bound.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from typing import NamedTuple
+
+__all__ = ["SSEDecodeError", "SSEDecoder", "ServerSentEvent"]
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+class SSEDecodeError(ValueError):
+    """The stream holds a line or an event larger than the decoder's `max_buffer`."""
+
+
+class ServerSentEvent(NamedTuple):
+    """One dispatched event. A named tuple, not a dataclass: decoding is on the per-token path
+    of streaming backends, and a tuple is the cheapest immutable record to build."""
+
+    #: the event type: the `event` field, "message" when the block had none
+    event: str = "message"
+    #: the `data` lines, joined with LF
+    data: str = ""
+    #: the last event ID at dispatch ("" when the server never set one): what to send as Last-Event-ID
+    id: str = ""
+    #: the `retry` field of this event's block, in milliseconds (the decoder's `retry` keeps the latest)
+    retry: int | None = None
+
+
+class SSEDecoder:
+    """Incremental decoder: `feed` chunks (bytes or str) as they arrive, `finish` at the end.
+
+    `last_event_id` and `retry` (the server's reconnection time in ms, None until it sends one)
+    are kept as the standard's EventSource keeps them; a resuming client can seed a new
+    decoder with the `last_event_id` of the connection it replaces."""
+
+    __slots__ = (
+        "_block_retry",
+        "_data",
+        "_data_size",
+        "_decode",
+        "_event",
+        "_id",
+        "_max",
+        "_pending",
+        "_skip_lf",
+        "_started",
+        "last_event_id",
+        "retry",
+    )
+
+    def __init__(self, *, last_event_id: str = "", max_buffer: int | None = None) -> None:
+        self._decode = codecs.getincrementaldecoder("utf-8")("replace").decode
+        self._pending = ""  # the start of a line whose end has not arrived yet
+        self._skip_lf = False  # the last chunk ended with a CR: an LF first in the next one is its pair
+        self._started = False  # past the first character (where a BOM may be)
+        self._event = ""
+        self._data: list[str] = []
+        self._data_size = 0
+        self._id = last_event_id  # the standard's "last event ID buffer"
+        self._block_retry: int | None = None
+        self._max = max_buffer
+        self.last_event_id = last_event_id
+        self.retry: int | None = None
+
+    def feed(self, chunk: bytes | str) -> list[ServerSentEvent]:
+        """The events that `chunk` completes, in order (often none, usually one)."""
+        text = self._decode(chunk) if isinstance(chunk, bytes) else chunk
+        if not self._started and text:
+            self._started = True
+            text = text.removeprefix("\ufeff")
+        if self._skip_lf and text:
+            self._skip_lf = False
+            if text[0] == "\n":
+                text = text[1:]
+        if not text:
+            return []
+        if self._pending:
+            text = self._pending + text
+        if "\r" in text:
+            lines = _LINE_END.split(text)
+            self._skip_lf = text[-1] == "\r"
+        else:  # the common case, LF line ends, where a plain split is several times cheaper
+            lines = text.split("\n")
+        self._pending = lines.pop()
+        if self._max is not None and len(self._pending) > self._max:
+            raise SSEDecodeError(f"an event stream line is longer than {self._max} characters")
+        out: list[ServerSentEvent] = []
+        data = self._data
+        limit = self._max
+        for line in lines:
+            if not line:
+                if data:
+                    out.append(self._dispatch())
+                    data = self._data
+                else:  # a blank line without data: no event, but the ID and type buffers settle
+                    self.last_event_id = self._id
+                    self._event, self._block_retry = "", None
+            elif line.startswith("data:"):  # the common field, inline (the per-token path)
+                value = line[6:] if line.startswith("data: ") else line[5:]
+                data.append(value)
+                if limit is not None:
+                    self._data_size += len(value) + 1
+                    if self._data_size > limit:
+                        raise SSEDecodeError(f"an event stream event is larger than {limit} characters")
+            else:
+                self._line(line)
+        return out
+
+    def finish(self, *, flush: bool = False) -> list[ServerSentEvent]:
+        """At the end of the stream. As the standard says, an event left without its closing
+        blank line is discarded; with `flush=True` it is dispatched (an unterminated last line
+        counts as a line), for servers that end a stream with `data: [DONE]` and no blank line."""
+        tail = self._pending + self._decode(b"", True)
+        self._pending = ""
+        self._skip_lf = False
+        if flush and tail:
+            self._line(tail)
+        event = self._dispatch() if flush and self._data else None
+        self._event, self._data, self._data_size, self._block_retry = "", [], 0, None
+        return [event] if event is not None else []
+
+    def _line(self, line: str) -> None:
+        if line[0] == ":":
+            return
+        name, _, value = line.partition(":")
+        if value and value[0] == " ":
+            value = value[1:]
+        if name == "data":  # `feed` handles most `data:` lines itself, inline
+            self._data.append(value)
+            self._data_size += 1
+            if self._max is not None and self._data_size > self._max:
+                raise SSEDecodeError(f"an event stream event is larger than {self._max} characters")
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            if "\x00" not in value:
+                self._id = value
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self.retry = self._block_retry = int(value)
+
+    def _dispatch(self) -> ServerSentEvent:
+        self.last_event_id = self._id
+        data = self._data
+        event = _new_event(
+            ServerSentEvent,
+            (
+                self._event or "message",
+                data[0] if len(data) == 1 else "\n".join(data),
+                self._id,
+                self._block_retry,
+            ),
+        )
+        self._event, self._data, self._data_size, self._block_retry = "", [], 0, None
+        return event
+
+
+#: builds a `ServerSentEvent` from a 4-tuple at half the cost of its generated `__new__`
+_new_event = tuple.__new__

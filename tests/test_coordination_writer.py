@@ -1,0 +1,75 @@
+"""The Redis run-log writer while Redis is away: bounded retries with backoff, then only the
+ops that end runs are kept, so an outage costs bounded memory (it re-queued everything every
+0.5 s, forever, before). Redis itself is replaced by a pipeline that always fails."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tokenrelay.server.redis_log import BatchWriter
+
+
+class _DownPipeline:
+    def __init__(self, calls: list[int]) -> None:
+        self.calls = calls
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+    async def execute(self, raise_on_error: bool = True) -> None:
+        self.calls.append(1)
+        raise ConnectionError("Redis is away")
+
+
+class _DownRedis:
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def pipeline(self, transaction: bool = False) -> _DownPipeline:
+        return _DownPipeline(self.calls)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_the_writer_gives_up_on_events_but_keeps_what_ends_runs() -> None:
+    redis = _DownRedis()
+    writer = BatchWriter(redis, max_attempts=3, max_queued=1000)
+    try:
+        for i in range(500):
+            writer.add("xadd", "run:r", {"e": b"{}"}, id=f"{i + 1}-0")
+        writer.add_essential("xadd", "run:r", {"e": b"{}"}, id="501-0")
+        writer.add_essential("hdel", "active", "r")
+        for _ in range(100):  # 3 attempts with backoff (0.2 + 0.4 s), then the drop
+            await asyncio.sleep(0.05)
+            if writer.dropped:
+                break
+        assert writer.dropped == 500
+        assert [op[0] for op in writer._ops] == ["xadd", "hdel"]  # the terminal event survives
+        attempts = len(redis.calls)
+        await asyncio.sleep(0.5)
+        assert len(redis.calls) - attempts <= 2  # backing off, not spinning
+    finally:
+        await writer.close()
+
+
+@pytest.mark.anyio
+async def test_a_flood_during_an_outage_is_capped() -> None:
+    writer = BatchWriter(_DownRedis(), max_attempts=100, max_queued=200)
+    try:
+        await asyncio.sleep(0)
+        for i in range(1000):
+            writer.add("xadd", "run:r", {"e": b"{}"}, id=f"{i + 1}-0")
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if writer.dropped:
+                break
+        assert writer.dropped >= 800 and len(writer._ops) <= 200
+    finally:
+        await writer.close()
