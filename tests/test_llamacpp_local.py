@@ -124,3 +124,9 @@ async def test_a_prompt_too_long_fails_and_the_worker_survives() -> None:
         await small.choose(SplitPrompt(prefix="", rest="word " * 600), ["a", "b"])
     choice = await small.choose(SplitPrompt(prefix="", rest="Say yes or no:"), [" yes", " no"])
     assert len(choice.logprobs) == 2
+
+
+def test_the_context_window_follows_the_model() -> None:
+    assert LlamaCppBackend().context_window == 8192  # SmolLM2's own, not a fixed 4,096
+    assert LlamaCppBackend(max_ctx=2048).context_window == 2048
+    assert LlamaCppBackend(n_ctx=1024).context_window == 1024

@@ -82,7 +82,7 @@ def test_configured_threads_win() -> None:
     assert choose_threads(None, 5).batch == 5
 
 
-def test_default_threads_use_every_available_core() -> None:
+def test_default_threads_leave_a_core_for_the_server() -> None:
     threads = choose_threads(None)
-    assert 1 <= threads.decode <= threads.batch <= len(os.sched_getaffinity(0))
-    assert threads.batch == available_cpus()
+    assert threads.batch == available_cpus()  # prompts: every available CPU
+    assert threads.decode == max(1, min(available_cpus(), machine.physical_cores(quota=cpu_quota())) - 1)

@@ -158,11 +158,20 @@ class Threads:
 def choose_threads(configured: int | None = None, configured_batch: int | None = None) -> Threads:
     """Threads for llama.cpp. `configured` (TOKENRELAY_LLAMA_N_THREADS) sets decode threads and,
     unless `configured_batch` (TOKENRELAY_LLAMA_N_THREADS_BATCH) is given, prompt threads too.
-    Otherwise decode uses one thread per available physical core and prompt evaluation (wide
-    matrix products that do gain from hyper-threads) one per available logical CPU."""
+
+    Otherwise prompt evaluation (long matrix products, where threads synchronise rarely) uses
+    every available logical CPU, and decoding one thread per available physical core but one.
+    A decode step synchronises its threads hundreds of times per token with spinning barriers:
+    when one of them loses its core (to the server's event loop, to another process) the others
+    wait for it. On the 2-core development machine, shared with other work, 2 decode threads
+    were 0.5-1.1x as fast as 1 (median of 7 interleaved comparisons about 0.9x, and once a
+    stream fell to 9 tokens/s), faster only in the quietest moments (best of 11: +10%);
+    bench/README.md ("Threads") has the figures. Leaving a core to the rest of the process
+    costs little where there are many and avoids that collapse where there are few."""
     quota = cpu_quota()
     logical = available_cpus()
-    decode = configured if configured and configured > 0 else min(logical, physical_cores(quota=quota))
+    cores = min(logical, physical_cores(quota=quota))
+    decode = configured if configured and configured > 0 else max(1, cores - 1)
     if configured_batch and configured_batch > 0:
         batch = configured_batch
     else:
