@@ -11,9 +11,10 @@ them). Invariants:
 
 * a file already in the cache is used without touching the network (so it also works
   offline, and startup costs no request);
-* a dropped connection is resumed where it stopped (HTTP Range requests, huggingface_hub's
-  retries); Hub files stored with Xet are fetched in content-addressed chunks that survive an
-  interrupted run;
+* a dropped connection is resumed where it stopped, with HTTP Range requests: huggingface_hub
+  2.x retries inside the call; 0.x-1.x keeps the partial file, which the next call (here, up
+  to 3 in a row; or the next run) resumes. Hub files stored with Xet are fetched in
+  content-addressed chunks that survive an interrupted run;
 * a fresh download is verified before use: its size by huggingface_hub, its SHA-256 against
   the Hub's LFS object id (the blob's name in the cache). A mismatch deletes the file and
   fails with a message, so a corrupt file is never loaded.
@@ -36,6 +37,7 @@ from tokenrelay.progress import human_size, note
 __all__ = ["HfFile", "ensure_local", "parse_hf"]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,32 +158,38 @@ def ensure_local(ref: HfFile) -> Path:
         return Path(cached)
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     note(f"downloading {ref.filename} from {ref.repo_id} ({endpoint}) into the Hugging Face cache, once")
-    try:
-        options: dict[str, Any] = {}
-        progress = _progress_class(Path(ref.filename).name)
-        if progress is not None and "tqdm_class" in inspect.signature(hf_hub_download).parameters:
-            options["tqdm_class"] = progress
-        path = Path(hf_hub_download(ref.repo_id, ref.filename, revision=ref.revision, **options))
-    except GatedRepoError:
-        raise ConfigError(
-            f"{ref.repo_id} is gated: accept its terms on the Hub and set HF_TOKEN, or pick another model"
-        ) from None
-    except RepositoryNotFoundError:
-        raise ConfigError(f"no model repository {ref.repo_id} on the Hub (or it is private)") from None
-    except RevisionNotFoundError:
-        raise ConfigError(f"{ref.repo_id} has no revision {ref.revision!r}") from None
-    except EntryNotFoundError:
-        raise ConfigError(f"{ref.repo_id} has no file {ref.filename}") from None
-    except LocalEntryNotFoundError:
-        raise BackendError(
-            f"cannot download {ref.model}: the Hub is unreachable and the file is not cached "
-            "(check the network, HF_ENDPOINT, or HF_HUB_OFFLINE)"
-        ) from None
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        raise BackendError(f"downloading {ref.model} failed (HTTP {status})", status=status) from None
-    except OSError as exc:  # disk full, size mismatch after retries, connection lost for good
-        raise BackendError(f"downloading {ref.model} failed: {exc}") from None
+    options: dict[str, Any] = {}
+    progress = _progress_class(Path(ref.filename).name)
+    if progress is not None and "tqdm_class" in inspect.signature(hf_hub_download).parameters:
+        options["tqdm_class"] = progress
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            path = Path(hf_hub_download(ref.repo_id, ref.filename, revision=ref.revision, **options))
+            break
+        except GatedRepoError:
+            raise ConfigError(
+                f"{ref.repo_id} is gated: accept its terms on the Hub and set HF_TOKEN, or pick another model"
+            ) from None
+        except RepositoryNotFoundError:
+            raise ConfigError(f"no model repository {ref.repo_id} on the Hub (or it is private)") from None
+        except RevisionNotFoundError:
+            raise ConfigError(f"{ref.repo_id} has no revision {ref.revision!r}") from None
+        except LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError in older versions)
+            raise BackendError(
+                f"cannot download {ref.model}: the Hub is unreachable and the file is not cached "
+                "(check the network, HF_ENDPOINT, or HF_HUB_OFFLINE)"
+            ) from None
+        except EntryNotFoundError:
+            raise ConfigError(f"{ref.repo_id} has no file {ref.filename}") from None
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            raise BackendError(f"downloading {ref.model} failed (HTTP {status})", status=status) from None
+        except Exception as exc:  # connection lost (requests/httpx errors), disk full, size mismatch
+            if attempt == _ATTEMPTS:
+                raise BackendError(f"downloading {ref.model} failed: {exc}") from None
+            # huggingface_hub < 1.x keeps the partial file and resumes it on the next call;
+            # later versions have already retried with Range requests inside the call
+            note(f"the download was interrupted ({type(exc).__name__}); resuming (attempt {attempt + 1})")
     _verify(path)
     note(f"{ref.filename}: {human_size(path.stat().st_size)} ready at {path}")
     return path
