@@ -185,8 +185,9 @@ class EmbeddedPolicy:
                 yield event
 
     async def warm(self) -> None:
-        """Evaluate the shared prompt prefixes now (a server calls this at startup), so the
-        first question that needs a decision does not pay for them (~400 tokens)."""
+        """Evaluate the decision prompt's shared prefix now (a server calls this at startup), so
+        the first question that needs a decision does not pay for it (~500 tokens; the
+        expression prompt, for word problems only, is left to its first use)."""
         candidates = list(self.tools)
         if not candidates:
             return
@@ -198,9 +199,6 @@ class EmbeddedPolicy:
             question,
         )
         await self.model.choose(prompt, ["chat"])
-        if self.calculator is not None:
-            prompt = await self._prompt("expression", prompts.expression_messages, question)
-            await self.model.complete(prompt, grammar=prompts.expression_grammar(), max_tokens=1)
 
     async def decide(self, question: str, hooks: RunHooks) -> Decision:
         candidates = [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import mimetypes
 import os
 import re
@@ -190,6 +191,15 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
     )
 
 
+async def _warm(runner: Runner) -> None:
+    """Evaluate the embedded agent's decision prompt before the first request (like loading the
+    model: a server is ready when it says so, and its worker is idle)."""
+    try:
+        await runner.agent.warm()
+    except Exception:  # an optimisation: a failure here must not take the server down
+        logging.getLogger("tokenrelay.server").warning("warming the agent's prompts failed", exc_info=True)
+
+
 def create_app(
     settings: Settings | None = None, *, backend: Backend | None = None, store: SessionStore | None = None
 ) -> FastAPI:
@@ -211,7 +221,7 @@ def create_app(
             await load()  # the first request should not pay for loading the model
         runner = Runner(settings, own_backend, own_store)
         if load is not None:
-            await runner.agent.warm()  # the first question should not pay for the agent's prompts
+            await _warm(runner)
         registry = RunRegistry(
             max_events=settings.max_buffered_events,
             grace_s=settings.resume_grace_s if settings.resume_grace_s >= 0 else None,
@@ -236,6 +246,7 @@ def create_app(
             app.state.coordinator = coordinator
         app.state.quotas = Quotas(settings, registry, own_store, app.state.coordinator)
         ticker = asyncio.create_task(registry.keepalive(settings.keepalive_s))
+
         sampler = asyncio.create_task(sample_every(app, 1.0)) if app.state.metrics else None
         try:
             # the guarded uvicorn protocols (server/protocol.py) read their limits from here
