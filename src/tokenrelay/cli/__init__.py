@@ -51,7 +51,12 @@ def _version() -> str:
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", help="model string: llamacpp (default), llamacpp:PATH.gguf, openai:NAME")
+    p.add_argument(
+        "--model",
+        "-m",
+        help="model string: llamacpp (default), hf:ALIAS or hf:OWNER/REPO/FILE.gguf (see `tokenrelay "
+        "models`), llamacpp:PATH.gguf, openai:NAME",
+    )
     p.add_argument(
         "--max-tokens", type=int, help=f"maximum tokens per model call (default {Settings.max_tokens})"
     )
@@ -123,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sessions_parser(sub, _db_option, session_id)
 
+    from tokenrelay.cli.models import add_parser as add_models_parser
+
+    add_models_parser(sub)
+
     serve = sub.add_parser("serve", help="run the HTTP server")
     _model_options(serve)
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
@@ -180,9 +189,12 @@ def _run(command: Callable[[], int]) -> int:
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command in ("ask", "chat"):
         from tokenrelay.cli import conversation
+        from tokenrelay.cli.models import notice_once
 
         request = conversation.prepare(args, parser)  # usage errors and file reading, before any model
         settings = _settings(args)
+        if not getattr(args, "json", False):
+            notice_once(settings.model)
         if args.command == "ask":
             return _run(lambda: asyncio.run(conversation.ask(request, settings)))
         return _run(lambda: conversation.chat(request, settings))
@@ -191,6 +203,10 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
         settings = _settings(args)
         return _run(lambda: asyncio.run(run_sessions(args, settings)))
+    if args.command == "models":
+        from tokenrelay.cli.models import run as run_models
+
+        return run_models(args)
     if args.command == "serve":
         from tokenrelay.server import serve
 
