@@ -58,6 +58,10 @@ T = TypeVar("T")
 _NOTE_LOAD_BYTES = 200_000_000
 
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: free text (not grammar-bound output) is sampled with a mild penalty on the last 64 tokens:
+#: small models otherwise fall into loops ("a city that's so special, and it's a city that's…")
+#: that run to max_tokens. Grammar-bound output (JSON actions) keeps 1.0: it must repeat keys.
+REPEAT_PENALTY = 1.1
 
 
 def default_model_path() -> Path:
@@ -279,7 +283,9 @@ class _LoadedModel:
             top_p=settings.top_p,
             top_k=40,
             min_p=0.05,
-            repeat_penalty=1.0,
+            repeat_penalty=REPEAT_PENALTY
+            if settings.grammar is None and settings.json_schema is None
+            else 1.0,
             grammar=self._grammar(settings),
         )
         try:
