@@ -277,6 +277,7 @@ class _LoadedModel:
         vocab = self.llama._model.vocab
         piece = self.piece
         reason = "length"
+        free_text = settings.grammar is None and settings.json_schema is None
         generator = self.llama.generate(
             prompt,
             temp=settings.temperature,

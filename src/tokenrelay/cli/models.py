@@ -39,9 +39,16 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.json:
         for group, infos in groups:
             for info in infos:
-                row = {"group": group, "alias": info.alias, "name": _name(info), "model": info.model, "size": info.size,
-                       "languages": list(info.languages), "note": info.note,
-                       "path": str(info.path) if info.path else None}  # fmt: skip
+                row = {
+                    "group": group,
+                    "alias": info.alias,
+                    "name": _name(info),
+                    "model": info.model,
+                    "size": info.size,
+                    "languages": list(info.languages),
+                    "note": info.note,
+                    "path": str(info.path) if info.path else None,
+                }
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
         return 0
     for group, infos in groups:
