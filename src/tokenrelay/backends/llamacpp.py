@@ -284,9 +284,7 @@ class _LoadedModel:
             top_p=settings.top_p,
             top_k=40,
             min_p=0.05,
-            repeat_penalty=REPEAT_PENALTY
-            if settings.grammar is None and settings.json_schema is None
-            else 1.0,
+            repeat_penalty=REPEAT_PENALTY if free_text else 1.0,
             grammar=self._grammar(settings),
         )
         try:
