@@ -43,11 +43,6 @@ SQRT71 = "8.42614977317636"
 TRICKY = 'He said "hi" {braces} }] \\ back\nslash\t日本語のテキスト 🎉👍🏽 end'
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 Store = InMemorySessionStore | SQLiteSessionStore
 
 

@@ -24,11 +24,6 @@ GREEDY = GenerationSettings(max_tokens=48, temperature=0, seed=0)
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 async def backend() -> AsyncIterator[LlamaCppBackend]:
     b = LlamaCppBackend()
     await b.load()

@@ -28,11 +28,6 @@ from tokenrelay.testing import ScriptedBackend, check_events, final_answer, show
 TRICKY = 'He said "hi" {braces} }] \\ back\nslash\t日本語のテキスト 🎉👍🏽 end'
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def collect(agent: Agent, text: str = "q", **kw: Any) -> list[Event]:
     async with aclosing(agent.run(text, **kw)) as stream:
         events = [e async for e in stream]

@@ -29,11 +29,6 @@ from tokenrelay.testing import ScriptedBackend
 PROMPT = [Message.user("hi")]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Recorder(CallbackHandler):
     """Records every hook call as a tuple, in order."""
 

@@ -43,11 +43,6 @@ from tokenrelay.testing import ScriptedBackend
 ANSWER = '東京は日本の首都です。He said "hi" }\nline 2 ✓'
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def final(text: str) -> str:
     return json.dumps({"action": "Final Answer", "action_input": text}, ensure_ascii=False)
 

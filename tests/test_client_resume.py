@@ -31,11 +31,6 @@ ANSWER = '東京は日本の首都です 🗼🎌\n{"quote": "\\"hi\\""} C:\\pat
 RECONNECT_NOW = Reconnect(delay=0.05, attempts=3)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def final(text: str) -> str:
     return json.dumps({"action": "Final Answer", "action_input": text}, ensure_ascii=False)
 

@@ -20,11 +20,6 @@ from tokenrelay.testing import ScriptedBackend
 SECRET = "sk-very-secret-0123456789"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """No TOKENRELAY_*/OPENAI_* variables from the developer's shell; data under tmp_path."""

@@ -32,11 +32,6 @@ class _DownRedis:
         return _DownPipeline(self.calls)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.anyio
 async def test_the_writer_gives_up_on_events_but_keeps_what_ends_runs() -> None:
     redis = _DownRedis()

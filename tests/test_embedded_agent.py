@@ -37,11 +37,6 @@ GREEDY = GenerationSettings(max_tokens=24, temperature=0, seed=0)
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 async def backend() -> AsyncIterator[LlamaCppBackend]:
     b = LlamaCppBackend()
     await b.load()

@@ -71,11 +71,6 @@ class FakeLocal(Backend):
         return self._reply()
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def run(agent: Agent, text: str) -> list[Event]:
     async with aclosing(agent.run(text)) as stream:
         events = [e async for e in stream]

@@ -48,11 +48,6 @@ HELLO = [Message.user("Say hello")]
 NAMES = ("a", "b", "c")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def answer_of(name: str) -> str:
     return f"{name} says hi"
 

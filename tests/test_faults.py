@@ -98,11 +98,6 @@ def rss_bytes(pid: int | str = "self") -> int:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     """`serve(backend, **settings)`: a live server on a SQLite file in tmp_path. Backends with
     an HTTP client are closed on the server's loop before it stops."""

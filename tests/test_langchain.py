@@ -86,11 +86,6 @@ from tokenrelay.tools import calculator as tr_calculator
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # -- a fake chat model that streams tool calls ---------------------------------------------------
 
 Respond = Callable[[list[BaseMessage]], AIMessage | str]

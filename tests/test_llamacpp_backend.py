@@ -37,11 +37,6 @@ ACTION_SCHEMA = {
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 def backend() -> LlamaCppBackend:
     return LlamaCppBackend()
 

@@ -23,11 +23,6 @@ GREEDY = GenerationSettings(max_tokens=16, temperature=0, seed=0)
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 async def backend() -> AsyncIterator[LlamaCppBackend]:
     b = LlamaCppBackend()
     await b.load()

@@ -24,12 +24,6 @@ from tokenrelay.memory import (
 )
 from tokenrelay.memory.sqlite import MIGRATIONS, RECOVERED_ERROR, apply_migrations
 
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 Store = SQLiteSessionStore | InMemorySessionStore
 
 

@@ -69,11 +69,6 @@ _CANDIDATES = (
 Raw = psycopg.AsyncConnection[tuple[object, ...]]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _with_database(url: str, dbname: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path="/" + dbname))
 

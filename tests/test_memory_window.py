@@ -21,11 +21,6 @@ from tokenrelay.testing import ScriptedBackend
 Store = SQLiteSessionStore | InMemorySessionStore
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(params=["memory", "sqlite"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     s: Store = SQLiteSessionStore(tmp_path / "m.db") if request.param == "sqlite" else InMemorySessionStore()

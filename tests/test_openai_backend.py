@@ -49,11 +49,6 @@ KEY = "sk-test-SECRET-0123456789"
 HELLO = [Message.user("Say hello")]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def fake_server() -> Iterator[FakeOpenAIServer]:
     with FakeOpenAIServer(models=["fake-model", "other-model"]) as server:

@@ -49,11 +49,6 @@ def echo(messages: Sequence[Message]) -> str:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def backend() -> ScriptedBackend:
     return ScriptedBackend(echo, token_size=3)
 

@@ -41,11 +41,6 @@ HELLO = [Message.user("Say hello")]
 FAST = RetryPolicy(attempts=3, initial_s=0.01, max_backoff_s=0.05, max_total_s=10.0)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def fake_server() -> Iterator[FakeOpenAIServer]:
     with FakeOpenAIServer() as server:

@@ -28,11 +28,6 @@ from tokenrelay.testing import ScriptedBackend
 PROMPT = [Message.user("hello")]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def collect(events: AsyncIterator[Event]) -> list[Event]:
     async with aclosing(events) as stream:
         return [event async for event in stream]

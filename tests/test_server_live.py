@@ -26,11 +26,6 @@ PREFIX = '{"action": "Final Answer", "action_input": "'
 JAPANESE = "こんにちは、世界。東京は日本の首都です。"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def final(text: str) -> str:
     return json.dumps({"action": "Final Answer", "action_input": text}, ensure_ascii=False)
 

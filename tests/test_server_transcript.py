@@ -82,11 +82,6 @@ def error_message(response: httpx.Response) -> str:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     """`serve(backend, **settings)` starts a server; all are stopped at the end of the test."""
     servers: list[LiveServer] = []

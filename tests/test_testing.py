@@ -21,11 +21,6 @@ from tokenrelay.messages import Message, ToolSpec
 from tokenrelay.testing import ScriptedBackend, ScriptedCall, split_tokens
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def chunks_of(
     backend: ScriptedBackend,
     messages: Sequence[Message] = (Message.user("q"),),

@@ -14,11 +14,6 @@ import pytest
 from tokenrelay.tools import Tool, ToolOutcome, as_tools, calculator, default_tools, tool
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @tool
 def convert(amount: float, currency: str, rounding: int = 2) -> str:
     """Convert an amount of money to another currency.
