@@ -32,24 +32,18 @@ not running (a busy or shared machine). Nothing is pinned: workers, Redis and th
 generator share the machine's CPUs (the client's own CPU share is printed).
 
 Event-log cost: one worker at a fixed load (``--cost-streams``), interleaved ``--repeats`` times
-(medians), as shipped and with two changes applied from outside (monkeypatched in the server
-process, src/ untouched), printed as ratios to "no Redis":
+(medians), printed as ratios to "no Redis". The server's Redis event log is what ships: blocking
+connection pools and one batching writer per worker (`tokenrelay.server.redis_log`); earlier
+versions of this script patched both in from outside as experiments, before they shipped.
 
-* ``-bp``       the coordinator's Redis client on a bounded BlockingConnectionPool (50): the fix
-                for the pool overflow below, with complete logs;
-* ``-batched``  one writer task per worker sending every run's new events in one pipeline
-                (the next batch accumulates while one is in flight), instead of one pipeline
-                round trip per run per token.
-
-"logs lost" counts runs whose event log the server abandoned or never began: RedisCoordinator
-uses redis.asyncio's default pool, which raises MaxConnectionsError past 100 connections, and
-``_mirror`` gives up on a run after one failure. Such runs cannot be resumed or cancelled
-through another worker; the shipped "Redis" figures then undercount the cost of whole logs.
+"logs lost" counts batches of run events the server's Redis writer reported failing (its log
+lines "writing run logs to Redis failed"): such runs cannot be fully resumed through another
+worker, and the "Redis" figures then undercount the cost of whole logs.
 
 Usage:
   python bench/bench_scaleout.py --quick           # < 3 min: coarse levels, no retries
   python bench/bench_scaleout.py                   # finer ramp with bisection and retries, 3 repeats
-  python bench/bench_scaleout.py --levels 500,1000,2000 --configs 1w,2w+redis,2w+redis-batched
+  python bench/bench_scaleout.py --levels 500,1000,2000 --configs 1w,2w+redis
   python bench/bench_scaleout.py --redis redis://127.0.0.1:6379/0
 Server only (used internally): python bench/bench_scaleout.py --serve --port P --workers N ...
 """
@@ -69,7 +63,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,15 +80,10 @@ from bench_server import (
 )
 
 CONFIGS = ("1w", "1w+redis", "2w+redis")
-#: "-bp" configurations (e.g. 2w+redis-bp) patch the worker's Redis client onto a bounded
-#: BlockingConnectionPool: the proposed fix for the pool overflow (see the module docstring)
-#: "-batched" ones replace the per-run replication by one writer per worker (a design experiment)
-COST_CONFIGS = ("1w", "1w+redis", "1w+redis-bp", "1w+redis-batched")
+COST_CONFIGS = ("1w", "1w+redis")
 COST_LABELS = {
     "1w": "no Redis",
     "1w+redis": "Redis event log (resumable)",
-    "1w+redis-bp": "  same, blocking pool (fix)",
-    "1w+redis-batched": "  same, one batched writer",
 }
 TPS = 20.0
 GAP_LIMIT_MS = 75.0
@@ -113,95 +101,6 @@ class _Forget(list):  # type: ignore[type-arg]
         pass
 
 
-def _blocking_redis_pool(max_connections: int = 50) -> None:
-    """The proposed fix, applied from outside: RedisCoordinator builds its client with
-    `redis.asyncio.from_url(url)`, whose pool raises MaxConnectionsError past 100 connections;
-    here that client waits for one of `max_connections` pooled connections instead."""
-    import redis.asyncio as aioredis
-
-    def from_url(url: str, **kwargs: Any) -> Any:
-        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=None)
-        return aioredis.Redis(connection_pool=pool, **kwargs)
-
-    aioredis.from_url = from_url
-
-
-def _batched_redis_writer() -> None:
-    """A design experiment, applied from outside: instead of one pipeline round trip per run
-    per batch of events (the shipped `RedisCoordinator._mirror`), every run of the worker hands
-    its new events to one writer task, which sends everything queued so far in one pipeline;
-    while that pipeline is in flight, the next batch accumulates. One connection, one round
-    trip per batch for the whole worker, whatever the number of runs."""
-    from tokenrelay.server import coordination
-
-    writers: dict[int, _Writer] = {}
-
-    def writer_of(coord: Any) -> _Writer:
-        w = writers.get(id(coord))
-        if w is None:
-            w = writers[id(coord)] = _Writer(coord)
-        return w
-
-    async def mirror(self: Any, channel: Any) -> None:
-        w = writer_of(self)
-        stream = self._key("run", channel.run_id)
-        info = self._key("runinfo", channel.run_id)
-        retention = int(self.retention_s * 1000)
-        owner = {"owner": channel.owner or "", "worker": self.worker_id, "session": channel.session_id or ""}
-        w.add(lambda pipe: pipe.hset(info, mapping=owner))
-        w.add(lambda pipe: pipe.hset(self._key("active"), channel.run_id, self.worker_id))
-        index = 0
-        while True:
-            events = channel.events
-            if index < len(events):
-                for i in range(index, len(events)):
-                    data, entry = coordination._encode(events[i]), f"{i + 1}-0"
-                    w.add(lambda pipe, data=data, entry=entry: pipe.xadd(stream, {"e": data}, id=entry))
-                index = len(events)
-                if channel.done:
-                    w.add(lambda pipe: pipe.hdel(self._key("active"), channel.run_id))
-                    w.add(lambda pipe: pipe.pexpire(stream, retention))
-                    w.add(lambda pipe: pipe.pexpire(info, retention))
-                continue
-            if channel.done:
-                return
-            await channel.next_event(index)
-
-    def replicate(self: Any, channel: Any) -> Any:
-        task = asyncio.create_task(mirror(self, channel), name=f"replicate {channel.run_id}")
-        writer_of(self).tasks.add(task)  # a strong reference until it ends
-        task.add_done_callback(writer_of(self).tasks.discard)
-        return task
-
-    coordination.RedisCoordinator.replicate = replicate  # type: ignore[method-assign]
-
-
-class _Writer:
-    def __init__(self, coord: Any) -> None:
-        self.coord = coord
-        self.ops: list[Callable[[Any], Any]] = []
-        self.wake = asyncio.Event()
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.task = asyncio.create_task(self.run(), name="redis writer")
-
-    def add(self, op: Callable[[Any], Any]) -> None:
-        self.ops.append(op)
-        self.wake.set()
-
-    async def run(self) -> None:
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            ops, self.ops = self.ops, []
-            pipe = self.coord._redis.pipeline(transaction=False)
-            for op in ops:
-                op(pipe)
-            try:
-                await pipe.execute(raise_on_error=False)
-            except Exception as exc:
-                print(f"replicating a batch to Redis failed: {exc}", file=sys.stderr, flush=True)
-
-
 def worker_app() -> Any:
     """The app of one worker (uvicorn factory): configuration from the environment."""
     from tokenrelay.backends.base import TextChunk
@@ -211,10 +110,6 @@ def worker_app() -> Any:
     from tokenrelay.testing import ScriptedBackend
 
     cfg = json.loads(os.environ[ENV_KEY])
-    if cfg["redis_pool"] == "blocking":
-        _blocking_redis_pool()
-    elif cfg["redis_pool"] == "batched":
-        _batched_redis_writer()
     tokens = make_tokens(cfg["tokens"], cfg["token_size"])
     pieces = [TextChunk(p) for p in json_action_pieces(tokens)]
     backend = ScriptedBackend(replies=[pieces], tokens_per_second=cfg["tps"], calls=_Forget())
@@ -246,7 +141,7 @@ def serve(args: argparse.Namespace) -> None:
 
     os.environ[ENV_KEY] = json.dumps(
         {"tokens": args.tokens, "token_size": args.token_size, "tps": TPS, "redis": args.redis_url,
-         "prefix": args.prefix, "redis_pool": args.redis_pool}
+         "prefix": args.prefix}
     )  # fmt: skip
     uvicorn.run(
         "bench_scaleout:worker_app",
@@ -330,14 +225,13 @@ class Server:
             return f.read()[-3000:]
 
     def replication_failures(self) -> int:
-        """Runs whose Redis event log the server gave up on since the last call: its warning
-        "replicating run ... to Redis failed", or the replication task dying before it began
-        (asyncio's "Task exception was never retrieved" for `_mirror`)."""
+        """Failed writes of run events to Redis since the last call: the server's Redis writer
+        logs "writing run logs to Redis failed" for each failed batch (retried, then dropped)."""
         with open(self.log_path, "rb") as f:
             f.seek(self.log_seen)
             new = f.read()
         self.log_seen += len(new)
-        return new.count(b"to Redis failed") + new.count(b"coro=<RedisCoordinator._mirror()")
+        return new.count(b"to Redis failed")
 
     @property
     def workers(self) -> int:
@@ -369,10 +263,9 @@ async def start_server(config: str, args: argparse.Namespace) -> Server:
     prefix = f"bench:{uuid.uuid4().hex[:8]}:"
     redis_url = args.redis if "redis" in config else ""
     workers = 2 if config.startswith("2w") else 1
-    pool = "blocking" if config.endswith("-bp") else "batched" if config.endswith("-batched") else "default"
     cmd = [sys.executable, SELF, "--serve", "--port", str(port), "--workers", str(workers),
            "--tokens", str(args.tokens), "--token-size", str(args.token_size), "--prefix", prefix,
-           "--redis-url", redis_url, "--redis-pool", pool]  # fmt: skip
+           "--redis-url", redis_url]  # fmt: skip
     log_path = os.path.join(tempfile.gettempdir(), f"bench_scaleout_{prefix.split(':')[1]}.log")
     server = Server(config, port, spawn(cmd, log_path), prefix, log_path)
     deadline = time.monotonic() + 60
@@ -711,7 +604,7 @@ async def main_async(args: argparse.Namespace) -> None:
         print()
         print(
             "note: 'logs lost' counts runs whose Redis event log the server abandoned or never began "
-            "(MaxConnectionsError: redis.asyncio's default pool refuses a 101st concurrent connection). "
+            '(the writer\'s "writing run logs to Redis failed" lines). '
             "Those runs cannot be resumed or cancelled through another worker, and the Redis figures "
             "undercount the cost of complete logs."
         )
@@ -726,15 +619,13 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--prefix", default="bench:", help=argparse.SUPPRESS)
     p.add_argument("--redis-url", default="", help=argparse.SUPPRESS)
-    p.add_argument("--redis-pool", default="default", help=argparse.SUPPRESS)
     p.add_argument(
         "--quick", action="store_true", help="< 3 min: coarse levels, no retries, 60-token streams, 1 repeat"
     )
     p.add_argument(
         "--configs",
         default=",".join(CONFIGS),
-        help=f"of {','.join(CONFIGS)}; a '-bp' or '-batched' suffix on a Redis one (e.g. 2w+redis-batched) "
-        "runs it with the blocking pool fix or the batched writer",
+        help=f"of {','.join(CONFIGS)}",
     )
     p.add_argument("--levels", help="concurrent streams to try, ascending (default: 100,250,500,...,4000)")
     p.add_argument("--bisect", type=int, default=2, help="bisection steps after the first failing level")
