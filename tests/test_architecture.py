@@ -1,0 +1,418 @@
+"""The architecture rules of docs/architecture.md, checked on the source tree (no imports run).
+
+* no import cycles between the modules of src/tokenrelay;
+* layers: a module imports only from its own layer or below;
+* no module over `MAX_LINES` lines;
+* one SSE decoder in the Python code: only tokenrelay/sse.py parses `data:` lines;
+* (only where the `duplicates` tool is installed) no block of 6+ identical lines twice in src/.
+
+The import graph is read from the AST: every `import` and `from ... import` anywhere in a
+module, at the top, inside functions (a lazy import is still a dependency) and inside
+`if TYPE_CHECKING:` blocks. A `from pkg import name` whose `pkg.name` is a module is an edge to
+that module; otherwise to `pkg` itself, i.e. its `__init__` (re-exports count as the package).
+TYPE_CHECKING imports are not run, so they cannot make an import-time cycle: the cycle check
+leaves them out, but the layer check counts them (a type annotation is still knowledge of the
+module it names).
+
+`KNOWN_VIOLATIONS` lists what main breaks today, as exact strings; the tests fail on any
+violation not listed, and on any listed one that no longer occurs (a stale allowance), so the
+list only shrinks. It should end empty.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+ROOT = "tokenrelay"
+MAX_LINES = 400
+
+#: the layers, lowest first: the first name under `tokenrelay.` picks a module's layer
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("errors", "events", "messages", "sse", "_redact", "config", "progress"),  # 0 vocabulary
+    ("backends", "memory", "tools", "documents", "presets", "models"),  # 1 parts
+    ("agent", "run"),  # 2 the agent loop
+    ("runs",),  # 3 run registry / driver / channel
+    ("api", "callbacks", "testing"),  # 4 the library's faces
+    ("server", "cli", "client", "integrations"),  # 5 applications
+)
+#: the package itself (`tokenrelay/__init__.py`) and `tokenrelay/__main__.py` sit on top
+TOP = len(LAYERS)
+
+#: What main violates today (issue 15 "one house" fixes these in parallel branches). Exact
+#: strings, as the tests below build them; the lead removes each as its fix lands.
+KNOWN_VIOLATIONS: frozenset[str] = frozenset(
+    {
+        # server/app.py and its routes_* import each other (fix: server/{app,deps,errors}.py + routes/)
+        "cycle server.app server.routes_chat server.routes_documents server.routes_info server.routes_openai"
+        " server.routes_sessions",
+        # backends finds plug-ins (langchain, scripted) by name, not by entry points (backends/registry.py)
+        "layer backends -> integrations.langchain_backend",
+        "layer backends -> testing",
+        # the cycle the two `layer` lines close, with backends.hf -> models -> backends.llamacpp
+        "package-cycle agent api backends documents integrations models run server testing",
+        # modules over MAX_LINES lines (split by the agent, runs, memory, leaves branches)
+        "size agent/final_answer.py",
+        "size agent/loop.py",
+        "size backends/llamacpp.py",
+        "size backends/openai_compat.py",
+        "size client/_core.py",
+        "size integrations/langchain_events.py",
+        "size memory/postgres.py",
+        "size memory/sqlite.py",
+        "size server/coordination.py",
+        "size tools/calculator.py",
+        # the OpenAI-compatible backend has its own `data:` line parser instead of tokenrelay.sse.SSEDecoder
+        "sse-decoder backends/openai_compat.py",
+        # sinks/ is in no layer: its SSE encoder belongs in tokenrelay/sse.py (layer 0)
+        "unlayered sinks",
+        "unlayered sinks.sse",
+    }
+)
+
+
+#: Pairs of files that share a block of 6+ identical lines today, by the `duplicates` tool (many
+#: are repeated import lists). Checked only where that tool is installed (not in CI); same rules.
+KNOWN_DUPLICATES: frozenset[str] = frozenset(
+    {
+        "duplicate __init__.py ~ agent/loop.py",
+        "duplicate __init__.py ~ callbacks.py",
+        "duplicate __init__.py ~ cli/printer.py",
+        "duplicate __init__.py ~ integrations/langchain_events.py",
+        "duplicate agent/final_answer.py ~ agent/prose.py",
+        "duplicate agent/loop.py ~ agent/loop.py",
+        "duplicate agent/loop.py ~ cli/printer.py",
+        "duplicate agent/loop.py ~ integrations/langchain_agent.py",
+        "duplicate agent/loop.py ~ integrations/langchain_events.py",
+        "duplicate agent/loop.py ~ integrations/langchain_server.py",
+        "duplicate backends/__init__.py ~ backends/base.py",
+        "duplicate backends/__init__.py ~ backends/openai_compat.py",
+        "duplicate backends/__init__.py ~ integrations/langchain_backend.py",
+        "duplicate backends/base.py ~ backends/failover.py",
+        "duplicate backends/base.py ~ backends/llamacpp.py",
+        "duplicate backends/base.py ~ backends/openai_compat.py",
+        "duplicate backends/failover.py ~ backends/llamacpp.py",
+        "duplicate backends/failover.py ~ backends/openai_compat.py",
+        "duplicate backends/llamacpp.py ~ backends/local.py",
+        "duplicate backends/llamacpp.py ~ backends/openai_compat.py",
+        "duplicate backends/openai_compat.py ~ backends/openai_compat.py",
+        "duplicate backends/openai_compat.py ~ integrations/langchain_backend.py",
+        "duplicate callbacks.py ~ cli/printer.py",
+        "duplicate cli/printer.py ~ integrations/langchain_events.py",
+        "duplicate client/_async.py ~ client/_sync.py",
+        "duplicate integrations/langchain_agent.py ~ integrations/langchain_events.py",
+        "duplicate integrations/langchain_agent.py ~ integrations/langchain_server.py",
+        "duplicate integrations/langchain_backend.py ~ integrations/langchain_server.py",
+        "duplicate integrations/langchain_backend.py ~ testing.py",
+        "duplicate integrations/langchain_events.py ~ integrations/langchain_events.py",
+        "duplicate integrations/langchain_events.py ~ integrations/langchain_server.py",
+        "duplicate integrations/langchain_server.py ~ testing.py",
+        "duplicate memory/base.py ~ memory/inmemory.py",
+        "duplicate memory/base.py ~ memory/postgres.py",
+        "duplicate memory/base.py ~ memory/sqlite.py",
+        "duplicate memory/inmemory.py ~ memory/postgres.py",
+        "duplicate memory/inmemory.py ~ memory/sqlite.py",
+        "duplicate memory/postgres.py ~ memory/sqlite.py",
+        "duplicate server/redis_log.py ~ server/runs.py",
+    }
+)
+
+
+# == the import graph =================================================================
+
+
+@dataclass(frozen=True)
+class Import:
+    source: str  # the importing module, dotted
+    target: str  # the imported module (or package), dotted, within tokenrelay
+    line: int
+    type_only: bool  # inside `if TYPE_CHECKING:`
+
+
+def module_files() -> dict[str, Path]:
+    """Dotted module name -> file, for every .py under src/tokenrelay (a package is its __init__)."""
+    out: dict[str, Path] = {}
+    for path in sorted((SRC / ROOT).rglob("*.py")):
+        parts = list(path.relative_to(SRC).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _walk(node: ast.AST, type_only: bool = False) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
+    """Every import statement below `node`, with whether a TYPE_CHECKING block guards it."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.Import | ast.ImportFrom):
+            yield child, type_only
+        elif isinstance(child, ast.If) and _is_type_checking(child.test):
+            for stmt in child.body:
+                yield from _walk(ast.Module(body=[stmt], type_ignores=[]), True)
+            for stmt in child.orelse:
+                yield from _walk(ast.Module(body=[stmt], type_ignores=[]), type_only)
+        else:
+            yield from _walk(child, type_only)
+
+
+def imports_of(name: str, path: Path, modules: Iterable[str]) -> list[Import]:
+    known = set(modules)
+    is_package = path.name == "__init__.py"
+    out: list[Import] = []
+
+    def add(target: str, line: int, type_only: bool) -> None:
+        if target == ROOT or target.startswith(ROOT + "."):
+            while target not in known and "." in target:  # `import tokenrelay.x.Name`-like
+                target = target.rsplit(".", 1)[0]
+            if target != name:
+                out.append(Import(name, target, line, type_only))
+
+    for node, type_only in _walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(alias.name, node.lineno, type_only)
+            continue
+        if node.level:  # relative: from the package of this module, `level - 1` packages up
+            package = name.split(".") if is_package else name.split(".")[:-1]
+            package = package[: len(package) - (node.level - 1)]
+            base = ".".join([*package, *([node.module] if node.module else [])])
+        else:
+            base = node.module or ""
+        for alias in node.names:
+            sub = f"{base}.{alias.name}"
+            add(sub if sub in known else base, node.lineno, type_only)
+    return out
+
+
+def import_graph() -> list[Import]:
+    files = module_files()
+    return [imp for name, path in files.items() for imp in imports_of(name, path, files)]
+
+
+def layer_of(module: str) -> int | None:
+    parts = module.split(".")
+    if len(parts) == 1 or parts[1] == "__main__":
+        return TOP
+    for level, names in enumerate(LAYERS):
+        if parts[1] in names:
+            return level
+    return None
+
+
+def strongly_connected(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's components of more than one node (a cycle), each sorted, iteratively."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+    for root in sorted(edges):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(edges.get(root, ()))))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(edges.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    out.append(sorted(component))
+    return sorted(out)
+
+
+# == the allowance ======================================================================
+
+
+def short(name: str) -> str:
+    """A module or file name without the `tokenrelay.` / `tokenrelay/` in front, for messages."""
+    return name.removeprefix(ROOT + ".").removeprefix(ROOT + "/")
+
+
+def check(kind: str, found: set[str]) -> None:
+    """No violation of `kind` outside the allowance, and no stale allowance of that kind."""
+    known = {v for v in KNOWN_VIOLATIONS | KNOWN_DUPLICATES if v.startswith(kind + " ")}
+    new = sorted(found - known)
+    stale = sorted(known - found)
+    problems = []
+    if new:
+        problems.append(f"new {kind} violations (fix them; see docs/architecture.md):\n" + "\n".join(new))
+    if stale:
+        problems.append(f"fixed {kind} violations: remove them from the allowance:\n" + "\n".join(stale))
+    assert not problems, "\n".join(problems)
+
+
+def cycle_violations() -> set[str]:
+    edges: dict[str, set[str]] = {}
+    for imp in import_graph():
+        if not imp.type_only:
+            edges.setdefault(imp.source, set()).add(imp.target)
+    return {"cycle " + " ".join(map(short, component)) for component in strongly_connected(edges)}
+
+
+def package_cycle_violations() -> set[str]:
+    """Cycles between the top-level units (tokenrelay.X), the root package left out."""
+    edges: dict[str, set[str]] = {}
+    for imp in import_graph():
+        a, b = (".".join(m.split(".")[:2]) for m in (imp.source, imp.target))
+        if not imp.type_only and a != b and ROOT not in (a, b):
+            edges.setdefault(a, set()).add(b)
+    return {"package-cycle " + " ".join(map(short, c)) for c in strongly_connected(edges)}
+
+
+def layer_violations() -> set[str]:
+    found: set[str] = set()
+    for name in module_files():
+        if layer_of(name) is None:
+            found.add(f"unlayered {short(name)}")
+    for imp in import_graph():
+        source, target = layer_of(imp.source), layer_of(imp.target)
+        if source is not None and target is not None and target > source:
+            found.add(f"layer {short(imp.source)} -> {short(imp.target)}")
+    return found
+
+
+def size_violations() -> set[str]:
+    found = set()
+    for path in module_files().values():
+        if len(path.read_text(encoding="utf-8").splitlines()) > MAX_LINES:
+            found.add(f"size {short(path.relative_to(SRC).as_posix())}")
+    return found
+
+
+_FIELD_METHODS = {"startswith", "removeprefix", "partition", "split", "find", "index", "rfind", "lstrip"}
+
+
+def _strings(nodes: Iterable[ast.expr]) -> list[str]:
+    return [n.value for n in nodes if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+
+def _parses_sse(tree: ast.AST) -> bool:
+    """A call like `line.startswith("data:")` / `line.partition(": ")`-then-`== "data"`: what
+    reading the SSE wire format looks like (writing it is f-strings, not these)."""
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in _FIELD_METHODS
+        ):
+            args = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+            if any(a.startswith("data:") for a in args):
+                return True
+        if isinstance(node, ast.Compare) and any(isinstance(op, ast.Eq | ast.NotEq) for op in node.ops):
+            operands = [node.left, *node.comparators]
+            constants = [
+                o.value for o in operands if isinstance(o, ast.Constant) and isinstance(o.value, str)
+            ]
+            if any(c in ("data", "data:") for c in constants) and any(
+                isinstance(o, ast.Name) for o in operands
+            ):
+                return True
+    return False
+
+
+def sse_decoder_violations() -> set[str]:
+    found = set()
+    for name, path in module_files().items():
+        if name != f"{ROOT}.sse" and _parses_sse(ast.parse(path.read_text(encoding="utf-8"))):
+            found.add(f"sse-decoder {short(path.relative_to(SRC).as_posix())}")
+    return found
+
+
+# == the tests ==========================================================================
+
+
+def test_every_module_parses_and_the_graph_sees_known_edges() -> None:
+    """The graph reader itself: it sees top-level, lazy and relative imports."""
+    graph = import_graph()
+    assert len(module_files()) > 50
+    assert any(i.source == f"{ROOT}.testing" and i.target == f"{ROOT}.events" for i in graph)
+    tree = ast.parse("import a\ndef f():\n    import b\nif TYPE_CHECKING:\n    import c\n")
+    assert [(n.names[0].name, t) for n, t in _walk(tree)] == [("a", False), ("b", False), ("c", True)]
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert strongly_connected({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles_between_modules() -> None:
+    check("cycle", cycle_violations())
+
+
+def test_no_import_cycles_between_packages() -> None:
+    check("package-cycle", package_cycle_violations())
+
+
+def test_imports_only_go_down_the_layers() -> None:
+    check("layer", {v for v in layer_violations() if v.startswith("layer ")})
+    check("unlayered", {v for v in layer_violations() if v.startswith("unlayered ")})
+
+
+def test_no_module_is_over_the_size_limit() -> None:
+    check("size", size_violations())
+
+
+def test_one_sse_decoder() -> None:
+    assert _parses_sse(ast.parse('line.startswith("data:")'))
+    assert _parses_sse(ast.parse('name, _, v = line.partition(":")\nif name == "data": pass'))
+    assert not _parses_sse(ast.parse('f"data: {x}\\n\\n"'))
+    assert not _parses_sse(ast.parse('message["data"]'))
+    check("sse-decoder", sse_decoder_violations())
+
+
+def duplicate_violations(output: str) -> set[str]:
+    """`duplicate a.py ~ b.py` per pair of files sharing identical (not just same-shape) lines."""
+    found = set()
+    for line in output.splitlines():
+        match = re.match(r"D\d+ (\S+):\d+-\d+ ~ (\S+):\d+-\d+(.*)$", line)
+        if match and "shape" not in match[3]:
+            found.add(f"duplicate {short(match[1])} ~ {short(match[2])}")
+    return found
+
+
+@pytest.mark.skipif(shutil.which("duplicates") is None, reason="the `duplicates` tool is not installed")
+def test_no_duplicate_blocks() -> None:
+    """Optional: only where the `duplicates` tool is installed (not in CI)."""
+    out = subprocess.run(
+        ["duplicates", "--repo", str(SRC), "--most", "200", "--seconds", "60"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=SRC,
+    ).stdout
+    assert "incomplete:" not in out and "more pairs)" not in out, out
+    check("duplicate", duplicate_violations(out))
