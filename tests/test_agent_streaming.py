@@ -8,7 +8,6 @@ answer. `hold` keeps the old exact-but-late behaviour. Cut-off answers say `leng
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from contextlib import aclosing
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from replies import final as final_action
 from tokenrelay.agent.loop import Agent
 from tokenrelay.agent.prose import ProseStreamer
 from tokenrelay.backends.base import FinishChunk, ModelChunk, TextChunk, ToolCallChunk
@@ -33,10 +33,6 @@ async def collect(agent: Agent, text: str = "q", **kw: Any) -> list[Event]:
         events = [e async for e in stream]
     check_events(events)
     return events
-
-
-def final_action(text: str) -> str:
-    return json.dumps({"action": "Final Answer", "action_input": text}, ensure_ascii=False)
 
 
 def split_at(text: str, cuts: Sequence[int]) -> list[str]:

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from replies import final
 from server_fixture import LiveServer, free_port, make_app, wait_until
 from tokenrelay.client import (
     IncompleteStreamError,
@@ -41,10 +42,6 @@ from tokenrelay.events import AnswerDelta, RunError, RunFinished, RunStarted, ev
 from tokenrelay.testing import ScriptedBackend
 
 ANSWER = '東京は日本の首都です。He said "hi" }\nline 2 ✓'
-
-
-def final(text: str) -> str:
-    return json.dumps({"action": "Final Answer", "action_input": text}, ensure_ascii=False)
 
 
 # --------------------------------------------------------------------------- a raw server

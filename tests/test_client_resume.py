@@ -9,7 +9,6 @@ the run it started resumable.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import struct
@@ -22,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from replies import final
 from server_fixture import LiveServer, make_app, wait_until
 from tokenrelay.client import Reconnect, astream_text, stream_events, stream_text
 from tokenrelay.events import AnswerDelta, Narration, RunFinished, RunStarted
@@ -29,10 +29,6 @@ from tokenrelay.testing import ScriptedBackend
 
 ANSWER = '東京は日本の首都です 🗼🎌\n{"quote": "\\"hi\\""} C:\\path\\to\\ × ✓ — end'
 RECONNECT_NOW = Reconnect(delay=0.05, attempts=3)
-
-
-def final(text: str) -> str:
-    return json.dumps({"action": "Final Answer", "action_input": text}, ensure_ascii=False)
 
 
 class CuttingProxy:

@@ -37,6 +37,7 @@ import openai
 import pytest
 
 from fake_openai import DONE, Drop, FakeOpenAIServer, Reply, Sleep, error_reply, sse, text_events
+from replies import action, echo, final, last_user, paced_reply
 from server_fixture import LiveServer, free_port, make_app, wait_until
 from tokenrelay.agent.loop import Agent
 from tokenrelay.backends.base import Backend, FinishChunk, GenerationSettings, ModelChunk, TextChunk
@@ -58,27 +59,6 @@ ENDPOINTS: dict[str, dict[str, Any]] = {
         "stream": True,
     },
 }
-
-
-def final(text: str) -> str:
-    return json.dumps({"action": "Final Answer", "action_input": text}, ensure_ascii=False)
-
-
-def action(name: str, tool_input: Any) -> str:
-    return json.dumps({"action": name, "action_input": tool_input}, ensure_ascii=False)
-
-
-def paced_reply(words: Sequence[str]) -> list[str]:
-    """One chunk for the JSON head, one per word, one for the tail: answer chunks are exact."""
-    return [PREFIX, *words, '"}']
-
-
-def last_user(messages: Sequence[Message]) -> str:
-    return next(m.content for m in reversed(messages) if m.role == "user")
-
-
-def echo(messages: Sequence[Message]) -> str:
-    return final("You said: " + last_user(messages))
 
 
 def nodelay(server: LiveServer) -> LiveServer:

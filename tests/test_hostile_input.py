@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fake_openai import DONE, FakeOpenAIServer, Reply, sse, text_events
+from replies import PREFIX, echo, final
 from server_fixture import LiveServer, make_app, wait_until
 from test_calculator import PAYLOADS, PWNED_MARKER
 from tokenrelay.agent.loop import Agent
@@ -36,20 +37,7 @@ from tokenrelay.messages import Message
 from tokenrelay.testing import ScriptedBackend
 from tokenrelay.tools.registry import Tool
 
-PREFIX = '{"action": "Final Answer", "action_input": "'
 MB = 2**20
-
-
-def final(text: str) -> str:
-    return json.dumps({"action": "Final Answer", "action_input": text}, ensure_ascii=False)
-
-
-def last_user(messages: Sequence[Message]) -> str:
-    return next(m.content for m in reversed(messages) if m.role == "user")
-
-
-def echo(messages: Sequence[Message]) -> str:
-    return final("You said: " + last_user(messages))
 
 
 def rss_bytes() -> int:

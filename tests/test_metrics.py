@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
+from replies import final
 from server_fixture import LiveServer, free_port, make_app
 from tokenrelay.server.logs import LogfmtFormatter, logfmt
 from tokenrelay.server.telemetry import ITL_BUCKETS, BatchHistogram
@@ -36,10 +37,6 @@ from tokenrelay.testing import ScriptedBackend
 
 SECRET_PROMPT = "my password is hunter2 東京"
 ANSWER = 'Metrics, "quoted" } and 日本語'  # 30 characters: 10 tokens of 3
-
-
-def final(text: str) -> str:
-    return json.dumps({"action": "Final Answer", "action_input": text}, ensure_ascii=False)
 
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

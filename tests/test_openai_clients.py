@@ -11,11 +11,10 @@ goes out as `reasoning_content` when asked for.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import httpx
 import openai
 import pytest
 
+from replies import echo
 from server_fixture import LiveServer, make_app
 from tokenrelay.agent.prompts import DEFAULT_SYSTEM
 from tokenrelay.backends.base import FinishChunk
@@ -33,19 +33,6 @@ from tokenrelay.testing import ScriptedBackend
 
 #: quotes, braces, backslashes, newlines, Japanese, emoji (with a modifier): what framing trips on
 TRICKY = 'He said "hi" } {ok} \\ C:\\tmp\\n\nline 2 — 東京は日本の首都です。 🚀👍🏽 done'
-
-
-def final(text: str) -> str:
-    """The agent's JSON action for a final answer (what a non-native backend writes)."""
-    return json.dumps({"action": "Final Answer", "action_input": text}, ensure_ascii=False)
-
-
-def last_user(messages: Sequence[Message]) -> str:
-    return next(m.content for m in reversed(messages) if m.role == "user")
-
-
-def echo(messages: Sequence[Message]) -> str:
-    return final("You said: " + last_user(messages))
 
 
 @pytest.fixture

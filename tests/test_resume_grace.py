@@ -15,10 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from replies import PREFIX
 from server_fixture import LiveServer, make_app, wait_until
 from tokenrelay.testing import ScriptedBackend
-
-PREFIX = '{"action": "Final Answer", "action_input": "'
 
 
 @pytest.fixture

@@ -5,10 +5,9 @@ apart, persistence across a restart, and the tutorial's own client code.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,27 +16,12 @@ import httpx
 import pytest
 import requests
 
+from replies import echo, final, paced_reply
 from server_fixture import LiveServer, make_app, wait_until
 from tokenrelay.client import astream_text, stream_text
-from tokenrelay.messages import Message
 from tokenrelay.testing import ScriptedBackend
 
-PREFIX = '{"action": "Final Answer", "action_input": "'
 JAPANESE = "こんにちは、世界。東京は日本の首都です。"
-
-
-def final(text: str) -> str:
-    return json.dumps({"action": "Final Answer", "action_input": text}, ensure_ascii=False)
-
-
-def paced_reply(words: Sequence[str]) -> list[str]:
-    """One chunk for the JSON head, one per word, one for the tail: answer chunks are exact."""
-    return [PREFIX, *words, '"}']
-
-
-def echo(messages: Sequence[Message]) -> str:
-    user = next(m.content for m in reversed(messages) if m.role == "user")
-    return final("You said: " + user)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -20,29 +20,15 @@ import openai
 import pytest
 import requests
 
+from replies import echo, final
 from server_fixture import LiveServer, make_app
 from tokenrelay.client import IncompleteStreamError, TokenrelayHTTPError, stream_events, stream_text
 from tokenrelay.events import AnswerDelta, RunFinished
-from tokenrelay.messages import Message
 from tokenrelay.testing import ScriptedBackend
 
 #: Japanese, a quote, a closing brace, a newline: everything JSON extraction could trip on
 ANSWER = '東京は日本の首都です。He said "hi" } {ok}\nline 2 — done ✓'
 TIMEOUT = httpx.Timeout(30.0)
-
-
-def final(text: str) -> str:
-    """What a non-native backend writes for a final answer (the agent's JSON action)."""
-    return json.dumps({"action": "Final Answer", "action_input": text}, ensure_ascii=False)
-
-
-def last_user(messages: Sequence[Message]) -> str:
-    return next(m.content for m in reversed(messages) if m.role == "user")
-
-
-def echo(messages: Sequence[Message]) -> str:
-    """Answer with the user's own words: shows whose prompt a reply belongs to."""
-    return final("You said: " + last_user(messages))
 
 
 def parse_sse(body: str) -> list[dict[str, Any]]:

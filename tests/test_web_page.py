@@ -33,6 +33,7 @@ from browser_fixture import (  # noqa: F401 - the fixtures register by name
     playwright_fixture,
     wait_for_end,
 )
+from replies import final
 from server_fixture import LiveServer, make_app, wait_until
 from tokenrelay.messages import Message
 from tokenrelay.presets import DEFAULT_PRESETS
@@ -45,11 +46,6 @@ except ImportError:  # pragma: no cover - scripts/browser-deps installs it
 
 
 # -- the scripted model ----------------------------------------------------------------------
-
-
-def final(text: str) -> str:
-    """The agent's JSON action for a final answer, as the model would write it."""
-    return json.dumps({"action": "Final Answer", "action_input": text}, ensure_ascii=False)
 
 
 STREAMED = "Streaming works: " + " ".join(f"word{i}" for i in range(40)) + "."

@@ -8,7 +8,6 @@ button, collapsed Mermaid errors, and keyboard use (skip link, focus, one Tab st
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import struct
@@ -28,6 +27,7 @@ from browser_fixture import (  # noqa: F401 - the fixtures register by name
     playwright_fixture,
     wait_for_end,
 )
+from replies import final
 from server_fixture import LiveServer, make_app
 from tokenrelay.messages import Message
 from tokenrelay.presets import DEFAULT_PRESETS
@@ -39,10 +39,6 @@ except ImportError:  # pragma: no cover - scripts/browser-deps installs it
     pass
 
 PHONE = {"width": 390, "height": 844}
-
-
-def final(text: str) -> str:
-    return json.dumps({"action": "Final Answer", "action_input": text}, ensure_ascii=False)
 
 
 FLOWCHART = "flowchart LR\n    A[Request] --> B[Agent] --> C[Tools] --> D[Answer]"
