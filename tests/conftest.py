@@ -1,6 +1,6 @@
 """Fixtures shared by every test file (pytest finds this file itself; nothing imports it).
 
-Test-side helper modules that several files import (`server_fixture`, `fake_openai`,
+Test-side helper modules that several files import (`server_fixture`, `fake_openai`, `replies`,
 `sse_frames`, ...) stay ordinary modules beside it; stream checks a user could want too live
 in `tokenrelay.testing` (`check_events`, `final_answer`, `shown_text`), not here.
 """
