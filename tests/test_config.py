@@ -264,7 +264,7 @@ async def test_model_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch
 
 @pytest.mark.anyio
 async def test_openai_backend_takes_url_and_key_from_settings() -> None:
-    from tokenrelay.backends.openai_compat import OpenAIBackend
+    from tokenrelay.backends.openai import OpenAIBackend
 
     backend = load_backend(
         "openai:my-model", Settings(openai_base_url="http://127.0.0.1:9/v1/", openai_api_key=SECRET)

@@ -75,7 +75,7 @@ def _hf(arg: str, settings: Settings) -> Backend:
 def _openai(arg: str, settings: Settings) -> Backend:
     """`openai:<model>`; a comma-separated base URL list means several upstream servers
     (round robin with failover before the first token)."""
-    from tokenrelay.backends.openai_compat import OpenAIBackend
+    from tokenrelay.backends.openai import OpenAIBackend
     from tokenrelay.backends.retry import NO_RETRY, RetryPolicy
 
     retry = RetryPolicy(attempts=settings.upstream_retries + 1, max_total_s=settings.upstream_retry_max_s)
