@@ -348,3 +348,34 @@ def test_the_slow_client_and_per_key_settings_come_from_the_environment() -> Non
 def test_the_slow_client_and_per_key_settings_are_checked(field: str, value: float) -> None:
     with pytest.raises(ConfigError, match=field):
         Settings(**{field: value})
+
+
+def test_built_in_prefixes_are_entry_points_like_any_plug_in() -> None:
+    """pyproject.toml declares every built-in prefix in the `tokenrelay.backends` group, and
+    the registry's fallback table (for metadata installed before a prefix existed) agrees."""
+    import tomllib
+    from pathlib import Path
+
+    from tokenrelay.backends.registry import BUILTIN, ENTRY_POINT_GROUP
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["entry-points"][ENTRY_POINT_GROUP] == dict(BUILTIN)
+
+
+def test_backends_do_not_import_testing_or_integrations() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tokenrelay.backends as b; b.load_backend('openai:m');"
+        "print(sorted(m for m in sys.modules if m.startswith(('tokenrelay.testing', 'tokenrelay.integrations'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_broken_plug_in_is_a_config_error() -> None:
+    from tokenrelay.backends.registry import _load
+
+    with pytest.raises(ConfigError, match="cannot load the backend plug-in"):
+        _load("tokenrelay.no_such_module:factory")
