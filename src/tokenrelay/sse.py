@@ -136,9 +136,24 @@ class SSEDecoder:
         limit = self._max
         for line in lines:
             if not line:
-                if data:
-                    out.append(self._dispatch())
-                    data = self._data
+                if data:  # `_dispatch`, inline (the per-token path)
+                    event_id = self.last_event_id = self._id
+                    out.append(
+                        _new_event(
+                            ServerSentEvent,
+                            (
+                                self._event or "message",
+                                data[0] if len(data) == 1 else "\n".join(data),
+                                event_id,
+                                self._block_retry,
+                            ),
+                        )
+                    )
+                    data.clear()
+                    if limit is not None:
+                        self._data_size = 0
+                    if self._event or self._block_retry is not None:
+                        self._event, self._block_retry = "", None
                 else:  # a blank line without data: no event, but the ID and type buffers settle
                     self.last_event_id = self._id
                     self._event, self._block_retry = "", None
