@@ -222,6 +222,7 @@ _new_event = tuple.__new__
 
 # -- encoding ---------------------------------------------------------------------------
 
+#: a comment frame: keeps idle connections (and proxies) from timing out, ignored by clients
 KEEPALIVE = b": keep-alive\n\n"
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -230,6 +231,7 @@ _quote = json.encoder.encode_basestring
 
 
 def encode_event(event: Event, event_id: int) -> str:
+    """One `id:`/`event:`/`data:` frame for `event`, `event_id` being its index in its run."""
     if type(event) is AnswerDelta:
         return (  # one f-string (a single BUILD_STRING): about half the cost of str.format + concatenation
             f'id: {event_id}\nevent: answer_delta\ndata: {{"type":"answer_delta","text":'

@@ -5,21 +5,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Self, TypeVar, Unpack
 
 import anyio
 import httpx
 
-from tokenrelay.client._core import (
-    DEFAULT_TIMEOUT,
-    RECONNECT,
-    Reconnect,
-    StreamCore,
-    StreamInfo,
-    events_core,
-    text_core,
-)
+from tokenrelay.client import _start
+from tokenrelay.client._core import StreamCore
 from tokenrelay.client._ops import TRANSPORT_ERRORS, Close, Emit, Open, Read
+from tokenrelay.client._start import EventOptions, StreamOptions
 from tokenrelay.events import Event
 
 __all__ = ["AsyncStream", "astream_events", "astream_text"]
@@ -27,7 +21,7 @@ __all__ = ["AsyncStream", "astream_events", "astream_text"]
 T = TypeVar("T")
 
 
-class AsyncStream(StreamInfo, AsyncIterator[T]):
+class AsyncStream(_start.StreamInfo, AsyncIterator[T]):
     """`Stream` for async code: `async for piece in astream_text(url, text)`. End it early
     with `aclose()` or `async with`; that also cancels the run if it is still going."""
 
@@ -100,33 +94,14 @@ async def _run(core: StreamCore, client: httpx.AsyncClient | None) -> AsyncGener
 
 
 def astream_text(
-    url: str,
-    text: str,
-    *,
-    session_id: str | None = None,
-    api_key: str | None = None,
-    timeout: float | None = DEFAULT_TIMEOUT,
-    reconnect: Reconnect | None = RECONNECT,
-    client: httpx.AsyncClient | None = None,
+    url: str, text: str, *, client: httpx.AsyncClient | None = None, **options: Unpack[StreamOptions]
 ) -> AsyncStream[str]:
     """`stream_text` for async code."""
-    core = text_core(url, text, session_id=session_id, api_key=api_key, timeout=timeout, reconnect=reconnect)
-    return AsyncStream[str](core, client)
+    return AsyncStream[str](_start.text_core(url, text, **options), client)
 
 
 def astream_events(
-    url: str,
-    text: str,
-    *,
-    session_id: str | None = None,
-    api_key: str | None = None,
-    mode: Literal["final", "full"] = "final",
-    timeout: float | None = DEFAULT_TIMEOUT,
-    reconnect: Reconnect | None = RECONNECT,
-    client: httpx.AsyncClient | None = None,
+    url: str, text: str, *, client: httpx.AsyncClient | None = None, **options: Unpack[EventOptions]
 ) -> AsyncStream[Event]:
     """`stream_events` for async code."""
-    core = events_core(
-        url, text, session_id=session_id, api_key=api_key, mode=mode, timeout=timeout, reconnect=reconnect
-    )
-    return AsyncStream[Event](core, client)
+    return AsyncStream[Event](_start.events_core(url, text, **options), client)
