@@ -12,7 +12,7 @@ import httpx
 
 from tokenrelay.client import _start
 from tokenrelay.client._core import StreamCore
-from tokenrelay.client._ops import TRANSPORT_ERRORS, Close, Emit, Open, Read
+from tokenrelay.client._ops import TRANSPORT_ERRORS, Close, Emit, Open, Read, Steps
 from tokenrelay.client._start import EventOptions, StreamOptions
 from tokenrelay.events import Event
 
@@ -50,29 +50,22 @@ class AsyncStream(_start.StreamInfo, AsyncIterator[T]):
 
 async def _run(core: StreamCore, client: httpx.AsyncClient | None) -> AsyncGenerator[Any, None]:
     http = httpx.AsyncClient() if client is None else client
-    plan = core.plan()
+    steps = Steps(core.plan())
     response: httpx.Response | None = None
     chunks: AsyncIterator[bytes] | None = None
-    reply: object = None
-    error: Exception | None = None
     try:
-        while True:
-            try:
-                op = plan.send(reply) if error is None else plan.throw(error)
-            except StopIteration:
-                return
-            reply = error = None
+        while (op := steps.next()) is not None:
             if isinstance(op, Emit):
                 for item in op.items:
                     yield item
                 continue
             try:
                 if isinstance(op, Read):
-                    reply = b"" if chunks is None else await anext(chunks, b"")
+                    steps.reply = b"" if chunks is None else await anext(chunks, b"")
                 elif isinstance(op, Open):
                     response = await http.send(op.request.build(http), stream=True)
                     chunks = response.aiter_bytes()
-                    reply = response
+                    steps.reply = response
                 elif isinstance(op, Close):
                     if response is not None:
                         await response.aclose()
@@ -80,9 +73,9 @@ async def _run(core: StreamCore, client: httpx.AsyncClient | None) -> AsyncGener
                 elif op.seconds > 0:
                     await anyio.sleep(op.seconds)
             except TRANSPORT_ERRORS as exc:
-                error = exc
+                steps.error = exc
     finally:
-        plan.close()
+        steps.close()
         if response is not None:
             await response.aclose()
         cancel = core.cancel_request()

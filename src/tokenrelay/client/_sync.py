@@ -12,7 +12,7 @@ import httpx
 
 from tokenrelay.client import _start
 from tokenrelay.client._core import StreamCore
-from tokenrelay.client._ops import TRANSPORT_ERRORS, Close, Emit, Open, Read
+from tokenrelay.client._ops import TRANSPORT_ERRORS, Close, Emit, Open, Read, Steps
 from tokenrelay.client._start import EventOptions, StreamOptions
 from tokenrelay.events import Event
 
@@ -53,28 +53,21 @@ class Stream(_start.StreamInfo, Iterator[T]):
 
 def _run(core: StreamCore, client: httpx.Client | None) -> Generator[Any, None, None]:
     http = httpx.Client() if client is None else client
-    plan = core.plan()
+    steps = Steps(core.plan())
     response: httpx.Response | None = None
     chunks: Iterator[bytes] = iter(())
-    reply: object = None
-    error: Exception | None = None
     try:
-        while True:
-            try:
-                op = plan.send(reply) if error is None else plan.throw(error)
-            except StopIteration:
-                return
-            reply = error = None
+        while (op := steps.next()) is not None:
             if isinstance(op, Emit):
                 yield from op.items
                 continue
             try:
                 if isinstance(op, Read):
-                    reply = next(chunks, b"")
+                    steps.reply = next(chunks, b"")
                 elif isinstance(op, Open):
                     response = http.send(op.request.build(http), stream=True)
                     chunks = response.iter_bytes()
-                    reply = response
+                    steps.reply = response
                 elif isinstance(op, Close):
                     if response is not None:
                         response.close()
@@ -82,9 +75,9 @@ def _run(core: StreamCore, client: httpx.Client | None) -> Generator[Any, None, 
                 elif op.seconds > 0:
                     time.sleep(op.seconds)
             except TRANSPORT_ERRORS as exc:
-                error = exc
+                steps.error = exc
     finally:
-        plan.close()
+        steps.close()
         if response is not None:
             response.close()
         cancel = core.cancel_request()
