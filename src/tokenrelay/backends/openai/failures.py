@@ -113,16 +113,10 @@ class Failures:
             # Not an API error: most likely a wrong base URL (e.g. missing "/v1").
             hint = f"check the base URL and the model name {self._model!r}"
             return BackendError(f"HTTP 404 from {self._shown_url}: {hint}{detail}", status=status)
-        if status == 429:
+        if status == 429 or status >= 500:
+            what = "rate limited by the server" if status == 429 else "server error"
             return BackendError(
-                f"rate limited by the server (HTTP 429){detail}",
-                status=status,
-                retryable=True,
-                retry_after_s=retry_after(response.headers),
-            )
-        if status >= 500:
-            return BackendError(
-                f"server error (HTTP {status}){detail}",
+                f"{what} (HTTP {status}){detail}",
                 status=status,
                 retryable=True,
                 retry_after_s=retry_after(response.headers),

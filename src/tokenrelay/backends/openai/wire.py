@@ -125,10 +125,7 @@ def parse_event(data: str, state: StreamState, fail: Failures) -> Sequence[Model
                     out.append(TextChunk(content))
                 tool_calls = delta.get("tool_calls")
                 if tool_calls:
-                    for position, call in enumerate(tool_calls):
-                        chunk = _tool_chunk(call, position, state)
-                        if chunk is not None:
-                            out.append(chunk)
+                    _add_tool_chunks(tool_calls, state, out)
             reason = choice.get("finish_reason")
             if reason:
                 state.finish_reason = str(reason)
@@ -138,6 +135,13 @@ def parse_event(data: str, state: StreamState, fail: Failures) -> Sequence[Model
     except (AttributeError, TypeError, ValueError, KeyError, IndexError):
         raise fail.malformed(data) from None
     return out
+
+
+def _add_tool_chunks(calls: Sequence[dict[str, Any]], state: StreamState, out: list[ModelChunk]) -> None:
+    for position, call in enumerate(calls):
+        chunk = _tool_chunk(call, position, state)
+        if chunk is not None:
+            out.append(chunk)
 
 
 def _tool_chunk(call: dict[str, Any], position: int, state: StreamState) -> ToolCallChunk | None:
@@ -179,10 +183,7 @@ def parse_completion(body: bytes, state: StreamState, fail: Failures) -> list[Mo
             out.append(ThinkingChunk(reasoning))
         if message.get("content"):
             out.append(TextChunk(str(message["content"])))
-        for position, call in enumerate(message.get("tool_calls") or ()):
-            chunk = _tool_chunk(call, position, state)
-            if chunk is not None:
-                out.append(chunk)
+        _add_tool_chunks(message.get("tool_calls") or (), state, out)
         state.finish_reason = str(choice.get("finish_reason") or "stop")
         usage = obj.get("usage")
         if usage:
