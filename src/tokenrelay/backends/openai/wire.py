@@ -129,9 +129,8 @@ def parse_event(data: str, state: StreamState, fail: Failures) -> Sequence[Model
             reason = choice.get("finish_reason")
             if reason:
                 state.finish_reason = str(reason)
-        usage = obj.get("usage")
-        if usage:
-            state.usage = _usage(usage)
+        if obj.get("usage"):  # only the last chunk has it: no call on the per-token path
+            _read_usage(obj, state)
     except (AttributeError, TypeError, ValueError, KeyError, IndexError):
         raise fail.malformed(data) from None
     return out
@@ -185,9 +184,7 @@ def parse_completion(body: bytes, state: StreamState, fail: Failures) -> list[Mo
             out.append(TextChunk(str(message["content"])))
         _add_tool_chunks(message.get("tool_calls") or (), state, out)
         state.finish_reason = str(choice.get("finish_reason") or "stop")
-        usage = obj.get("usage")
-        if usage:
-            state.usage = _usage(usage)
+        _read_usage(obj, state)
     except (AttributeError, TypeError, ValueError, KeyError, IndexError):
         raise fail.malformed(text) from None
     return out
@@ -207,8 +204,11 @@ def _load_object(text: str, fail: Failures) -> dict[str, Any]:
     return obj
 
 
-def _usage(usage: Any) -> Usage:
-    return Usage(
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
-    )
+def _read_usage(obj: dict[str, Any], state: StreamState) -> None:
+    """The token counts, when `obj` has them (the last chunk, with `include_usage`)."""
+    usage = obj.get("usage")
+    if usage:
+        state.usage = Usage(
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+        )
