@@ -424,6 +424,17 @@ async def test_sse_framing_comments_fields_crlf_multiline_and_bom(
     assert got == [TextChunk("a"), TextChunk("b"), FinishChunk("stop")]
 
 
+async def test_cr_only_line_ends_are_line_ends(server: FakeOpenAIServer, backend: OpenAIBackend) -> None:
+    """The backend reads SSE with `tokenrelay.sse`, the one decoder: a bare CR ends a line too."""
+    body = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\r\r'
+        b'data: {"choices":[{"index":0,"delta":{"content":"b"},"finish_reason":"stop"}]}\r\r'
+        b"data: [DONE]\r\r"
+    )
+    server.enqueue(Reply(parts=split_bytes(body, 3, 60), delay=0.01))
+    assert await collect(backend) == [TextChunk("a"), TextChunk("b"), FinishChunk("stop")]
+
+
 async def test_finish_reason_without_done_is_accepted(
     server: FakeOpenAIServer, backend: OpenAIBackend
 ) -> None:
