@@ -36,8 +36,9 @@ from tokenrelay.client import (
     stream_events,
     stream_text,
 )
-from tokenrelay.client._core import StreamCore, events_core
+from tokenrelay.client._core import StreamCore
 from tokenrelay.client._ops import Open, Read, Sleep
+from tokenrelay.client._start import events_core
 from tokenrelay.events import AnswerDelta, RunError, RunFinished, RunStarted, event_from_dict
 from tokenrelay.testing import ScriptedBackend
 

@@ -98,7 +98,7 @@ def test_reads_the_process_environment_by_default(monkeypatch: pytest.MonkeyPatc
 def test_unrelated_variables_are_ignored() -> None:
     s = Settings.from_env(env={"TOKENRELAY_NOT_A_FIELD": "x", "MODEL": "openai:x", "TOKENRELAY_EXTRA": "{}"})
     assert s.model == "llamacpp"
-    assert s.extra == {}
+    assert not hasattr(s, "extra")  # no catch-all field: every setting is a declared one
 
 
 def test_openai_variables_are_honoured() -> None:
@@ -259,7 +259,7 @@ async def test_model_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch
 
 @pytest.mark.anyio
 async def test_openai_backend_takes_url_and_key_from_settings() -> None:
-    from tokenrelay.backends.openai_compat import OpenAIBackend
+    from tokenrelay.backends.openai import OpenAIBackend
 
     backend = load_backend(
         "openai:my-model", Settings(openai_base_url="http://127.0.0.1:9/v1/", openai_api_key=SECRET)
@@ -343,3 +343,35 @@ def test_the_slow_client_and_per_key_settings_come_from_the_environment() -> Non
 def test_the_slow_client_and_per_key_settings_are_checked(field: str, value: float) -> None:
     with pytest.raises(ConfigError, match=field):
         Settings(**{field: value})
+
+
+def test_built_in_prefixes_are_entry_points_like_any_plug_in() -> None:
+    """pyproject.toml declares every built-in prefix in the `tokenrelay.backends` group, and
+    the registry's fallback table (for metadata installed before a prefix existed) agrees."""
+    import tomllib
+    from pathlib import Path
+
+    from tokenrelay.backends.registry import BUILTIN, ENTRY_POINT_GROUP
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["entry-points"][ENTRY_POINT_GROUP] == dict(BUILTIN)
+
+
+def test_backends_do_not_import_testing_or_integrations() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tokenrelay.backends as b; b.load_backend('openai:m');"
+        "up = ('tokenrelay.testing', 'tokenrelay.integrations');"
+        "print(sorted(m for m in sys.modules if m.startswith(up)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_broken_plug_in_is_a_config_error() -> None:
+    from tokenrelay.backends.registry import _load
+
+    with pytest.raises(ConfigError, match="cannot load the backend plug-in"):
+        _load("tokenrelay.no_such_module:factory")

@@ -35,7 +35,7 @@ from server_fixture import LiveServer
 from tokenrelay.backends import load_backend
 from tokenrelay.backends.base import FinishChunk, ModelChunk, TextChunk
 from tokenrelay.backends.failover import FailoverBackend
-from tokenrelay.backends.openai_compat import OpenAIBackend
+from tokenrelay.backends.openai import OpenAIBackend
 from tokenrelay.backends.retry import NO_RETRY
 from tokenrelay.config import Settings
 from tokenrelay.errors import BackendError

@@ -37,7 +37,7 @@ from tokenrelay.backends.base import (
     ThinkingChunk,
     ToolCallChunk,
 )
-from tokenrelay.backends.openai_compat import OpenAIBackend
+from tokenrelay.backends.openai import OpenAIBackend
 from tokenrelay.backends.retry import NO_RETRY
 from tokenrelay.errors import BackendError, ConfigError
 from tokenrelay.events import Usage
@@ -419,6 +419,17 @@ async def test_sse_framing_comments_fields_crlf_multiline_and_bom(
     assert got == [TextChunk("a"), TextChunk("b"), FinishChunk("stop")]
 
 
+async def test_cr_only_line_ends_are_line_ends(server: FakeOpenAIServer, backend: OpenAIBackend) -> None:
+    """The backend reads SSE with `tokenrelay.sse`, the one decoder: a bare CR ends a line too."""
+    body = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\r\r'
+        b'data: {"choices":[{"index":0,"delta":{"content":"b"},"finish_reason":"stop"}]}\r\r'
+        b"data: [DONE]\r\r"
+    )
+    server.enqueue(Reply(parts=split_bytes(body, 3, 60), delay=0.01))
+    assert await collect(backend) == [TextChunk("a"), TextChunk("b"), FinishChunk("stop")]
+
+
 async def test_finish_reason_without_done_is_accepted(
     server: FakeOpenAIServer, backend: OpenAIBackend
 ) -> None:
@@ -646,7 +657,9 @@ async def test_unresolvable_host(make_backend: Callable[..., OpenAIBackend]) -> 
     error = await stream_error(
         make_backend(base_url="http://user:pw@no-such-host.invalid/v1?key=x", timeout_s=10)
     )
-    assert str(error).startswith("cannot reach OpenAI-compatible server at http://no-such-host.invalid/v1: ")
+    # the one URL redaction (tokenrelay._redact): the user name stays, the password and query go
+    shown = "http://user:***@no-such-host.invalid/v1"
+    assert str(error).startswith(f"cannot reach OpenAI-compatible server at {shown}: ")
     assert "pw" not in str(error) and "key=x" not in str(error)
 
 

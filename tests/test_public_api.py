@@ -64,7 +64,7 @@ CLIENT_NAMES = {
     "stream_events",
     "stream_text",
 }
-SSE_NAMES = {"SSEDecodeError", "SSEDecoder", "ServerSentEvent"}
+SSE_NAMES = {"KEEPALIVE", "SSEDecodeError", "SSEDecoder", "ServerSentEvent", "encode_batch", "encode_event"}
 
 
 @pytest.fixture

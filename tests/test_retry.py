@@ -27,7 +27,8 @@ from server_fixture import LiveServer
 from tokenrelay.backends import load_backend
 from tokenrelay.backends.base import ModelChunk, TextChunk
 from tokenrelay.backends.failover import FailoverBackend
-from tokenrelay.backends.openai_compat import OpenAIBackend, _retry_after
+from tokenrelay.backends.openai import OpenAIBackend
+from tokenrelay.backends.openai.failures import retry_after as _retry_after
 from tokenrelay.backends.retry import NO_RETRY, RetryPolicy
 from tokenrelay.config import Settings
 from tokenrelay.errors import BackendError, ConfigError

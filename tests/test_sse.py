@@ -3,7 +3,7 @@
 The property tests build streams from a model of events (comments, names, multi-line data,
 ids, retry, any of the three line ends, a BOM), serialize them, cut the bytes anywhere, and
 check that the decoder gives exactly the model's events; and that tokenrelay's own encoder
-(`sinks/sse.py`) round-trips through it whatever the text holds.
+(`tokenrelay.sse`) round-trips through it whatever the text holds.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokenrelay.events import AnswerDelta, RunFinished, event_from_dict
-from tokenrelay.sinks.sse import encode_batch
-from tokenrelay.sse import ServerSentEvent, SSEDecodeError, SSEDecoder
+from tokenrelay.sse import ServerSentEvent, SSEDecodeError, SSEDecoder, encode_batch
 
 
 def decode(data: bytes | str, *cuts: int, flush: bool = False) -> list[ServerSentEvent]:

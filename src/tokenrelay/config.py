@@ -127,8 +127,6 @@ class Settings:
     metrics: bool = True
     #: /metrics needs no API key even when api_keys are set (a scraper on a private network)
     metrics_public: bool = False
-    #: extra keys (presets, documents...) set by later layers without changing this class
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.db = db_url(self.db)
@@ -174,7 +172,7 @@ class Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get("TOKENRELAY_" + f.name.upper())
-            if raw is None or f.name == "extra":
+            if raw is None:
                 continue
             values[f.name] = _coerce(f.name, str(f.type), raw)
         if "openai_api_key" not in values and env.get("OPENAI_API_KEY"):

@@ -24,6 +24,7 @@ from tokenrelay.backends.base import (
     TextChunk,
     ToolCallChunk,
 )
+from tokenrelay.config import Settings
 from tokenrelay.errors import BackendError
 from tokenrelay.events import (
     AnswerDelta,
@@ -43,6 +44,7 @@ __all__ = [
     "Reply",
     "ScriptedBackend",
     "ScriptedCall",
+    "scripted_backend",
     "check_events",
     "final_answer",
     "shown_text",
@@ -185,3 +187,9 @@ class ScriptedBackend(Backend):
         finally:
             if not call.finished:
                 call.abandoned = True
+
+
+def scripted_backend(arg: str, settings: Settings) -> Backend:
+    """The `scripted:<text>` plug-in (entry point `tokenrelay.backends: scripted`): answers
+    every call with `<text>` ("Hello!" when empty)."""
+    return ScriptedBackend(replies=[arg or "Hello!"])

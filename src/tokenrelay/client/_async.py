@@ -5,21 +5,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Self, TypeVar, Unpack
 
 import anyio
 import httpx
 
-from tokenrelay.client._core import (
-    DEFAULT_TIMEOUT,
-    RECONNECT,
-    Reconnect,
-    StreamCore,
-    StreamInfo,
-    events_core,
-    text_core,
-)
-from tokenrelay.client._ops import TRANSPORT_ERRORS, Close, Emit, Open, Read
+from tokenrelay.client import _start
+from tokenrelay.client._core import StreamCore
+from tokenrelay.client._ops import TRANSPORT_ERRORS, Close, Emit, Open, Read, Steps
+from tokenrelay.client._start import EventOptions, StreamOptions
 from tokenrelay.events import Event
 
 __all__ = ["AsyncStream", "astream_events", "astream_text"]
@@ -27,7 +21,7 @@ __all__ = ["AsyncStream", "astream_events", "astream_text"]
 T = TypeVar("T")
 
 
-class AsyncStream(StreamInfo, AsyncIterator[T]):
+class AsyncStream(_start.StreamInfo, AsyncIterator[T]):
     """`Stream` for async code: `async for piece in astream_text(url, text)`. End it early
     with `aclose()` or `async with`; that also cancels the run if it is still going."""
 
@@ -56,29 +50,22 @@ class AsyncStream(StreamInfo, AsyncIterator[T]):
 
 async def _run(core: StreamCore, client: httpx.AsyncClient | None) -> AsyncGenerator[Any, None]:
     http = httpx.AsyncClient() if client is None else client
-    plan = core.plan()
+    steps = Steps(core.plan())
     response: httpx.Response | None = None
     chunks: AsyncIterator[bytes] | None = None
-    reply: object = None
-    error: Exception | None = None
     try:
-        while True:
-            try:
-                op = plan.send(reply) if error is None else plan.throw(error)
-            except StopIteration:
-                return
-            reply = error = None
+        while (op := steps.next()) is not None:
             if isinstance(op, Emit):
                 for item in op.items:
                     yield item
                 continue
             try:
                 if isinstance(op, Read):
-                    reply = b"" if chunks is None else await anext(chunks, b"")
+                    steps.reply = b"" if chunks is None else await anext(chunks, b"")
                 elif isinstance(op, Open):
                     response = await http.send(op.request.build(http), stream=True)
                     chunks = response.aiter_bytes()
-                    reply = response
+                    steps.reply = response
                 elif isinstance(op, Close):
                     if response is not None:
                         await response.aclose()
@@ -86,9 +73,9 @@ async def _run(core: StreamCore, client: httpx.AsyncClient | None) -> AsyncGener
                 elif op.seconds > 0:
                     await anyio.sleep(op.seconds)
             except TRANSPORT_ERRORS as exc:
-                error = exc
+                steps.error = exc
     finally:
-        plan.close()
+        steps.close()
         if response is not None:
             await response.aclose()
         cancel = core.cancel_request()
@@ -100,33 +87,14 @@ async def _run(core: StreamCore, client: httpx.AsyncClient | None) -> AsyncGener
 
 
 def astream_text(
-    url: str,
-    text: str,
-    *,
-    session_id: str | None = None,
-    api_key: str | None = None,
-    timeout: float | None = DEFAULT_TIMEOUT,
-    reconnect: Reconnect | None = RECONNECT,
-    client: httpx.AsyncClient | None = None,
+    url: str, text: str, *, client: httpx.AsyncClient | None = None, **options: Unpack[StreamOptions]
 ) -> AsyncStream[str]:
     """`stream_text` for async code."""
-    core = text_core(url, text, session_id=session_id, api_key=api_key, timeout=timeout, reconnect=reconnect)
-    return AsyncStream[str](core, client)
+    return AsyncStream[str](_start.text_core(url, text, **options), client)
 
 
 def astream_events(
-    url: str,
-    text: str,
-    *,
-    session_id: str | None = None,
-    api_key: str | None = None,
-    mode: Literal["final", "full"] = "final",
-    timeout: float | None = DEFAULT_TIMEOUT,
-    reconnect: Reconnect | None = RECONNECT,
-    client: httpx.AsyncClient | None = None,
+    url: str, text: str, *, client: httpx.AsyncClient | None = None, **options: Unpack[EventOptions]
 ) -> AsyncStream[Event]:
     """`stream_events` for async code."""
-    core = events_core(
-        url, text, session_id=session_id, api_key=api_key, mode=mode, timeout=timeout, reconnect=reconnect
-    )
-    return AsyncStream[Event](core, client)
+    return AsyncStream[Event](_start.events_core(url, text, **options), client)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import codecs
 import json
-import os
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -59,9 +58,6 @@ __all__ = [
     "RECONNECT",
     "Reconnect",
     "StreamCore",
-    "StreamInfo",
-    "events_core",
-    "text_core",
 ]
 
 #: seconds to wait for the next piece of a stream (a model may think for a while)
@@ -347,71 +343,3 @@ def _event(frame: ServerSentEvent) -> Event | None:
         return None
     except (TypeError, KeyError, AttributeError):
         raise TokenrelayClientError(f"the server sent a malformed {kind!r} event") from None
-
-
-def text_core(
-    url: str,
-    text: str,
-    *,
-    session_id: str | None,
-    api_key: str | None,
-    timeout: float | None,
-    reconnect: Reconnect | None,
-) -> StreamCore:
-    """The core of a `/chat` stream: answer text."""
-    key = api_key if api_key is not None else os.environ.get("TOKENRELAY_API_KEY")
-    body = _body(text, session_id)
-    return StreamCore("text", url, body, api_key=key, timeout=timeout, reconnect=reconnect)
-
-
-def events_core(
-    url: str,
-    text: str,
-    *,
-    session_id: str | None,
-    api_key: str | None,
-    mode: Literal["final", "full"],
-    timeout: float | None,
-    reconnect: Reconnect | None,
-) -> StreamCore:
-    """The core of a `/chat/events` stream: typed events."""
-    key = api_key if api_key is not None else os.environ.get("TOKENRELAY_API_KEY")
-    body = {**_body(text, session_id), "mode": mode}
-    return StreamCore("events", url, body, api_key=key, timeout=timeout, reconnect=reconnect)
-
-
-def _body(text: str, session_id: str | None) -> dict[str, Any]:
-    return {"text": text} if session_id is None else {"text": text, "session_id": session_id}
-
-
-class StreamInfo:
-    """What both faces tell about their stream while it runs (from its core)."""
-
-    def __init__(self, core: StreamCore) -> None:
-        self._core = core
-
-    @property
-    def session_id(self) -> str | None:
-        """The session (`X-Session-Id`), once the response has started."""
-        return self._core.session_id
-
-    @property
-    def run_id(self) -> str | None:
-        """The run (`X-Run-Id`), once the response has started."""
-        return self._core.run_id
-
-    @property
-    def last_event_id(self) -> str | None:
-        """The id of the last event received (what a resumption sends as Last-Event-ID)."""
-        return self._core.last_event_id
-
-    @property
-    def text(self) -> str:
-        """The answer text received so far (the answer deltas, narration included, as a
-        consumer that shows every delta shows it)."""
-        return self._core.text
-
-    @property
-    def reconnects(self) -> int:
-        """How many times the stream resumed its run after a dropped connection."""
-        return self._core.reconnects

@@ -27,6 +27,7 @@ __all__ = [
     "Read",
     "Request",
     "Sleep",
+    "Steps",
 ]
 
 #: what a face catches around each operation and throws into the plan
@@ -80,3 +81,26 @@ Op = Open | Read | Close | Sleep | Emit
 Plan = Generator[Op, object, None]
 #: one connection's body reader: a chunk in, items out; b"" means the body ended cleanly
 Feed = Callable[[bytes], list[Any]]
+
+
+class Steps:
+    """A face's hold on a plan: `next()` is the next operation (None once the plan is over),
+    having sent the plan the outcome of the previous one: `reply`, or `error` thrown in."""
+
+    __slots__ = ("_plan", "error", "reply")
+
+    def __init__(self, plan: Plan) -> None:
+        self._plan = plan
+        self.reply: object = None
+        self.error: Exception | None = None
+
+    def next(self) -> Op | None:
+        reply, error = self.reply, self.error
+        self.reply = self.error = None
+        try:
+            return self._plan.send(reply) if error is None else self._plan.throw(error)
+        except StopIteration:
+            return None
+
+    def close(self) -> None:
+        self._plan.close()

@@ -6,20 +6,14 @@ import contextlib
 import time
 from collections.abc import Generator, Iterator
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Self, TypeVar, Unpack
 
 import httpx
 
-from tokenrelay.client._core import (
-    DEFAULT_TIMEOUT,
-    RECONNECT,
-    Reconnect,
-    StreamCore,
-    StreamInfo,
-    events_core,
-    text_core,
-)
-from tokenrelay.client._ops import TRANSPORT_ERRORS, Close, Emit, Open, Read
+from tokenrelay.client import _start
+from tokenrelay.client._core import StreamCore
+from tokenrelay.client._ops import TRANSPORT_ERRORS, Close, Emit, Open, Read, Steps
+from tokenrelay.client._start import EventOptions, StreamOptions
 from tokenrelay.events import Event
 
 __all__ = ["Stream", "stream_events", "stream_text"]
@@ -27,7 +21,7 @@ __all__ = ["Stream", "stream_events", "stream_text"]
 T = TypeVar("T")
 
 
-class Stream(StreamInfo, Iterator[T]):
+class Stream(_start.StreamInfo, Iterator[T]):
     """One answer as it arrives: `str` pieces (`stream_text`) or `Event`s (`stream_events`).
 
     It starts at the first `next`, resumes its run by itself after a dropped connection, and
@@ -59,28 +53,21 @@ class Stream(StreamInfo, Iterator[T]):
 
 def _run(core: StreamCore, client: httpx.Client | None) -> Generator[Any, None, None]:
     http = httpx.Client() if client is None else client
-    plan = core.plan()
+    steps = Steps(core.plan())
     response: httpx.Response | None = None
     chunks: Iterator[bytes] = iter(())
-    reply: object = None
-    error: Exception | None = None
     try:
-        while True:
-            try:
-                op = plan.send(reply) if error is None else plan.throw(error)
-            except StopIteration:
-                return
-            reply = error = None
+        while (op := steps.next()) is not None:
             if isinstance(op, Emit):
                 yield from op.items
                 continue
             try:
                 if isinstance(op, Read):
-                    reply = next(chunks, b"")
+                    steps.reply = next(chunks, b"")
                 elif isinstance(op, Open):
                     response = http.send(op.request.build(http), stream=True)
                     chunks = response.iter_bytes()
-                    reply = response
+                    steps.reply = response
                 elif isinstance(op, Close):
                     if response is not None:
                         response.close()
@@ -88,9 +75,9 @@ def _run(core: StreamCore, client: httpx.Client | None) -> Generator[Any, None, 
                 elif op.seconds > 0:
                     time.sleep(op.seconds)
             except TRANSPORT_ERRORS as exc:
-                error = exc
+                steps.error = exc
     finally:
-        plan.close()
+        steps.close()
         if response is not None:
             response.close()
         cancel = core.cancel_request()
@@ -102,42 +89,24 @@ def _run(core: StreamCore, client: httpx.Client | None) -> Generator[Any, None, 
 
 
 def stream_text(
-    url: str,
-    text: str,
-    *,
-    session_id: str | None = None,
-    api_key: str | None = None,
-    timeout: float | None = DEFAULT_TIMEOUT,
-    reconnect: Reconnect | None = RECONNECT,
-    client: httpx.Client | None = None,
+    url: str, text: str, *, client: httpx.Client | None = None, **options: Unpack[StreamOptions]
 ) -> Stream[str]:
     """Stream the final answer to `text` from the server at `url` (its base URL), as text.
 
-    `timeout` is how long to wait for the next piece (None: forever). After a dropped
-    connection the stream resumes its run as `reconnect` says (None: it does not, and the
-    server cancels the run when the connection drops). Raises `IncompleteStreamError` (with
+    `options` (`StreamOptions`): `session_id`, `api_key`, `timeout` (how long to wait for the
+    next piece; None: forever) and `reconnect` (how a dropped connection is resumed; None: it
+    is not, and the server cancels the run when the connection drops). Raises `IncompleteStreamError` (with
     `.partial_text`) when the answer cannot be completed, `TokenrelayHTTPError` for an error
     status, `TokenrelayConnectionError` when the server cannot be reached. Pass `client` to
     reuse connections."""
-    core = text_core(url, text, session_id=session_id, api_key=api_key, timeout=timeout, reconnect=reconnect)
-    return Stream[str](core, client)
+    return Stream[str](_start.text_core(url, text, **options), client)
 
 
 def stream_events(
-    url: str,
-    text: str,
-    *,
-    session_id: str | None = None,
-    api_key: str | None = None,
-    mode: Literal["final", "full"] = "final",
-    timeout: float | None = DEFAULT_TIMEOUT,
-    reconnect: Reconnect | None = RECONNECT,
-    client: httpx.Client | None = None,
+    url: str, text: str, *, client: httpx.Client | None = None, **options: Unpack[EventOptions]
 ) -> Stream[Event]:
     """Stream a run's typed events (`tokenrelay.events`) from `/chat/events`. The last one is
     `RunFinished` or `RunError`; an answer that cannot be completed (even by resuming) raises
-    `IncompleteStreamError`. Event types this client does not know are skipped."""
-    core = events_core(
-        url, text, session_id=session_id, api_key=api_key, mode=mode, timeout=timeout, reconnect=reconnect
-    )
-    return Stream[Event](core, client)
+    `IncompleteStreamError`. Event types this client does not know are skipped. `options`:
+    those of `stream_text`, and `mode` ("final" or "full": also the agent's steps)."""
+    return Stream[Event](_start.events_core(url, text, **options), client)

@@ -44,6 +44,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tokenrelay._redact import redact_url
 from tokenrelay.errors import ConfigError
 from tokenrelay.events import Event, RunError, RunFinished, event_from_dict, event_to_dict
 from tokenrelay.server.redis_log import BatchWriter, OffsetEvents, backoff
@@ -123,7 +124,7 @@ class RedisCoordinator:
             await self._redis.ping()
         except Exception as exc:
             await self._close_clients()
-            raise ConfigError(f"cannot connect to Redis at {_safe(self.url)}: {exc}") from None
+            raise ConfigError(f"cannot connect to Redis at {redact_url(self.url)}: {exc}") from None
         self._writer = BatchWriter(self._redis)
         self._on_worker_lost = on_worker_lost
         await self._beat()
@@ -409,11 +410,3 @@ def _encode(event: Event) -> bytes:
 def _is_terminal(fields: dict[bytes, bytes]) -> bool:
     kind = json.loads(fields[b"e"]).get("type")
     return kind in ("run_finished", "error")
-
-
-def _safe(url: str) -> str:
-    """A URL without its password, for messages."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url

@@ -27,7 +27,7 @@ from tokenrelay.server.quotas import quotas_of
 from tokenrelay.server.runs import RunChannel, RunRegistry
 from tokenrelay.server.schemas import ChatRequest, ChatResponse, HistoryMessage
 from tokenrelay.server.streaming import FollowResponse
-from tokenrelay.sinks.sse import KEEPALIVE, encode_batch
+from tokenrelay.sse import KEEPALIVE, encode_batch
 
 __all__ = ["router", "start_run"]
 
