@@ -52,30 +52,15 @@ TOP = len(LAYERS)
 #: strings, as the tests below build them; the lead removes each as its fix lands.
 KNOWN_VIOLATIONS: frozenset[str] = frozenset(
     {
-        # server/app.py and its routes_* import each other (fix: server/{app,deps,errors}.py + routes/)
-        "cycle server.app server.routes_chat server.routes_documents server.routes_info server.routes_openai"
-        " server.routes_sessions",
-        # backends finds plug-ins (langchain, scripted) by name, not by entry points (backends/registry.py)
-        "layer backends -> integrations.langchain_backend",
-        "layer backends -> testing",
-        # the cycle the two `layer` lines close, with backends.hf -> models -> backends.llamacpp
-        "package-cycle agent api backends documents integrations models run server testing",
-        # modules over MAX_LINES lines (split by the agent, runs, memory, leaves branches)
+        # still open: see docs/architecture.md
+        "cycle server.app server.routes_chat server.routes_documents"
+        " server.routes_info server.routes_openai server.routes_sessions",
         "size agent/final_answer.py",
         "size agent/loop.py",
-        "size backends/llamacpp.py",
-        "size backends/openai_compat.py",
-        "size client/_core.py",
         "size integrations/langchain_events.py",
         "size memory/postgres.py",
         "size memory/sqlite.py",
         "size server/coordination.py",
-        "size tools/calculator.py",
-        # the OpenAI-compatible backend has its own `data:` line parser instead of tokenrelay.sse.SSEDecoder
-        "sse-decoder backends/openai_compat.py",
-        # sinks/ is in no layer: its SSE encoder belongs in tokenrelay/sse.py (layer 0)
-        "unlayered sinks",
-        "unlayered sinks.sse",
     }
 )
 
@@ -95,20 +80,18 @@ KNOWN_DUPLICATES: frozenset[str] = frozenset(
         "duplicate agent/loop.py ~ integrations/langchain_events.py",
         "duplicate agent/loop.py ~ integrations/langchain_server.py",
         "duplicate backends/__init__.py ~ backends/base.py",
-        "duplicate backends/__init__.py ~ backends/openai_compat.py",
+        "duplicate backends/__init__.py ~ backends/openai/wire.py",
         "duplicate backends/__init__.py ~ integrations/langchain_backend.py",
         "duplicate backends/base.py ~ backends/failover.py",
         "duplicate backends/base.py ~ backends/llamacpp.py",
-        "duplicate backends/base.py ~ backends/openai_compat.py",
+        "duplicate backends/base.py ~ backends/openai/backend.py",
         "duplicate backends/failover.py ~ backends/llamacpp.py",
-        "duplicate backends/failover.py ~ backends/openai_compat.py",
+        "duplicate backends/failover.py ~ backends/openai/backend.py",
         "duplicate backends/llamacpp.py ~ backends/local.py",
-        "duplicate backends/llamacpp.py ~ backends/openai_compat.py",
-        "duplicate backends/openai_compat.py ~ backends/openai_compat.py",
-        "duplicate backends/openai_compat.py ~ integrations/langchain_backend.py",
+        "duplicate backends/llamacpp.py ~ backends/openai/backend.py",
+        "duplicate backends/openai/wire.py ~ integrations/langchain_backend.py",
         "duplicate callbacks.py ~ cli/printer.py",
         "duplicate cli/printer.py ~ integrations/langchain_events.py",
-        "duplicate client/_async.py ~ client/_sync.py",
         "duplicate integrations/langchain_agent.py ~ integrations/langchain_events.py",
         "duplicate integrations/langchain_agent.py ~ integrations/langchain_server.py",
         "duplicate integrations/langchain_backend.py ~ integrations/langchain_server.py",

@@ -20,8 +20,10 @@ Contract (used by the CLI's `tokenrelay models` and first-run notice, and by `GE
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
+
+from tokenrelay.backends.catalog import DEFAULT_ALIAS, ModelInfo, recommended, resolve_alias
 
 __all__ = [
     "DEFAULT_ALIAS",
@@ -34,66 +36,11 @@ __all__ = [
     "resolve_alias",
 ]
 
-DEFAULT_ALIAS = "smollm2-135m"
 _SWITCH_TO = "qwen2.5-1.5b"
 
 
-@dataclass(frozen=True, slots=True)
-class ModelInfo:
-    alias: str
-    model: str
-    size: int | None
-    languages: tuple[str, ...]
-    note: str
-    path: Path | None = None
-
-
-# Repository and file names checked on huggingface.co (sizes as the Hub lists them).
-_RECOMMENDED = (
-    ModelInfo(
-        alias=DEFAULT_ALIAS,
-        model="llamacpp",
-        size=100_000_000,
-        languages=("en",),
-        note="the default: a tiny English-only demo model, installed with tokenrelay, runs offline",
-    ),
-    ModelInfo(
-        alias="qwen2.5-1.5b",
-        model="hf:bartowski/Qwen2.5-1.5B-Instruct-GGUF/Qwen2.5-1.5B-Instruct-Q4_K_M.gguf",
-        size=986_000_000,
-        languages=("en", "ja", "zh", "ko", "fr", "de", "es"),
-        note="Qwen2.5 1.5B Instruct (Apache-2.0): Japanese and English document Q&A on a laptop CPU",
-    ),
-    ModelInfo(
-        alias="qwen2.5-3b",
-        model="hf:lmstudio-community/Qwen2.5-3B-Instruct-GGUF/Qwen2.5-3B-Instruct-Q4_K_M.gguf",
-        size=1_930_000_000,
-        languages=("en", "ja", "zh", "ko", "fr", "de", "es"),
-        note="Qwen2.5 3B Instruct (Qwen research licence: non-commercial): better answers, half the speed",
-    ),
-    ModelInfo(
-        alias="smollm2-1.7b",
-        model="hf:HuggingFaceTB/SmolLM2-1.7B-Instruct-GGUF/smollm2-1.7b-instruct-q4_k_m.gguf",
-        size=1_060_000_000,
-        languages=("en",),
-        note="SmolLM2 1.7B Instruct (Apache-2.0): the default's big sibling, English only",
-    ),
-)
-
-
-def recommended() -> list[ModelInfo]:
-    """Models worth trying, smallest first within each language group (the default first)."""
-    return list(_RECOMMENDED)
-
-
-def resolve_alias(name: str) -> ModelInfo | None:
-    """The recommended model called `name` (case-insensitive), if any."""
-    name = name.strip().lower()
-    return next((m for m in _RECOMMENDED if m.alias == name), None)
-
-
 def _by_model(model: str) -> ModelInfo | None:
-    return next((m for m in _RECOMMENDED if m.model.lower() == model.lower()), None)
+    return next((m for m in recommended() if m.model.lower() == model.lower()), None)
 
 
 def cached(cache_dir: str | Path | None = None) -> list[ModelInfo]:
@@ -108,7 +55,7 @@ def cached(cache_dir: str | Path | None = None) -> list[ModelInfo]:
     except ConfigError:
         default = None
     if default is not None and default.is_file():
-        found.append(replace(_RECOMMENDED[0], size=default.stat().st_size, path=default))
+        found.append(replace(recommended()[0], size=default.stat().st_size, path=default))
     try:
         from huggingface_hub import scan_cache_dir
         from huggingface_hub.errors import CacheNotFound

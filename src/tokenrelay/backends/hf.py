@@ -53,7 +53,7 @@ class HfFile:
 
 def parse_hf(arg: str) -> HfFile:
     """The file an `hf:` argument names (an alias or OWNER/REPO/FILE.gguf[@REVISION])."""
-    from tokenrelay.models import resolve_alias
+    from tokenrelay.backends.catalog import resolve_alias
 
     arg = arg.strip()
     known = resolve_alias(arg)
