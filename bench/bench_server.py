@@ -483,13 +483,15 @@ class Case:
     sequential: int = 1  # streams run one after another (single-stream scenario)
     gc_tune: str = "off"
     src: str | None = None  # a tokenrelay source tree to import instead of the installed one
+    path: str | None = None  # the request's path (default: /stream for bare, /chat/events else)
+    body: bytes | None = None  # the request's JSON body (default: a question)
 
 
 async def run_load(port: int, pid: int, case: Case, expected: str, rss_base: int) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    tr = case.mode != "bare"
-    path = "/chat/events" if tr else "/stream"
-    body = b'{"text":"Tell me about the weather."}'
+    tr = not case.mode.startswith("bare")
+    path = case.path or ("/chat/events" if tr else "/stream")
+    body = case.body or b'{"text":"Tell me about the weather."}'
     req = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\n\r\n"

@@ -8,8 +8,9 @@ from typing import Any
 
 from tokenrelay.config import Settings
 from tokenrelay.server.app import create_app
+from tokenrelay.server.loop import event_loop
 
-__all__ = ["create_app", "create_app_from_env", "serve"]
+__all__ = ["create_app", "create_app_from_env", "event_loop", "serve", "uvicorn_options"]
 
 
 def create_app_from_env() -> Any:
@@ -53,8 +54,6 @@ def serve(settings: Settings) -> int:
 
     import uvicorn
 
-    from tokenrelay.server.logs import logging_config
-
     if settings.workers > 1 and not settings.redis_url:
         print(
             "tokenrelay: warning: several workers without --redis: cancel and resume work only on the "
@@ -69,34 +68,52 @@ def serve(settings: Settings) -> int:
         os.environ.setdefault("OPENAI_API_KEY", settings.openai_api_key)
     if settings.workers > 1:
         _nodelay_shared_socket()
-    from tokenrelay.server.protocol import http_protocol
-
     metrics_dir = None
     if settings.workers > 1 and settings.metrics and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # prometheus-client's multiprocess mode: every worker writes its metrics there, and any
         # worker's /metrics sums them. A fresh directory per server: stale files would count.
         metrics_dir = tempfile.mkdtemp(prefix="tokenrelay-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    level = settings.log_level.lower()
     try:
         uvicorn.run(
             "tokenrelay.server:create_app_from_env",
             factory=True,
-            # uvicorn's own HTTP stack ("auto": httptools when installed) with a deadline and a
-            # size cap for request heads and a cap on idle connections (server/protocol.py)
-            http=http_protocol("auto"),
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
-            log_level=level,
-            log_config=logging_config(level),
-            access_log=False,  # a line per request costs more than the request at thousands of streams
+            **uvicorn_options(settings),
         )
     finally:
         if metrics_dir is not None:
             os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def uvicorn_options(settings: Settings, *, access_log: bool = False) -> dict[str, Any]:
+    """uvicorn's settings for serving tokenrelay, for every place that starts uvicorn.
+
+    * `http`: uvicorn's httptools stack (a C parser; h11 where httptools is not installed),
+      wrapped with the request-head limits of server/protocol.py;
+    * `loop`: `event_loop` (server/loop.py): uvloop accepting every pending connection per
+      wake-up, or asyncio's loop where uvloop is not installed;
+    * `backlog` 4096: a burst of a few thousand connects waits in the kernel instead of having
+      its SYNs dropped (Linux caps it at net.core.somaxconn);
+    * `access_log` off unless asked: a line per request costs more than the request at
+      thousands of streams; logging through tokenrelay's logfmt config at the settings' level.
+    """
+    from tokenrelay.server.logs import logging_config
+    from tokenrelay.server.protocol import GUARDED_HTTPTOOLS, http_protocol
+
+    level = settings.log_level.lower()
+    return {
+        "http": http_protocol("httptools" if GUARDED_HTTPTOOLS is not None else "h11"),
+        "loop": "tokenrelay.server:event_loop",
+        "backlog": 4096,
+        "access_log": access_log,
+        "log_level": level,
+        "log_config": logging_config(level),
+    }
 
 
 def _nodelay_shared_socket() -> None:
