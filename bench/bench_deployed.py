@@ -112,9 +112,16 @@ class Server(bs.Server):
         self.proc = subprocess.Popen(cmd, env=env)
 
 
-def make_case(mode: str, tokens: int, tps: float | None, streams: int, ramp: float, **kw: Any) -> bs.Case:
+def make_case(label: str, tokens: int, tps: float | None, streams: int, ramp: float, **kw: Any) -> bs.Case:
+    """The case of a column: a mode, or `MODE@alt` (that mode importing tokenrelay from --alt-src)."""
+    mode, _, alt = label.partition("@")
     body = PAGE_REQUEST if mode == "tokenrelay-resumable" else None if mode.startswith("bare") else QUESTION
-    return bs.Case(mode, tokens, tps, streams, ramp, body=body, **kw)
+    src = ALT_SRC[0] if alt else None
+    return bs.Case(mode, tokens, tps, streams, ramp, body=body, src=src, **kw)
+
+
+#: --alt-src, once parsed
+ALT_SRC: list[str] = []
 
 
 async def run_case(case: bs.Case, args: argparse.Namespace) -> dict[str, Any]:
@@ -187,6 +194,8 @@ def _cell(value: float, bare: float | None, spec: str, higher_better: bool = Fal
 
 async def main_async(args: argparse.Namespace) -> None:
     modes = args.modes.split(",")
+    if ALT_SRC:
+        modes += [f"{m}@alt" for m in modes if not m.startswith("bare")]
     scenarios = args.scenarios.split(",")
     table: list[list[str]] = []
     t0 = time.monotonic()
@@ -267,6 +276,11 @@ def main() -> None:
     p.add_argument("--streams", type=int, default=1000, help="streams of the s1000 scenario")
     p.add_argument("--ramp", type=float, default=1.0, help="seconds over which streams are started")
     p.add_argument("--capacity-levels", default="1000,1500,2000,2500,3000,3500")
+    p.add_argument(
+        "--alt-src",
+        help="also run every tokenrelay mode importing tokenrelay from this source tree (a column "
+        "MODE@alt): before/after a change in the same run",
+    )
     args = p.parse_args()
     if args.serve:
         serve(args)
@@ -275,6 +289,8 @@ def main() -> None:
         args.runs, args.single_tokens, args.single_seq = 1, 2000, 2
         if "--scenarios" not in sys.argv:
             args.scenarios = "single,s200,s1000"
+    if args.alt_src:
+        ALT_SRC.append(os.path.abspath(args.alt_src))
     if "bare" not in args.modes.split(","):
         args.modes = "bare," + args.modes
     bs._pin(bs.CLIENT_CPU)
