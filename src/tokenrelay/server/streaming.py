@@ -20,7 +20,11 @@ from starlette.types import Message, Receive, Scope, Send
 from tokenrelay.events import Event, RunError
 from tokenrelay.server.runs import RunChannel, answer_so_far
 
-__all__ = ["FollowResponse", "IncompleteStream", "install_log_filter"]
+__all__ = ["RAW_SEND", "FollowResponse", "IncompleteStream", "install_log_filter"]
+
+#: the scope key under which the app keeps the server's own `send` (app.py): the token loop
+#: writes through it, not through a coroutine per middleware
+RAW_SEND = "tokenrelay.send"
 
 #: encodes a batch of events (the first has index `first_id` in its run) to bytes
 Encoder = Callable[[Sequence[Event], int], bytes]
@@ -86,6 +90,14 @@ class FollowResponse(Response):
         self.body = b""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The head goes through the framework's `send` (its middlewares note that the response
+        # started); the token loop runs in a task of its own, writing through the server's own
+        # `send`: each token then resumes a few frames instead of the whole ASGI stack, and
+        # passes no middleware's send wrapper. Cancelling this task cancels that one.
+        raw: Send = scope.get(RAW_SEND, send)
+        await asyncio.get_running_loop().create_task(self._follow(receive, send, raw))
+
+    async def _follow(self, receive: Receive, framework_send: Send, send: Send) -> None:
         channel = self.channel
         channel.follow()
         sender = asyncio.current_task()
@@ -123,7 +135,7 @@ class FollowResponse(Response):
 
         listener = asyncio.create_task(listen())
         try:
-            await send(
+            await framework_send(
                 {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
             )
             if self.prologue:
