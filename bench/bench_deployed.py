@@ -86,7 +86,15 @@ def serve(args: argparse.Namespace) -> None:
             options["loop"] = "uvloop"
     options["log_level"] = "warning"
     config = uvicorn.Config(app, host="127.0.0.1", port=args.port, timeout_keep_alive=30, **options)
-    uvicorn.Server(config).run()
+    profile = os.environ.get("BENCH_PROFILE")  # a file: the server's cProfile stats, written at exit
+    if not profile:
+        uvicorn.Server(config).run()
+        return
+    import cProfile
+
+    with cProfile.Profile() as prof:
+        uvicorn.Server(config).run()
+    prof.dump_stats(f"{profile}.{mode}.{os.getpid()}")
 
 
 # ============================================================================ driver

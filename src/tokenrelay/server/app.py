@@ -34,8 +34,9 @@ from tokenrelay.memory import SessionStore, open_store
 from tokenrelay.server.guard import RequestGuard
 from tokenrelay.server.protocol import LIMITS_KEY, ConnectionLimits
 from tokenrelay.server.quotas import Quotas, install_quota_errors
+from tokenrelay.server.raw_send import RawSendApp
 from tokenrelay.server.runs import RunRegistry
-from tokenrelay.server.streaming import RAW_SEND, install_log_filter
+from tokenrelay.server.streaming import install_log_filter
 from tokenrelay.server.telemetry import Metrics, RunMonitor, sample_every
 
 __all__ = ["create_app", "error_body"]
@@ -50,16 +51,6 @@ def error_body(
     message: str, *, type_: str = "invalid_request_error", code: str | None = None, **extra: Any
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "code": code, **extra}}
-
-
-class _App(FastAPI):
-    """FastAPI, keeping the server's own `send` in the scope (`RAW_SEND`) for responses that
-    write many times: each of Starlette's middlewares wraps `send` in a coroutine of its own,
-    which a streamed response would otherwise pass through for every token (follow.py)."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope[RAW_SEND] = send
-        await super().__call__(scope, receive, send)
 
 
 class BodyLimit:
@@ -277,7 +268,7 @@ def create_app(
             if store is None:
                 await own_store.close()
 
-    app = _App(
+    app = RawSendApp(
         title="tokenrelay",
         version=__version__,
         description="Stream an LLM agent's answer token by token: raw text, typed SSE, OpenAI-compatible.",
@@ -287,6 +278,7 @@ def create_app(
         docs_url="/docs" if settings.api_docs else None,
         redoc_url=None,
     )
+    app.body_safe_middleware = (RequestGuard, BodyLimit)
     app.state.settings = settings
     app.state.metrics = Metrics() if settings.metrics else None
     app.add_middleware(

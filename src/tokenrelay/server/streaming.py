@@ -18,13 +18,10 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from tokenrelay.events import Event, RunError
+from tokenrelay.server.raw_send import RAW_SEND
 from tokenrelay.server.runs import RunChannel, answer_so_far
 
-__all__ = ["RAW_SEND", "FollowResponse", "IncompleteStream", "install_log_filter"]
-
-#: the scope key under which the app keeps the server's own `send` (app.py): the token loop
-#: writes through it, not through a coroutine per middleware
-RAW_SEND = "tokenrelay.send"
+__all__ = ["FollowResponse", "IncompleteStream", "install_log_filter"]
 
 #: encodes a batch of events (the first has index `first_id` in its run) to bytes
 Encoder = Callable[[Sequence[Event], int], bytes]
