@@ -15,6 +15,7 @@ CPU 1; the load generator, bench_server.py's raw-socket client, on CPU 0):
 * ``tokenrelay-h11``        the same app on h11 + asyncio (what a plain ``pip install`` served
                             before httptools and uvloop were dependencies);
 * ``tokenrelay-uvloop``     httptools + plain uvloop (no DrainLoop): what DrainLoop fixes;
+* ``tokenrelay-memory``     ``tokenrelay`` with the in-memory store: what the SQLite store costs;
 * ``bare-drain``            bare on DrainLoop.
 
 The model is ScriptedBackend replaying the agent's JSON action (``{"action": "Final Answer",
@@ -47,7 +48,15 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_server as bs
 
-MODES = ("bare", "tokenrelay", "tokenrelay-resumable", "tokenrelay-h11", "tokenrelay-uvloop", "bare-drain")
+MODES = (
+    "bare",
+    "tokenrelay",
+    "tokenrelay-resumable",
+    "tokenrelay-h11",
+    "tokenrelay-uvloop",
+    "tokenrelay-memory",
+    "bare-drain",
+)
 DEFAULT_MODES = "bare,tokenrelay,tokenrelay-resumable"
 SCENARIOS = ("single", "s200", "s1000", "capacity")
 QUESTION = b'{"text":"Tell me about the weather."}'
@@ -78,7 +87,8 @@ def serve(args: argparse.Namespace) -> None:
         from tokenrelay.server.protocol import http_protocol
 
         # the default store (SQLite, a fresh file), gc tuned after start-up as create_app_from_env does
-        app = bs.build_tokenrelay("tokenrelay-json", tokens, tps, "sqlite", "both", stats, False)
+        store = "memory" if mode == "tokenrelay-memory" else "sqlite"
+        app = bs.build_tokenrelay("tokenrelay-json", tokens, tps, store, "both", stats, False)
         options = uvicorn_options(Settings(model="scripted", log_level="warning"))
         if mode == "tokenrelay-h11":
             options.update(http=http_protocol("h11"), loop="asyncio")
@@ -92,6 +102,7 @@ def serve(args: argparse.Namespace) -> None:
         return
     import cProfile
 
+    signal.raise_signal = lambda _signum: None  # uvicorn re-raises SIGTERM after shutdown: dump first
     with cProfile.Profile() as prof:
         uvicorn.Server(config).run()
     prof.dump_stats(f"{profile}.{mode}.{os.getpid()}")
