@@ -971,9 +971,9 @@ def main() -> None:
         "--loop",
         choices=("asyncio", "uvloop"),
         default="asyncio",
-        help="the server's event loop (asyncio: tokenrelay's dependencies do not include uvloop; with "
-        "uvloop, new connections waited seconds for their first byte under 1,000 ramped streams, "
-        "bare included)",
+        help="the server's event loop (plain uvloop accepts one connection per loop turn, so new "
+        "connections waited seconds for their first byte under 1,000 ramped streams, bare included; "
+        "tokenrelay serve uses DrainLoop: see bench_deployed.py)",
     )
     p.add_argument(
         "--http",
