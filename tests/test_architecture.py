@@ -80,6 +80,7 @@ KNOWN_DUPLICATES: frozenset[str] = frozenset(
         "duplicate memory/inmemory.py ~ memory/postgres.py",
         "duplicate memory/inmemory.py ~ memory/sqlite.py",
         "duplicate memory/postgres.py ~ memory/sqlite.py",
+        "duplicate server/redis_log.py ~ server/runs.py",
     }
 )
 
@@ -358,13 +359,34 @@ def duplicates_output() -> str:
     return subprocess.run(command, capture_output=True, text=True, check=True, cwd=SRC).stdout
 
 
-_DATA_NODES = (ast.Constant, ast.Name, ast.Attribute, ast.Call, ast.keyword, ast.Load, ast.Tuple)
+_DATA_NODES: tuple[type[ast.AST], ...] = (
+    ast.Constant,
+    ast.Name,
+    ast.Attribute,
+    ast.Call,
+    ast.keyword,
+    ast.Load,
+    ast.Tuple,
+)
 _DATA_NODES += (ast.List, ast.Dict, ast.Set, ast.UnaryOp, ast.BinOp, ast.operator, ast.unaryop)
 
 
+#: calls that build a value rather than act: these, and constructors (a capitalised name)
+_BUILDERS = frozenset({"field", "frozenset", "tuple", "list", "dict", "set", "TypeVar"})
+
+
+def _is_builder(call: ast.Call) -> bool:
+    func = call.func
+    name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+    return name[:1].isupper() or name in _BUILDERS
+
+
 def _is_data(node: ast.AST) -> bool:
-    """A literal made only of constants, names and calls of them (a table row, a default)."""
-    return all(isinstance(n, _DATA_NODES) for n in ast.walk(node))
+    """A literal made only of constants, names and constructor calls of them (a table row, a
+    default). A call of a function (`parse(body)`, `store.get(key)`) is an action, not data."""
+    return all(
+        isinstance(n, _DATA_NODES) and (not isinstance(n, ast.Call) or _is_builder(n)) for n in ast.walk(node)
+    )
 
 
 def declarative_lines(path: Path) -> set[int]:
@@ -392,7 +414,12 @@ def declarative_lines(path: Path) -> set[int]:
         elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
             span(node)  # docstrings
         elif isinstance(node, ast.Call) and _is_data(node):
-            span(node)
+            span(node)  # a constructor of data: a table row
+        elif isinstance(node, ast.Call):
+            args: list[ast.expr | ast.keyword] = [*node.args, *node.keywords]
+            for arg in args:
+                if arg.lineno > node.lineno and _is_data(arg):
+                    span(arg)  # an argument on a line of its own: values passed on, like a signature
     return lines
 
 
@@ -423,6 +450,23 @@ def duplicate_violations(output: str) -> set[str]:
             continue
         found.add(f"duplicate {short(match[1])} ~ {short(match[4])}")
     return found
+
+
+def test_declarative_lines_leave_out_logic(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text(
+        "X = Info(name='a', size=2 * 3)\n"  # 1: a table row
+        "def f(body, store):\n"  # 2: a signature
+        "    parsed = parse(body)\n"  # 3: logic from here on
+        "    store.save(parsed)\n"
+        "    return parsed\n"
+        "store.save(\n"  # 6: the call is logic, its arguments on lines of their own are not
+        "    parsed,\n"
+        "    key=body.key,\n"
+        ")\n",
+        encoding="utf-8",
+    )
+    assert declarative_lines(module) == {1, 2, 7, 8}
 
 
 @pytest.mark.skipif(shutil.which("duplicates") is None, reason="the `duplicates` tool is not installed")
