@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from tokenrelay.errors import StorageError
 from tokenrelay.memory import common, rows
@@ -77,7 +77,7 @@ class SQLiteSessionStore(common.StoreBase):
     def __repr__(self) -> str:
         return f"SQLiteSessionStore({str(self.path)!r})"
 
-    # -- plumbing: run under the lock, in a worker thread
+    # -- plumbing: reads under the lock in a worker thread, writes on the writer thread
 
     def _require(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -87,6 +87,14 @@ class SQLiteSessionStore(common.StoreBase):
     def _read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
             return fn(self._require())
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in a thread, after the checkpoints queued so far have landed."""
+        try:
+            await self._writer.settled()
+            return await asyncio.to_thread(self._read_sync, fn)
+        except sqlite3.OperationalError as exc:
+            raise StorageError(f"the session database failed: {exc}") from exc
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
