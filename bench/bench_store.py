@@ -89,9 +89,7 @@ async def _one(args: argparse.Namespace, with_store: bool) -> dict[str, float]:
         gc.callbacks.append(watch)
         cpu, wall = time.process_time(), time.perf_counter()
         try:
-            tokens = sum(
-                await asyncio.gather(*(_stream(store, args, waits, i) for i in range(args.streams)))
-            )
+            tokens = sum(await asyncio.gather(*(_stream(store, args, waits, i) for i in range(args.streams))))
             if store is not None:
                 await store.close()  # the queued writes are part of the cost
         finally:
@@ -116,7 +114,7 @@ def _run_child(src: str, args: argparse.Namespace, streams: int) -> dict[str, fl
     """One measurement in a fresh process: with the store, and the same streams without."""
     command = [sys.executable, __file__, "--child", "--streams", str(streams)]
     command += ["--tokens", str(args.tokens), "--every", str(args.every), "--interval", str(args.interval)]
-    env = {**os.environ, "PYTHONPATH": src}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     out = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
     result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
     return result
@@ -146,7 +144,9 @@ def _show(label: str, results: list[dict[str, float]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--streams", default="200,1000")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=256)

@@ -59,8 +59,6 @@ KNOWN_VIOLATIONS: frozenset[str] = frozenset(
         "size agent/final_answer.py",
         "size agent/loop.py",
         "size integrations/langchain_events.py",
-        "size memory/postgres.py",
-        "size memory/sqlite.py",
         "size server/coordination.py",
     }
 )
@@ -77,9 +75,6 @@ KNOWN_DUPLICATES: frozenset[str] = frozenset(
         "duplicate agent/loop.py ~ agent/loop.py",
         "duplicate integrations/langchain_backend.py ~ integrations/langchain_backend.py",
         "duplicate integrations/langchain_events.py ~ integrations/langchain_events.py",
-        "duplicate memory/inmemory.py ~ memory/postgres.py",
-        "duplicate memory/inmemory.py ~ memory/sqlite.py",
-        "duplicate memory/postgres.py ~ memory/sqlite.py",
         "duplicate server/redis_log.py ~ server/runs.py",
     }
 )

@@ -76,4 +76,3 @@ def open_store(url: str) -> SessionStore:
         return SQLiteSessionStore(path)
     except (OSError, sqlite3.Error) as exc:
         raise ConfigError(f"cannot open the session database {path}: {exc}") from exc
-

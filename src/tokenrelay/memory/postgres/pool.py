@@ -195,8 +195,6 @@ class PgPool:
 
     # -- sessions
 
-
-
     @property
     def in_use(self) -> bool:
         """Whether the pool is open and not closed (there may be work to finish)."""

@@ -40,10 +40,12 @@ checkpoints only on answer text). When a coordinator knows exactly which runs di
 leases), `interrupt_run(run_id, error=...)` closes those precisely; `recover_running` with
 `older_than_s` is then the safety net for runs nobody was left to notice.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from typing import cast
 
 import psycopg
 from psycopg_pool import PoolTimeout
@@ -358,7 +360,8 @@ class PostgresSessionStore(common.StoreBase):
             return None
         async with self._connection() as conn:
             cur = await conn.execute(
-                f"SELECT {rows.DOCUMENT_COLUMNS} FROM tokenrelay_documents WHERE session_id = %s", (session_id,)
+                f"SELECT {rows.DOCUMENT_COLUMNS} FROM tokenrelay_documents WHERE session_id = %s",
+                (session_id,),
             )
             row = await cur.fetchone()
         return None if row is None else rows.document_from_row(row)

@@ -128,7 +128,8 @@ class SQLiteSessionStore(common.StoreBase):
     async def get_session(self, session_id: str, *, owner: str | None = None) -> SessionInfo | None:
         def select(conn: sqlite3.Connection) -> SessionInfo | None:
             row = conn.execute(
-                f"SELECT {rows.SESSION_COLUMNS} FROM sessions WHERE id = ? AND owner IS ?", (session_id, owner)
+                f"SELECT {rows.SESSION_COLUMNS} FROM sessions WHERE id = ? AND owner IS ?",
+                (session_id, owner),
             ).fetchone()
             return None if row is None else rows.session_from_row(row)
 
@@ -178,7 +179,8 @@ class SQLiteSessionStore(common.StoreBase):
                 "UPDATE sessions SET title = ? WHERE id = ? AND owner IS ?", (title, session_id, owner)
             )
             row = conn.execute(
-                f"SELECT {rows.SESSION_COLUMNS} FROM sessions WHERE id = ? AND owner IS ?", (session_id, owner)
+                f"SELECT {rows.SESSION_COLUMNS} FROM sessions WHERE id = ? AND owner IS ?",
+                (session_id, owner),
             ).fetchone()
             return None if row is None else rows.session_from_row(row)
 

@@ -156,10 +156,9 @@ class WriteWorker:
                 results = self._transaction(conn, [job.fn for job in batch])
                 outcomes = [(job, result, None) for job, result in zip(batch, results, strict=True)]
             except Exception as exc:
-                if len(batch) == 1:
-                    outcomes = [(batch[0], None, exc)]
-                else:  # one bad write must not lose the others: each alone, in order
-                    outcomes = [self._alone(job) for job in batch]
+                # one bad write must not lose the others: each alone, in order
+                alone = len(batch) == 1
+                outcomes = [(batch[0], None, exc)] if alone else [self._alone(job) for job in batch]
         for job, result, error in outcomes:
             _settle(job, result, error)
 
