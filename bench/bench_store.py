@@ -124,6 +124,7 @@ def _child(args: argparse.Namespace) -> None:
     bare = asyncio.run(_one(args, with_store=False))
     stored = asyncio.run(_one(args, with_store=True))
     stored["store_cpu_us_per_token"] = stored["cpu_us_per_token"] - bare["cpu_us_per_token"]
+    stored["bare_full_gcs"] = bare["full_gcs"]
     print(json.dumps(stored))
 
 
@@ -139,6 +140,7 @@ def _show(label: str, results: list[dict[str, float]]) -> None:
         f"  checkpoint wait p50 {_median(results, 'wait_p50_us'):8.1f} µs"
         f" p99 {_median(results, 'wait_p99_us'):9.1f} µs"
         f"  runs with a full GC {full}/{len(results)}"
+        f" (without a store: {sum(1 for r in results if r['bare_full_gcs'])}/{len(results)})"
         f" (longest pause {max(r['max_gc_pause_ms'] for r in results):.1f} ms)"
     )
 
@@ -170,9 +172,9 @@ def main(argv: list[str] | None = None) -> None:
             _show(label, got)
         if args.compare:
             before, after = results["before"], results["after"]
-            for key in ("store_cpu_us_per_token", "cpu_us_per_token", "wait_p99_us"):
+            for key in ("store_cpu_us_per_token", "cpu_us_per_token", "wait_p50_us", "wait_p99_us"):
                 ratio = _median(after, key) / max(_median(before, key), 1e-9)
-                print(f"    after/before {key}: {ratio:.2f}x")
+                print(f"    after/before {key}: {ratio:.3g}x")
 
 
 if __name__ == "__main__":

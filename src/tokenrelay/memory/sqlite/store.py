@@ -72,6 +72,8 @@ class SQLiteSessionStore(common.StoreBase):
             raise
         self._conn: sqlite3.Connection | None = conn
         self._writer = WriteWorker(self._require, self._lock)
+        self._checkpoint_lock = threading.Lock()
+        self._checkpoints: dict[int, str] = {}  # turn id -> latest partial answer, not yet queued
         self._deferred = DeferredWrites()
 
     def __repr__(self) -> str:
@@ -215,16 +217,38 @@ class SQLiteSessionStore(common.StoreBase):
     async def update_partial(self, turn_id: int, answer: str) -> None:
         """Checkpoint a running turn's partial answer (no-op once the turn is finished).
 
-        Queued, not awaited: the writer thread commits it with the other writes waiting, and a
-        failure is logged and skipped (a checkpoint is best effort: the run goes on)."""
+        Queued, not awaited, and coalesced: the latest answer of each turn waits in a dict
+        and one queued write stores all of them (`executemany`), so a checkpoint costs the
+        streaming path a dict assignment. A failure is logged and skipped (a checkpoint is
+        best effort: the run goes on). Waiting checkpoints may land before writes queued
+        earlier than them: harmless, since a checkpoint only touches a `running` turn and a
+        final write replaces its answer anyway."""
+        with self._checkpoint_lock:
+            first = not self._checkpoints
+            self._checkpoints[turn_id] = answer
+        if first:
+            self._post_checkpoints()
 
-        def update(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE turns SET answer = ? WHERE id = ? AND status = 'running'", (answer, turn_id))
+    def _post_checkpoints(self) -> None:
+        """Queue one write that stores the checkpoints waiting when it runs (the same ones
+        again if the writer retries it alone)."""
+        taken: dict[int, str] | None = None
+
+        def write(conn: sqlite3.Connection) -> None:
+            nonlocal taken
+            if taken is None:
+                with self._checkpoint_lock:
+                    taken, self._checkpoints = self._checkpoints, {}
+            conn.executemany(
+                "UPDATE turns SET answer = ? WHERE id = ? AND status = 'running'",
+                [(answer, turn_id) for turn_id, answer in taken.items()],
+            )
 
         def failed(exc: BaseException) -> None:
-            log.warning("checkpoint of turn %d failed: %s", turn_id, exc)
+            turns = sorted(taken or ())
+            log.warning("checkpoint of turns %s failed: %s", turns[:10], exc)
 
-        self._writer.post(update, failed)
+        self._writer.post(write, failed)
 
     async def _finish(self, turn_id: int, final: common.FinalTurn) -> None:
         def update(conn: sqlite3.Connection) -> None:
