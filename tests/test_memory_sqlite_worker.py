@@ -155,3 +155,25 @@ async def test_batched_store_writes_fail_alone(tmp_path: Path) -> None:
         assert {i.id for i in await store.list_sessions()} == {"s_a", "s_b"}
     finally:
         await store.close()
+
+
+@pytest.mark.anyio
+async def test_a_failed_checkpoint_is_logged_and_the_next_one_lands(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SQLiteSessionStore(tmp_path / "s.db")
+    try:
+        s = await store.create_session()
+        turn_id = await store.begin_turn(s.id, run_id="r", user_text="q")
+        store._read_sync(lambda conn: conn.execute("PRAGMA query_only = ON"))  # writes now fail
+        with caplog.at_level("WARNING", logger="tokenrelay.memory"):
+            await store.update_partial(turn_id, "lost")  # no exception: best effort
+            await store._writer.settled()
+        assert f"checkpoint of turns [{turn_id}] failed" in caplog.text
+        store._read_sync(lambda conn: conn.execute("PRAGMA query_only = OFF"))
+        for n in range(3):  # coalesced: the latest answer of the turn is what lands
+            await store.update_partial(turn_id, f"partial {n}")
+        [turn] = await store.history(s.id)
+        assert (turn.status, turn.answer) == ("running", "partial 2")
+    finally:
+        await store.close()

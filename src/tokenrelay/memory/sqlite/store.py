@@ -245,7 +245,11 @@ class SQLiteSessionStore(common.StoreBase):
             )
 
         def failed(exc: BaseException) -> None:
-            turns = sorted(taken or ())
+            nonlocal taken
+            if taken is None:  # the transaction failed before this write ran: drop them
+                with self._checkpoint_lock:
+                    taken, self._checkpoints = self._checkpoints, {}
+            turns = sorted(taken)
             log.warning("checkpoint of turns %s failed: %s", turns[:10], exc)
 
         self._writer.post(write, failed)

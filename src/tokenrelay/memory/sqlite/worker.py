@@ -42,7 +42,7 @@ OnError = Callable[[BaseException], None]
 
 @dataclass(slots=True)
 class _Job:
-    fn: Write
+    fn: Write | None  # None: a barrier, settled once the writes queued before it have run
     future: concurrent.futures.Future[Any] | None  # None: posted, nobody waits
     on_error: OnError | None
 
@@ -109,9 +109,12 @@ class WriteWorker:
         self._posted += 1
 
     async def settled(self) -> None:
-        """Wait until every write posted so far has run (reads after checkpoints see them)."""
+        """Wait until every write posted so far has run, committed or failed (reads after
+        checkpoints see them). Never raises for the writes' failures."""
         if self._posted != self._posted_done:
-            await self.write(lambda conn: None)
+            future: concurrent.futures.Future[None] = concurrent.futures.Future()
+            self._put(_Job(None, future, None))
+            await asyncio.wrap_future(future)
 
     def close(self) -> None:
         """Run what is queued, then stop the thread (blocks; call it in a worker thread).
@@ -143,7 +146,12 @@ class WriteWorker:
                     stop = True
                     break
                 batch.append(job)
-            self._run_batch(batch)
+            writes = [job for job in batch if job.fn is not None]
+            if writes:
+                self._run_batch(writes)
+            for job in batch:
+                if job.fn is None:
+                    _settle(job)
             self._posted_done += sum(1 for job in batch if job.future is None)
             if stop:
                 return
@@ -153,7 +161,7 @@ class WriteWorker:
         with self._lock:
             try:
                 conn = self._connection()
-                results = self._transaction(conn, [job.fn for job in batch])
+                results = self._transaction(conn, [job.fn for job in batch if job.fn is not None])
                 outcomes = [(job, result, None) for job, result in zip(batch, results, strict=True)]
             except Exception as exc:
                 # one bad write must not lose the others: each alone, in order
@@ -164,6 +172,7 @@ class WriteWorker:
 
     def _alone(self, job: _Job) -> tuple[_Job, Any, BaseException | None]:
         try:
+            assert job.fn is not None
             [result] = self._transaction(self._connection(), [job.fn])
         except Exception as exc:
             return job, None, exc
