@@ -29,7 +29,7 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 EXTRA_OF = {
     "integrations": "langchain",
     "memory/postgres.py": "postgres",
-    "server/coordination.py": "redis",
+    "runs/redis.py": "redis",
 }
 
 

@@ -1,4 +1,4 @@
-"""`GET /info`: what the page needs to know about the model before the first question.
+"""`GET /health` (liveness and version, for anyone) and `GET /info`: what the page needs to know about the model before the first question.
 
 Response (200): `{"model", "version", "notice", "context_window"}`:
 
@@ -13,11 +13,15 @@ Behind the API key like every API route when keys are configured (401 otherwise)
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import os
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from tokenrelay.models import demo_notice
-from tokenrelay.server.routes_chat import Owner, _runner
+from tokenrelay.server.auth import require_owner
+from tokenrelay.server.deps import Owner, __version__, get_coordinator, get_registry, get_runner
 
 __all__ = ["router"]
 
@@ -35,12 +39,31 @@ class InfoOut(BaseModel):
 
 @router.get("/info", summary="The model in use, its context window and any notice for people")
 async def info(request: Request, owner: Owner) -> InfoOut:
-    from tokenrelay.server.app import __version__
-
-    backend = _runner(request).backend
+    backend = get_runner(request).backend
     return InfoOut(
         model=backend.name,
         version=__version__,
         notice=demo_notice(backend.name),
         context_window=backend.context_window,
     )
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, Any]:
+    """Liveness (the tutorial's 🤙) and the version, for anyone. With a valid API key (or
+    when keys are off) also the model, this key's runs in flight and the worker's id: a
+    stranger learns nothing about the deployment or other keys' activity."""
+    out: dict[str, Any] = {"status": "🤙", "version": __version__}
+    try:
+        owner = await require_owner(request)
+    except HTTPException:
+        return out
+    keys_on = bool(request.app.state.settings.api_keys)
+    registry = get_registry(request)
+    coordinator = get_coordinator(request)
+    out.update(
+        model=get_runner(request).backend.name,
+        active_runs=len(registry.active(owner=owner)) if keys_on else registry.active_count(),
+        worker=coordinator.worker_id if coordinator else os.getpid(),
+    )
+    return out
