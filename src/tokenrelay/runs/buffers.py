@@ -15,7 +15,26 @@ def _event(item: Any) -> Event:
     return new_answer_delta(item) if type(item) is str else cast(Event, item)
 
 
-class FinishedEvents(Sequence[Event]):
+class _EventList(Sequence[Event]):
+    """Indexing by int or by slice (step 1), as followers read a channel's events."""
+
+    __slots__ = ()
+
+    @overload
+    def __getitem__(self, index: int) -> Event: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Event]: ...
+    def __getitem__(self, index: int | slice) -> Event | list[Event]:
+        return self._slice(index) if isinstance(index, slice) else self._at(index)
+
+    def _at(self, index: int) -> Event:
+        raise NotImplementedError
+
+    def _slice(self, index: slice) -> list[Event]:
+        raise NotImplementedError
+
+
+class FinishedEvents(_EventList):
     """A finished run's events, kept `retention_s` for late readers (Last-Event-ID), with each
     answer delta stored as its text: a `str` is not tracked by the garbage collector, an
     `AnswerDelta` is (48 bytes and a GC header each), and every full collection walks all
@@ -29,20 +48,17 @@ class FinishedEvents(Sequence[Event]):
     def __len__(self) -> int:
         return len(self._items)
 
-    @overload
-    def __getitem__(self, index: int) -> Event: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[Event]: ...
-    def __getitem__(self, index: int | slice) -> Event | list[Event]:
-        if isinstance(index, slice):
-            return [_event(x) for x in self._items[index]]
+    def _at(self, index: int) -> Event:
         return _event(self._items[index])
+
+    def _slice(self, index: slice) -> list[Event]:
+        return [_event(x) for x in self._items[index]]
 
     def __iter__(self) -> Iterator[Event]:
         return map(_event, self._items)
 
 
-class OffsetEvents(Sequence[Event]):
+class OffsetEvents(_EventList):
     """A remote channel's events from index `offset` on: what a follower reads by index,
     without a placeholder for each event before `offset` (any Last-Event-ID costs O(1))."""
 
@@ -58,17 +74,14 @@ class OffsetEvents(Sequence[Event]):
     def __len__(self) -> int:
         return self.offset + len(self._items)
 
-    @overload
-    def __getitem__(self, index: int) -> Event: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[Event]: ...
-    def __getitem__(self, index: int | slice) -> Event | list[Event]:
-        if isinstance(index, slice):
-            start = index.start or 0
-            if start < self.offset or index.step not in (None, 1):
-                raise IndexError("events before the resume point are not held")
-            stop = None if index.stop is None else index.stop - self.offset
-            return self._items[start - self.offset : stop]
+    def _slice(self, index: slice) -> list[Event]:
+        start = index.start or 0
+        if start < self.offset or index.step not in (None, 1):
+            raise IndexError("events before the resume point are not held")
+        stop = None if index.stop is None else index.stop - self.offset
+        return self._items[start - self.offset : stop]
+
+    def _at(self, index: int) -> Event:
         if index < 0:
             return self._items[index]
         if index < self.offset:
