@@ -14,7 +14,7 @@ its HTTP stacks (h11 and httptools), and add:
 * `max_pending_connections`: connections waiting for a head (new or idle keep-alive) beyond
   this number close the oldest of them, so silent connections cannot pile up.
 
-The body is the app's: `BodyLimit` reads it under `body_timeout_s` (server/app.py).
+The body is the app's: `BodyLimit` reads it under `body_timeout_s` (server/body_limit.py).
 
 Use: `tokenrelay serve` picks these classes; with plain uvicorn pass
 `--http tokenrelay.server.protocol:GuardedH11Protocol` (or `...:GuardedHttpToolsProtocol`).
