@@ -94,8 +94,9 @@ async def test_cancelling_the_task_ends_the_run_cancelled_with_its_answer_so_far
     registry = RunRegistry()
     source = Source(deltas("partial "), then="hang")
     ch = registry.start("run_1", aiter(source), owner=None, session_id=None)
-    while len(ch.events) < 2:
+    for _ in range(10):  # let the driver's task publish what the source has
         await asyncio.sleep(0)
+    assert len(ch.events) == 2
     assert ch.cancel()
     assert ch.task is not None
     await asyncio.gather(ch.task, return_exceptions=True)

@@ -50,7 +50,7 @@ class RunDriver:
         source = channel.take_source()
         if source is None:
             return None
-        channel.bind_task(asyncio.current_task())  # type: ignore[arg-type]
+        channel.bind_task(asyncio.current_task())
         return cls(channel, source)
 
     async def run(self) -> None:

@@ -295,7 +295,9 @@ class RedisCoordinator:
             channel.publish(terminal)
             return channel
         channel = RunChannel(run_id, owner=owner, session_id=session_id, events=OffsetEvents(start))
-        channel.bind_task(asyncio.create_task(self._read(channel, info["worker"], start), name=f"read {run_id}"))
+        channel.bind_task(
+            asyncio.create_task(self._read(channel, info["worker"], start), name=f"read {run_id}")
+        )
         return channel
 
     async def _tail(self, run_id: str) -> tuple[int, Event | None]:

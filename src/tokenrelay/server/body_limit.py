@@ -104,7 +104,9 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(f"request body is larger than {self.limit} bytes", 413, code="body_too_large")
+        response = error_response(
+            f"request body is larger than {self.limit} bytes", 413, code="body_too_large"
+        )
         await response(scope, receive, send)
 
 

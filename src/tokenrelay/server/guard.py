@@ -13,7 +13,6 @@ head alone, before anything reads the body.
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tokenrelay.config import Settings

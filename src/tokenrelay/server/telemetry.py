@@ -48,9 +48,9 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from tokenrelay.events import RunError, RunFinished
+from tokenrelay.runs import RunChannel
 from tokenrelay.server.auth import require_owner
 from tokenrelay.server.logs import log_fields
-from tokenrelay.runs import RunChannel
 
 __all__ = ["CONTENT_TYPE", "BatchHistogram", "Metrics", "RunMonitor", "queue_depth", "router", "sample_every"]
 

@@ -70,7 +70,9 @@ async def _chat(request: Request, body: ChatRequest, owner: str | None) -> Respo
     if isinstance(last, RunError):
         status = 409 if last.code == "cancelled" else 502
         fields = {"output": last.answer, "session_id": session_id, "run_id": channel.run_id}
-        return error_response(last.message, status, type_="run_error", code=last.code, headers=headers, fields=fields)
+        return error_response(
+            last.message, status, type_="run_error", code=last.code, headers=headers, fields=fields
+        )
     assert isinstance(last, RunFinished)
     payload = ChatResponse(
         input=body.text,

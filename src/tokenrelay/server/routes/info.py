@@ -1,6 +1,7 @@
-"""`GET /health` (liveness and version, for anyone) and `GET /info`: what the page needs to know about the model before the first question.
+"""The service routes: `GET /health` (liveness and the version, for anyone; more with a key)
+and `GET /info`, what the page needs to know about the model before the first question.
 
-Response (200): `{"model", "version", "notice", "context_window"}`:
+`/info` response (200): `{"model", "version", "notice", "context_window"}`:
 
 * `model`: the backend's model string (`llamacpp`, `hf:OWNER/REPO/FILE.gguf`, `openai:NAME`...);
 * `version`: tokenrelay's version;

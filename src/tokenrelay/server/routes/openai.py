@@ -38,7 +38,12 @@ async def models(request: Request, owner: Owner) -> dict[str, Any]:
     return {
         "object": "list",
         "data": [
-            {"id": get_runner(request).backend.name, "object": "model", "created": 0, "owned_by": "tokenrelay"}
+            {
+                "id": get_runner(request).backend.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "tokenrelay",
+            }
         ],
     }
 

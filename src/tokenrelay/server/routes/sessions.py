@@ -10,8 +10,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from tokenrelay.documents import FittedDocument
-from tokenrelay.server.quotas import quotas_of
 from tokenrelay.server.deps import Owner, get_registry, get_runner
+from tokenrelay.server.quotas import quotas_of
 from tokenrelay.server.schemas import DocumentInfo, SessionDetail, SessionSummary, TitleIn, TurnOut
 
 __all__ = ["router"]
@@ -127,6 +127,8 @@ async def cancel_session_run(request: Request, session_id: str, owner: Owner) ->
     if await get_runner(request).store.get_session(session_id, owner=owner) is None:
         raise HTTPException(404, f"no session {session_id!r}")
     cancelled = [
-        c.run_id for c in get_registry(request).active(owner=owner) if c.session_id == session_id and c.cancel()
+        c.run_id
+        for c in get_registry(request).active(owner=owner)
+        if c.session_id == session_id and c.cancel()
     ]
     return {"session_id": session_id, "cancelled": cancelled}
