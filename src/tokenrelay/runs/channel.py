@@ -20,7 +20,6 @@ import time
 from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
-from typing import cast
 
 from tokenrelay.events import AnswerDelta, Event, RunError, RunFinished
 from tokenrelay.runs.buffers import FinishedEvents
@@ -172,8 +171,8 @@ class RunChannel:
         """Append an event and wake the followers (the per-token path: keep it lean)."""
         if self._done:
             return
-        events = cast(list[Event], self._events)  # (or an OffsetEvents: it appends too)
-        events.append(event)
+        events = self._events
+        events.append(event)  # type: ignore[attr-defined]  # a list, or an OffsetEvents (no cast: per token)
         self._fresh = True
         if self._sink is not None:
             self._sink(len(events) - 1, event)

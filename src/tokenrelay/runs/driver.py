@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from tokenrelay.events import Event, RunError
+from tokenrelay.events import Event, RunError, RunFinished
 from tokenrelay.runs.channel import RunChannel
 
 __all__ = ["CANCELLED", "CLIENT_GONE", "RunDriver"]
@@ -30,6 +30,7 @@ __all__ = ["CANCELLED", "CLIENT_GONE", "RunDriver"]
 CANCELLED = "the run was cancelled"
 CLIENT_GONE = "the client disconnected"
 NO_RESULT = "the run ended without a result"
+_TERMINAL = (RunFinished, RunError)
 
 
 class RunDriver:
@@ -86,7 +87,7 @@ class RunDriver:
         if channel.over_limit:
             await self._too_large()
             return False
-        return not channel.done
+        return type(event) not in _TERMINAL  # (the channel is done exactly then: no property per token)
 
     async def stop(self, message: str = CANCELLED) -> None:
         """End the run as cancelled: close the source (shielded: the agent's cleanup completes

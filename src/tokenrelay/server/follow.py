@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -88,14 +89,9 @@ class FollowResponse(Response):
         self.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in raw.items()]
         self.body = b""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        stream = _Stream(self, send)
-        listener = asyncio.create_task(stream.listen(receive))
-        try:
-            await stream.run()
-        finally:
-            listener.cancel()
-            await stream.close()
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
+        # not `async def`: the stream's coroutine is awaited directly, one frame less per event
+        return _Stream(self, send).run(receive)
 
 
 class _Stream:
@@ -129,59 +125,72 @@ class _Stream:
                     self.sender.cancel()
                 return
 
-    async def run(self) -> None:
-        response, send = self.response, self.send
+    async def run(self, receive: Receive) -> None:
+        """Send every event from `start` to the terminal one, batched when behind, then the
+        end. The per-token path is this loop alone: locals only, one send per batch."""
+        listener = asyncio.create_task(self.listen(receive))
+        channel, send, driver = self.channel, self.send, self.driver
+        encode, keepalive = self.response.encode, self.response.keepalive
+        index = self.response.start
+        events = channel.events  # the list it is now: the channel swaps in a compact copy at the end
+        step = driver.step if driver is not None else None  # None once the inline run ended
         try:
-            await send({"type": "http.response.start", "status": response.status_code,
-                        "headers": response.raw_headers})  # fmt: skip
-            if response.prologue:
-                await send({"type": "http.response.body", "body": response.prologue, "more_body": True})
-            last = await self._follow()
-            if response.abort_on_error and isinstance(last, RunError):
-                raise IncompleteStream(last.message)
-            tail = response.epilogue(last) if response.epilogue is not None else b""
-            self.finished = True
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
+            await self._start()
+            while True:
+                try:
+                    if index < len(events):
+                        batch = events[index:]
+                        body = encode(batch, index)
+                        index += len(batch)
+                        if body:
+                            await send({"type": "http.response.body", "body": body, "more_body": True})
+                        continue
+                    if step is not None:
+                        if not await step():
+                            step = None
+                        continue
+                    ticked = await channel.next_event(index)  # False: an event came, or the run is done
+                    if len(events) > index:
+                        continue
+                    if not ticked:
+                        break
+                    if keepalive is not None and not channel.done:
+                        await send({"type": "http.response.body", "body": keepalive, "more_body": True})
+                except asyncio.CancelledError:
+                    if self.disconnected or driver is None or channel.done:
+                        raise
+                    # a cancel request for the inline run this response drives: the run ends
+                    # with an error event, which this response still sends
+                    _uncancel()
+                    await driver.stop(CANCELLED)
+                    step = None
+            await self._end(events[-1])
         except asyncio.CancelledError:
             if not self.disconnected:
                 raise
             _uncancel()  # the client left: on to cleanup; nothing more can be sent
         except OSError:  # the socket broke under a write
             self.disconnected = True
+        finally:
+            listener.cancel()
+            await self._close()
 
-    async def _follow(self) -> Event:
-        """Send every event from `start` to the terminal one (returned), batched when behind.
-        The per-token path: locals only, one send per batch."""
-        channel, send, driver = self.channel, self.send, self.driver
-        encode, keepalive = self.response.encode, self.response.keepalive
-        index = self.response.start
-        events = channel.events  # the list it is now: the channel swaps in a compact copy at the end
-        while True:
-            try:
-                if index < len(events):
-                    batch = events[index:]
-                    body = encode(batch, index)
-                    index += len(batch)
-                    if body:
-                        await send({"type": "http.response.body", "body": body, "more_body": True})
-                    continue
-                if channel.done:
-                    return events[-1]
-                if driver is not None:
-                    await driver.step()
-                    continue
-                ticked = await channel.next_event(index)
-                if ticked and keepalive is not None and len(events) == index and not channel.done:
-                    await send({"type": "http.response.body", "body": keepalive, "more_body": True})
-            except asyncio.CancelledError:
-                if self.disconnected or driver is None or channel.done:
-                    raise
-                # a cancel request for the inline run this response drives: the run ends with
-                # an error event, which this response still sends
-                _uncancel()
-                await driver.stop(CANCELLED)
+    async def _start(self) -> None:
+        response = self.response
+        await self.send({"type": "http.response.start", "status": response.status_code,
+                         "headers": response.raw_headers})  # fmt: skip
+        if response.prologue:
+            await self.send({"type": "http.response.body", "body": response.prologue, "more_body": True})
 
-    async def close(self) -> None:
+    async def _end(self, last: Event) -> None:
+        response = self.response
+        if response.abort_on_error and isinstance(last, RunError):
+            raise IncompleteStream(last.message)
+        tail = response.epilogue(last) if response.epilogue is not None else b""
+        self.finished = True
+        await self.send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    async def _close(self) -> None:
         self.finished = True
         channel = self.channel
         channel.unfollow()
