@@ -137,6 +137,33 @@ def test_what_drain_loop_does_not_handle_goes_to_uvloop() -> None:
     _run(main)
 
 
+def test_a_connection_whose_protocol_fails_is_closed_and_the_next_is_served() -> None:
+    calls: list[int] = []
+
+    class Flaky(asyncio.Protocol):
+        def __init__(self) -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("the protocol could not be made")
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            transport.write(b"ok")  # type: ignore[attr-defined]
+            transport.close()
+
+    async def main() -> tuple[bytes, bytes]:
+        server = await asyncio.get_running_loop().create_server(Flaky, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        replies = []
+        for _ in range(2):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            replies.append(await asyncio.wait_for(reader.read(), 10))
+            writer.close()
+        server.close()
+        return replies[0], replies[1]
+
+    assert _run(main) == (b"", b"ok")
+
+
 def test_out_of_descriptors_pauses_accepting_and_resumes() -> None:
     class Listener:
         def accept(self) -> Any:

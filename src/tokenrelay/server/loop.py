@@ -214,25 +214,28 @@ class _Acceptor:
                     log.warning("accept() failed (%s): pausing new connections for %.0f s", exc, _PAUSE_S)
                     server.pause()
                     self.loop.call_later(_PAUSE_S, server.resume)
-                    return
-                raise
-            self._connect(conn)
+                else:  # as asyncio does: report it, keep listening
+                    self.loop.call_exception_handler(
+                        {"message": "accept() failed", "exception": exc, "socket": listener}
+                    )
+                return
+            try:
+                conn.setblocking(False)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # the connection died already
+                conn.close()
+                continue
+            task = self.loop.create_task(self._connect(conn))
+            self.pending.add(task)
+            task.add_done_callback(self.pending.discard)
 
-    def _connect(self, conn: socket.socket) -> None:
+    async def _connect(self, conn: socket.socket) -> None:
+        """uvloop's transport for `conn`, with the server's protocol (as its own server makes)."""
         try:
-            conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # the connection died already
+            await self.loop.connect_accepted_socket(self.factory, conn)
+        except Exception as exc:  # the protocol or the transport could not be set up
             conn.close()
-            return
-        task = self.loop.create_task(self.loop.connect_accepted_socket(self.factory, conn))
-        self.pending.add(task)
-        task.add_done_callback(self._connected)
-
-    def _connected(self, task: asyncio.Task[Any]) -> None:
-        self.pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("an accepted connection could not be set up: %r", task.exception())
+            log.debug("an accepted connection could not be set up: %r", exc)
 
 
 def event_loop() -> asyncio.AbstractEventLoop:
