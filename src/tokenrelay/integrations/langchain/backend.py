@@ -26,7 +26,7 @@ stops iterating, the LangChain stream is closed (`aclose`), which stops generati
 
 from __future__ import annotations
 
-import tokenrelay.integrations.langchain_common  # noqa: F401  (first: says which extra to install)
+import tokenrelay.integrations.langchain.common  # noqa: F401  (first: says which extra to install)
 
 # isort: split
 
@@ -56,7 +56,7 @@ from tokenrelay.backends.base import (
 )
 from tokenrelay.errors import BackendError, ConfigError, TokenrelayError
 from tokenrelay.events import Usage
-from tokenrelay.integrations.langchain_common import content_parts, describe_error
+from tokenrelay.integrations.langchain.common import content_parts, describe_error
 from tokenrelay.messages import Message, ToolSpec
 
 __all__ = ["LangChainBackend", "backend_from_model_id", "model_name", "to_langchain_messages"]

@@ -1,11 +1,11 @@
 """Serve an existing LangChain Runnable or LangGraph graph through tokenrelay.
 
-`RunnableAgent(graph)` has the `run(text, *, session_id, mode, run_id, history)` signature of
-tokenrelay's `Agent`, so the server's sinks (raw /chat, typed SSE /chat/events,
+`RunnableAgent(graph)` is a tokenrelay agent (`stream(RunRequest)`, `run(text, ...)`), so the
+server's sinks (raw /chat, typed SSE /chat/events,
 OpenAI-compatible /v1/chat/completions, the page) and the CLI helpers stream it unchanged.
 Each run gets its own `TokenrelayCallbackHandler` (policy `stream` by default; `messages` is the
 exact-but-held alternative, `answer_policy="hold"` per run: only the text
-of model messages that end without tool calls is answer text; see `langchain_events`), attached
+of model messages that end without tool calls is answer text; see `routing.py`), attached
 through the run's config, and the graph runs with `ainvoke` as a task; the handler makes its
 chat models stream.
 
@@ -17,33 +17,33 @@ Input and memory:
   session id (a run without a session gets a throwaway thread, deleted after the run);
 * otherwise, with a session `store`, the last `memory_k` (default 5) complete turns of the
   session are given as history. With a store, every run is recorded as a turn (complete,
-  failed, or interrupted with its partial answer), as tokenrelay's own agent does, so the
-  server's session endpoints and the page show the conversation.
+  failed, or interrupted with its partial answer) through `agent/session.py`, the rules
+  tokenrelay's own agent follows, so the server's session endpoints and the page show the
+  conversation.
 """
 
 from __future__ import annotations
 
-import tokenrelay.integrations.langchain_common  # noqa: F401  (first: says which extra to install)
+import tokenrelay.integrations.langchain.common  # noqa: F401  (first: says which extra to install)
 
 # isort: split
 
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable, Collection
+from typing import Any
 
 from langchain_core.callbacks import BaseCallbackManager
 from langchain_core.language_models import BaseLanguageModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import Runnable, RunnableConfig
 
+from tokenrelay.agent.protocol import AgentBase, RunRequest
+from tokenrelay.agent.session import SessionTurn
 from tokenrelay.events import AnswerDelta, Event, Narration, RunError, RunFinished, RunStarted, final_answer
-from tokenrelay.integrations.langchain_events import (
-    AnswerPolicy,
-    StreamMode,
-    TokenrelayCallbackHandler,
-    follow_task,
-)
-from tokenrelay.memory.base import SessionStore, TurnStatus, remembered
+from tokenrelay.integrations.langchain.events import follow_task
+from tokenrelay.integrations.langchain.handler import TokenrelayCallbackHandler
+from tokenrelay.integrations.langchain.routing import POLICIES, AnswerPolicy
+from tokenrelay.memory.base import SessionStore, TurnStatus
 from tokenrelay.run import new_run_id
 
 __all__ = ["RunnableAgent"]
@@ -58,7 +58,7 @@ def _checkpointer(runnable: Any) -> Any:
     return saver if hasattr(saver, "aget_tuple") else None
 
 
-class RunnableAgent:
+class RunnableAgent(AgentBase):
     """A LangChain Runnable (a compiled LangGraph graph, an agent, a chain) as a tokenrelay
     agent. Holds configuration only: one instance serves any number of concurrent runs."""
 
@@ -77,10 +77,10 @@ class RunnableAgent:
     ) -> None:
         if memory_k is not None and memory_k < 0:
             raise ValueError("memory_k must be 0 or more")
-        if policy not in ("all", "json", "messages", "stream", "eager"):
+        if policy not in POLICIES:
             raise ValueError(f"unknown answer policy {policy!r}")
         self.runnable = runnable
-        self.name = name or getattr(runnable, "name", None) or runnable.get_name()
+        self._name = str(name or getattr(runnable, "name", None) or runnable.get_name())
         self.policy: AnswerPolicy = policy
         self.answer_nodes = frozenset(answer_nodes) if answer_nodes is not None else None
         self.store = store
@@ -89,6 +89,10 @@ class RunnableAgent:
         self.input_fn = input_fn
         self.config = config
         self.recursion_limit = recursion_limit
+
+    @property
+    def name(self) -> str:
+        return self._name
 
     def make_input(self, text: str, history: list[BaseMessage]) -> Any:
         if self.input_fn is not None:
@@ -128,56 +132,41 @@ class RunnableAgent:
         config: RunnableConfig = base  # type: ignore[assignment]
         return config, ephemeral
 
-    async def run(
-        self,
-        text: str,
-        *,
-        session_id: str | None = None,
-        mode: StreamMode = "final",
-        run_id: str | None = None,
-        history: Sequence[tuple[str, str]] = (),
-        answer_policy: Literal["stream", "hold"] | None = None,
-    ) -> AsyncIterator[Event]:
-        """Run the Runnable on `text` and stream its events (one `RunStarted` first, exactly one
-        `RunFinished` or `RunError` last). `answer_policy="hold"` runs this request with the
-        `messages` policy (only final-answer text, held per tool-enabled call); `"stream"` with
-        `stream`."""
-        run_id = run_id or new_run_id()
+    async def stream(self, request: RunRequest) -> AsyncIterator[Event]:
+        """Run the Runnable on `request.text` and stream its events (one `RunStarted` first,
+        exactly one `RunFinished` or `RunError` last). `answer_policy="hold"` runs this request
+        with the `messages` policy (only final-answer text, held per tool-enabled call);
+        `"stream"` with `stream`."""
+        text, session_id, history = request.text, request.session_id, request.history
+        run_id = request.run_id or new_run_id()
         policy = self.policy
-        if answer_policy == "hold" and policy in ("stream", "eager"):
+        if request.answer_policy == "hold" and policy in ("stream", "eager"):
             policy = "messages"
-        elif answer_policy == "stream" and policy in ("messages", "eager"):
+        elif request.answer_policy == "stream" and policy in ("messages", "eager"):
             policy = "stream"
         handler = TokenrelayCallbackHandler(
             policy=policy,
-            mode=mode,
+            mode=request.mode,
             answer_nodes=self.answer_nodes,
             run_id=run_id,
             session_id=session_id,
-            model=self.name,
+            model=self._name,
             auto_finish=False,
             history=history,
         )
-        yield RunStarted(run_id=run_id, session_id=session_id, model=self.name)
-        store = self.store if session_id is not None else None
-        turn: list[int] = []
+        yield RunStarted(run_id=run_id, session_id=session_id, model=self._name)
+        turn = SessionTurn(self.store, session_id, run_id=run_id, memory_k=self.memory_k)
         config, ephemeral = self.make_config(handler, session_id, run_id)
 
         async def work() -> Any:
-            pairs = list(history)
-            if store is not None and session_id is not None:
-                if self.memory_k:
-                    turns = await store.history(session_id, limit=self.memory_k, answered=True)
-                    pairs += remembered(turns)
-                turn.append(await store.begin_turn(session_id, run_id=run_id, user_text=text))
+            await turn.open(text, document=False)
             messages: list[BaseMessage] = []
-            for user_text, answer in pairs:
+            for user_text, answer in [*history, *turn.pairs]:
                 messages += [HumanMessage(content=user_text), AIMessage(content=answer)]
             return await self.runnable.ainvoke(self.make_input(text, messages), config)
 
         status: TurnStatus = "interrupted"
         error: str | None = None
-        recorded = False
         delivered: list[Event] = []  # answer events as far as the consumer has them
         try:
             async for event in follow_task(handler, work()):
@@ -188,25 +177,12 @@ class RunnableAgent:
                         status = "complete"
                     else:
                         status, error = "failed", event.message
-                    recorded = True
-                    await self._finish_turn(store, turn, event.answer, status, error)
+                    await turn.finish(event.answer, status, error)
                 yield event
         finally:
-            if not recorded:
-                await self._finish_turn(store, turn, final_answer(delivered), status, error)
+            await turn.finish(final_answer(delivered), status, error)  # (no-op once finished)
             if ephemeral is not None:
                 await self._forget(ephemeral)
-
-    async def _finish_turn(
-        self, store: SessionStore | None, turn: list[int], answer: str, status: TurnStatus, error: str | None
-    ) -> None:
-        if store is None or not turn:
-            return
-        turn_id = turn.pop()
-        try:
-            await store.finish_turn(turn_id, answer=answer, status=status, error=error)
-        except Exception:
-            log.exception("recording turn %s failed", turn_id)
 
     async def _forget(self, thread_id: str) -> None:
         delete = getattr(self.checkpointer, "adelete_thread", None)

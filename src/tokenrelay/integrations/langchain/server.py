@@ -6,8 +6,8 @@
 * a `BaseChatModel` becomes the server's backend (`LangChainBackend`): tokenrelay's own agent
   (memory, tools, iteration limit) runs on it;
 * a compiled LangGraph graph or any other Runnable is wrapped in a `RunnableAgent`;
-* an object with tokenrelay's agent `run(...)` signature (`RunnableAgent`, `CallbackAgent`) is
-  served as is.
+* a tokenrelay agent (`AgentLike`: `name` and `stream(RunRequest)`, such as `RunnableAgent` and
+  `CallbackAgent`) is served as is.
 
 For the last two the server still needs a `Backend` (it names the model in /health and
 /v1/models): `AgentNameBackend` stands in and is never called. `attach(app, agent)` installs
@@ -17,23 +17,22 @@ lifespan), and gives it the server's session store when it has a `store` attribu
 
 from __future__ import annotations
 
-import tokenrelay.integrations.langchain_common  # noqa: F401  (first: says which extra to install)
+import tokenrelay.integrations.langchain.common  # noqa: F401  (first: says which extra to install)
 
 # isort: split
 
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.runnables import Runnable
 
+from tokenrelay.agent.protocol import AgentLike, as_agent
 from tokenrelay.backends.base import Backend, GenerationSettings, ModelChunk
 from tokenrelay.errors import BackendError
-from tokenrelay.events import Event
-from tokenrelay.integrations.langchain_agent import RunnableAgent
-from tokenrelay.integrations.langchain_backend import LangChainBackend
-from tokenrelay.integrations.langchain_events import StreamMode
+from tokenrelay.integrations.langchain.agent import RunnableAgent
+from tokenrelay.integrations.langchain.backend import LangChainBackend
 from tokenrelay.messages import Message, ToolSpec
 
 if TYPE_CHECKING:
@@ -44,22 +43,6 @@ if TYPE_CHECKING:
     from tokenrelay.memory.base import SessionStore
 
 __all__ = ["AgentLike", "AgentNameBackend", "attach", "create_langchain_app"]
-
-
-@runtime_checkable
-class AgentLike(Protocol):
-    """What the server needs of an agent: tokenrelay `Agent.run`'s signature."""
-
-    def run(
-        self,
-        text: str,
-        *,
-        session_id: str | None = None,
-        mode: StreamMode = "final",
-        run_id: str | None = None,
-        history: Sequence[tuple[str, str]] = (),
-        answer_policy: Literal["stream", "hold"] | None = None,
-    ) -> AsyncIterator[Event]: ...
 
 
 class AgentNameBackend(Backend):
@@ -94,7 +77,7 @@ def attach(app: FastAPI, agent: AgentLike | Callable[[Runner], AgentLike]) -> Fa
             chosen = agent if isinstance(agent, AgentLike) else agent(runner)
             if getattr(chosen, "store", _UNSET) is None:
                 chosen.store = runner.store  # type: ignore[attr-defined]
-            runner.agent = chosen
+            runner.agent = as_agent(chosen)
             yield state
 
     app.router.lifespan_context = lifespan

@@ -14,32 +14,30 @@ Three ways in, all streaming through tokenrelay's sinks (terminal, raw /chat, ty
   of JSON-action agents.
 
 `create_langchain_app(target)` builds the server for any of them. The details, and the exact
-rules for what counts as answer text, are in the docstrings of the `langchain_*` modules here.
+rules for what counts as answer text, are in the docstrings of this package's modules
+(`routing.py`: the answer policies; `handler.py`: the callback handler; `agent.py`; `server.py`).
 tokenrelay's core never imports this package.
 """
 
 from __future__ import annotations
 
-import tokenrelay.integrations.langchain_common  # noqa: F401  (first: says which extra to install)
+import tokenrelay.integrations.langchain.common  # noqa: F401  (first: says which extra to install)
 
 # isort: split
 
-from tokenrelay.integrations.langchain_agent import RunnableAgent
-from tokenrelay.integrations.langchain_backend import (
+from tokenrelay.agent.protocol import AgentLike
+from tokenrelay.integrations.langchain.agent import RunnableAgent
+from tokenrelay.integrations.langchain.backend import (
     LangChainBackend,
     backend_from_model_id,
     model_name,
     to_langchain_messages,
 )
-from tokenrelay.integrations.langchain_events import (
-    AnswerPolicy,
-    CallbackAgent,
-    TokenrelayCallbackHandler,
-    answer_of,
-    stream_with_callbacks,
-)
-from tokenrelay.integrations.langchain_server import (
-    AgentLike,
+from tokenrelay.integrations.langchain.events import CallbackAgent, stream_with_callbacks
+from tokenrelay.integrations.langchain.handler import TokenrelayCallbackHandler
+from tokenrelay.integrations.langchain.results import answer_of
+from tokenrelay.integrations.langchain.routing import AnswerPolicy
+from tokenrelay.integrations.langchain.server import (
     AgentNameBackend,
     attach,
     create_langchain_app,
