@@ -51,6 +51,7 @@ all extractors.  Everything else goes through the state machine.  ``raw`` and
 from __future__ import annotations
 
 import json
+import re
 from typing import Final
 
 from tokenrelay.agent.json_scan import (
@@ -62,7 +63,6 @@ from tokenrelay.agent.json_scan import (
     PRE,
     SCALAR,
     SCALAR_START,
-    STRING,
     T_ACTION,
     T_INPUT,
     T_KEY,
@@ -70,15 +70,49 @@ from tokenrelay.agent.json_scan import (
     UNTERMINATED,
     ExtractionError,
     JsonScanner,
-    decode_self_contained,
-    decoded_cache,
-    format_value,
     joined,
 )
 
 __all__ = ["FINAL_ANSWER_ACTIONS", "ExtractionError", "FinalAnswerExtractor"]
 
 FINAL_ANSWER_ACTIONS: Final[frozenset[str]] = frozenset({"final answer", "final_answer", "finalanswer"})
+
+
+# A chunk made only of plain string characters and complete escapes (no
+# surrogate halves): it decodes the same way whatever came before it.
+_SELF_CONTAINED: Final = re.compile(r'(?:[^"\\]|\\["\\/bfnrt]|\\u(?![dD][89a-fA-F])[0-9a-fA-F]{4})*')
+_DECODED_CACHE_MAX: Final = 4096
+_DECODED_CHUNK_MAX: Final = 32
+# Shared cache of decoded self-contained chunks ("" for chunks that are not):
+# token vocabularies are finite, so chunks such as '\\n\\n' or '.\\"' repeat
+# across streams.
+_decoded_cache: dict[str, str] = {}
+
+
+def _decode_self_contained(chunk: str) -> str:
+    """Decode a chunk of string body containing escapes; "" if not self-contained."""
+    if len(chunk) > _DECODED_CHUNK_MAX:
+        return ""
+    text: str = ""
+    if _SELF_CONTAINED.fullmatch(chunk) is not None:
+        text = json.loads('"' + chunk + '"', strict=False)
+    if len(_decoded_cache) >= _DECODED_CACHE_MAX:
+        _decoded_cache.clear()
+    _decoded_cache[chunk] = text
+    return text
+
+
+def _format_value(value: object) -> str:
+    """Render a non-string final ``action_input`` as answer text."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)
 
 
 class FinalAnswerExtractor(JsonScanner):
@@ -146,9 +180,9 @@ class FinalAnswerExtractor(JsonScanner):
         # Hot path: a piece of a streaming final answer that cannot end it.
         if self._fast:
             if "\\" in chunk:
-                text = decoded_cache.get(chunk)
+                text = _decoded_cache.get(chunk)
                 if text is None:
-                    text = decode_self_contained(chunk)
+                    text = _decode_self_contained(chunk)
             elif '"' in chunk:
                 text = ""
             else:
@@ -241,7 +275,7 @@ class FinalAnswerExtractor(JsonScanner):
             final = text.strip().casefold() in FINAL_ANSWER_ACTIONS
             self.is_final = final
             if final and self._input_done:
-                out.append(format_value(self.action_input))
+                out.append(_format_value(self.action_input))
         elif target == T_INPUT:
             self.action_input = text
             self._input_done = True
@@ -297,4 +331,4 @@ class FinalAnswerExtractor(JsonScanner):
             self.action_input = value
             self._input_done = True
             if self.is_final:
-                out.append(format_value(value))
+                out.append(_format_value(value))

@@ -11,7 +11,6 @@ run, so scanning is O(len(chunk)) and nothing is re-parsed.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Final
 
@@ -32,9 +31,6 @@ __all__ = [
     "UNTERMINATED",
     "ExtractionError",
     "JsonScanner",
-    "decode_self_contained",
-    "decoded_cache",
-    "format_value",
     "joined",
 ]
 
@@ -74,15 +70,6 @@ _STR_SPECIAL: Final = re.compile(r'["\\]')
 _CONTAINER_SPECIAL: Final = re.compile(r'["{}\[\]]')
 _SCALAR_END: Final = re.compile(r"[^0-9A-Za-z+\-.]")
 _UNICODE_ESCAPE: Final = re.compile(r"\\u([0-9a-fA-F]{4})")
-# A chunk made only of plain string characters and complete escapes (no
-# surrogate halves): it decodes the same way whatever came before it.
-_SELF_CONTAINED: Final = re.compile(r'(?:[^"\\]|\\["\\/bfnrt]|\\u(?![dD][89a-fA-F])[0-9a-fA-F]{4})*')
-_DECODED_CACHE_MAX: Final = 4096
-_DECODED_CHUNK_MAX: Final = 32
-# Shared cache of decoded self-contained chunks ("" for chunks that are not):
-# token vocabularies are finite, so chunks such as '\\n\\n' or '.\\"' repeat
-# across streams.
-decoded_cache: dict[str, str] = {}
 _SIMPLE_ESCAPES: Final[dict[str, str]] = {
     '"': '"',
     "\\": "\\",
@@ -106,32 +93,6 @@ UNTERMINATED: Final[dict[int, str]] = {
     CONTAINER: "unterminated object (unterminated nested value)",
     SCALAR: "unterminated object",
 }
-
-
-def decode_self_contained(chunk: str) -> str:
-    """Decode a chunk of string body containing escapes; "" if not self-contained."""
-    if len(chunk) > _DECODED_CHUNK_MAX:
-        return ""
-    text: str = ""
-    if _SELF_CONTAINED.fullmatch(chunk) is not None:
-        text = json.loads('"' + chunk + '"', strict=False)
-    if len(decoded_cache) >= _DECODED_CACHE_MAX:
-        decoded_cache.clear()
-    decoded_cache[chunk] = text
-    return text
-
-
-def format_value(value: object) -> str:
-    """Render a non-string final ``action_input`` as answer text."""
-    if isinstance(value, str):
-        return value
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    return json.dumps(value, ensure_ascii=False)
 
 
 class JsonScanner:
@@ -168,7 +129,6 @@ class JsonScanner:
         "plain_text_fallback",
     )
 
-
     _state: int
     _offset: int
     _target: int
@@ -181,6 +141,7 @@ class JsonScanner:
     _str_esc: bool
     _capture: list[str]
     _cap_start: int
+    is_final: bool | None
 
     def _fail(self, message: str, pos: int) -> ExtractionError:
         return ExtractionError(f"model output is not valid JSON: {message} at offset {self._offset + pos}")

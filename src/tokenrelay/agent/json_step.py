@@ -48,9 +48,7 @@ async def plain_answer(agent: Agent, state: RunState) -> AsyncGenerator[Event, N
                 if chunk.text:
                     yield state.answer_delta(chunk.text)
             elif isinstance(chunk, FinishChunk):
-                state.finished(chunk.reason)
-                if chunk.usage is not None:
-                    state.add_usage(chunk.usage)
+                state.finished(state.call_ended(chunk))
 
 
 def _unusable(agent: Agent, messages: list[Message], raw: str, problem: str) -> None:
@@ -88,8 +86,7 @@ async def embedded_step(
                     if extractor.is_final:
                         break  # decided: stop this call, the plain call writes the answer
                 elif isinstance(chunk, FinishChunk):
-                    if chunk.usage is not None:
-                        state.add_usage(chunk.usage)
+                    state.call_ended(chunk)
                 elif isinstance(chunk, ThinkingChunk) and full:
                     yield ReasoningDelta(text=chunk.text)
         if not extractor.is_final:
@@ -144,9 +141,7 @@ async def json_step(
                     if streamer.action_text:
                         yield state.answer_delta(streamer.action_text)
             elif isinstance(chunk, FinishChunk):
-                reason = chunk.reason
-                if chunk.usage is not None:
-                    state.add_usage(chunk.usage)
+                reason = state.call_ended(chunk)
             elif isinstance(chunk, ThinkingChunk) and full:
                 yield ReasoningDelta(text=chunk.text)
     if extractor is None:  # the stream policy, and no action block while streaming

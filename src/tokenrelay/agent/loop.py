@@ -180,9 +180,9 @@ class Agent(AgentBase):
             yield RunError(message=error, code="internal", answer=state.answer)
         finally:
             await turn.finish(
-                state.answer,
                 status,
-                error,
+                state.answer,
+                error=error,
                 finish_reason=state.finish_reason if status == "complete" else None,
                 steps=state.record,
             )
@@ -222,11 +222,11 @@ class Agent(AgentBase):
         )
         if self.tool_protocol == "json" and self.plain_final_answer:
             state.plain = plain_messages(text, given, turn.pairs, turn.document, state.system_prompt)
-        step: Step
+        step: Step = json_step
         if self.tool_protocol == "native":
             step = native_step
-        else:
-            step = embedded_step if state.plain else json_step
+        elif state.plain:
+            step = embedded_step
         for iteration in range(self.max_iterations):
             done = False
             async with aclosing(step(self, messages, mode, state, final_only=False)) as events:

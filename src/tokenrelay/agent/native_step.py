@@ -59,9 +59,7 @@ async def native_step(
                 parts["name"] = chunk.name or parts["name"]
                 parts["arguments"] += chunk.arguments
             elif isinstance(chunk, FinishChunk):
-                reason = chunk.reason
-                if chunk.usage is not None:
-                    state.add_usage(chunk.usage)
+                reason = state.call_ended(chunk)
             elif isinstance(chunk, ThinkingChunk) and full:
                 yield ReasoningDelta(text=chunk.text)
     if not calls:

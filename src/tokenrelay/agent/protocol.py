@@ -99,7 +99,7 @@ class AgentLike(Protocol):
 
 def unsupported_fields(agent: AgentLike, request: RunRequest) -> list[str]:
     """The optional fields `request` sets that `agent` does not honour (empty when all is well)."""
-    accepts = getattr(agent, "accepts", frozenset())
+    accepts: frozenset[str] = getattr(agent, "accepts", frozenset())
     return [f for f in OPTIONAL_FIELDS if getattr(request, f) is not None and f not in accepts]
 
 
@@ -152,7 +152,7 @@ class AgentAdapter(AgentBase):
 
     def __init__(self, agent: AgentLike) -> None:
         self.agent = agent
-        self.accepts = frozenset(getattr(agent, "accepts", frozenset()))
+        self.accepts: frozenset[str] = frozenset(getattr(agent, "accepts", frozenset()))
 
     @property
     def name(self) -> str:

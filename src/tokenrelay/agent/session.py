@@ -20,11 +20,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from typing import Any
 
 import anyio
 
-from tokenrelay.memory.base import SessionStore, Step, TurnStatus, remembered
+from tokenrelay.memory.base import SessionStore, TurnStatus, remembered
 
 __all__ = ["SessionTurn"]
 
@@ -84,15 +84,10 @@ class SessionTurn:
         self.checkpoint_at = time.monotonic() + self.checkpoint_s
 
     async def finish(
-        self,
-        answer: str,
-        status: TurnStatus,
-        error: str | None = None,
-        *,
-        finish_reason: str | None = None,
-        steps: Sequence[Step] = (),
+        self, status: TurnStatus, answer: str, *, error: str | None = None, **details: Any
     ) -> None:
-        """Store the turn's outcome (once; later calls do nothing), shielded from cancellation."""
+        """Store the turn's outcome (once; later calls do nothing), shielded from cancellation.
+        `details`: the store's other `finish_turn` fields (`finish_reason`, `steps`)."""
         turn_id, self.turn_id = self.turn_id, None
         self.checkpoint_at = math.inf
         if turn_id is None or self.store is None:
@@ -100,13 +95,6 @@ class SessionTurn:
         # shielded: a client disconnect cancels this task, but the turn must be stored
         with anyio.CancelScope(shield=True):
             try:
-                await self.store.finish_turn(
-                    turn_id,
-                    answer=answer,
-                    status=status,
-                    error=error,
-                    finish_reason=finish_reason,
-                    steps=steps,
-                )
+                await self.store.finish_turn(turn_id, answer=answer, status=status, error=error, **details)
             except Exception:
                 log.exception("run %s: storing the turn failed", self.run_id)

@@ -13,7 +13,7 @@ from typing import Any
 
 from tokenrelay.agent.prompts import DEFAULT_SYSTEM
 from tokenrelay.agent.protocol import AnswerPolicy
-from tokenrelay.backends.base import GenerationSettings
+from tokenrelay.backends.base import FinishChunk, GenerationSettings
 from tokenrelay.events import AnswerDelta, Event, Narration, Usage, new_answer_delta
 from tokenrelay.memory.base import Step
 from tokenrelay.messages import Message
@@ -57,6 +57,12 @@ class RunState:
 
     def add_usage(self, usage: Usage) -> None:
         self.usage = self.usage + usage
+
+    def call_ended(self, chunk: FinishChunk) -> str | None:
+        """A model call's `FinishChunk`: count its usage; return why the call stopped."""
+        if chunk.usage is not None:
+            self.usage = self.usage + chunk.usage
+        return chunk.reason
 
     def narrate(self) -> list[Event]:
         """Re-label the answer text streamed so far as narration: the model spoke, then acted.

@@ -177,10 +177,10 @@ class RunnableAgent(AgentBase):
                         status = "complete"
                     else:
                         status, error = "failed", event.message
-                    await turn.finish(event.answer, status, error)
+                    await turn.finish(status, event.answer, error=error)
                 yield event
         finally:
-            await turn.finish(final_answer(delivered), status, error)  # (no-op once finished)
+            await turn.finish(status, final_answer(delivered), error=error)  # (no-op once finished)
             if ephemeral is not None:
                 await self._forget(ephemeral)
 

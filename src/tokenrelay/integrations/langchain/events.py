@@ -21,6 +21,7 @@ from tokenrelay.integrations.langchain.routing import AnswerPolicy, StreamMode
 
 __all__ = ["CallbackAgent", "follow_task", "stream_with_callbacks"]
 
+
 async def _settle(task: asyncio.Task[Any]) -> None:
     """Cancel `task` if it still runs and wait (bounded) for it to finish; never raises."""
     if not task.done():

@@ -113,6 +113,7 @@ class TokenrelayCallbackHandler(AnswerRouter, BaseCallbackHandler):
         self._failed_in: dict[int, str] = {}  # id(exception) -> "backend" | "tool"
         self._leak_warned = False
         self._consumed = False
+
     # -- results ---------------------------------------------------------------------------
 
     def error_code(self, error: BaseException) -> str:
