@@ -21,6 +21,7 @@ from tokenrelay.agent.prompts import action_schema, invalid_output_message, tool
 from tokenrelay.agent.prose import ProseStreamer
 from tokenrelay.agent.protocol import StreamMode
 from tokenrelay.agent.state import DONE, RunState
+from tokenrelay.agent.tool_call import call_tool
 from tokenrelay.backends.base import FinishChunk, TextChunk, ThinkingChunk
 from tokenrelay.events import Event, ReasoningDelta
 from tokenrelay.messages import Message
@@ -62,7 +63,7 @@ async def _act(
 ) -> AsyncGenerator[Event, None]:
     """Run the tool the model asked for; its output and the result go to `messages`."""
     call_id = "call_" + uuid.uuid4().hex[:12]
-    async for event in agent.call_tool(call_id, action, action_input, state):
+    async for event in call_tool(agent, call_id, action, action_input, state):
         yield event
     messages += [Message.assistant(raw), Message.user(tool_response_message(state.steps[-1][2]))]
 

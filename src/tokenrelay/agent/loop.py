@@ -41,10 +41,11 @@ from tokenrelay.agent.context import agent_messages, plain_messages
 from tokenrelay.agent.embedded import embedded_policy
 from tokenrelay.agent.json_step import embedded_step, json_step
 from tokenrelay.agent.native_step import native_step
-from tokenrelay.agent.prompts import FINAL_ANSWER, FINAL_CALL_MESSAGE, FORCED_STOP_MESSAGE
+from tokenrelay.agent.prompts import FINAL_CALL_MESSAGE, FORCED_STOP_MESSAGE
 from tokenrelay.agent.protocol import AgentBase, AnswerPolicy, RunRequest, StreamMode
 from tokenrelay.agent.session import SessionTurn
 from tokenrelay.agent.state import DONE, RunState, join_system
+from tokenrelay.agent.tool_call import call_tool
 from tokenrelay.backends.base import Backend, GenerationSettings
 from tokenrelay.config import ToolProtocol
 from tokenrelay.errors import TokenrelayError
@@ -55,15 +56,13 @@ from tokenrelay.events import (
     RunFinished,
     RunStarted,
     Timings,
-    ToolCallFinished,
-    ToolCallStarted,
     Usage,
 )
 from tokenrelay.memory.base import SessionStore, TurnStatus
 from tokenrelay.messages import Message
 from tokenrelay.run import new_run_id
 from tokenrelay.tools import default_tools
-from tokenrelay.tools.registry import Tool, ToolOutcome, as_tools
+from tokenrelay.tools.registry import Tool, as_tools
 
 __all__ = ["Agent", "AnswerPolicy", "StreamMode", "ToolProtocol"]
 
@@ -253,39 +252,6 @@ class Agent(AgentBase):
         if not state.parts:
             yield state.answer_delta(FORCED_STOP_MESSAGE)
 
-    async def call_tool(
-        self, call_id: str, name: str, arguments: Any, state: RunState
-    ) -> AsyncGenerator[Event, None]:
-        """Run tool `name`: `ToolCallStarted`, then `ToolCallFinished` (its failure is its result)."""
-        yield ToolCallStarted(call_id=call_id, name=name, arguments=arguments)
-        tool = self._by_name.get(name)
-        if tool is None:
-            known = ", ".join(t.name for t in self.tools) or "none"
-            outcome = ToolOutcome(
-                error=f"there is no tool named {name!r} (tools: {known}, or {FINAL_ANSWER})"
-            )
-        else:
-            outcome = await tool.invoke(arguments, timeout_s=self.tool_timeout_s)
-        log.log(
-            logging.INFO if self.verbose else logging.DEBUG,
-            "tool %s(%r) -> %s",
-            name,
-            arguments,
-            outcome.observation,
-        )
-        state.steps.append((name, arguments, outcome.observation))
-        state.record.append(
-            {
-                "type": "tool",
-                "call_id": call_id,
-                "name": name,
-                "arguments": arguments,
-                "result": outcome.result,
-                "error": outcome.error,
-            }
-        )
-        yield ToolCallFinished(call_id=call_id, name=name, result=outcome.result, error=outcome.error)
-
 
 class _EmbeddedHooks:
     """The run state as the embedded policy sees it (`agent.embedded.RunHooks`)."""
@@ -307,4 +273,4 @@ class _EmbeddedHooks:
         self.state.finished(reason)
 
     def call_tool(self, name: str, arguments: Any) -> AsyncGenerator[Event, None]:
-        return self.agent.call_tool("call_" + uuid.uuid4().hex[:12], name, arguments, self.state)
+        return call_tool(self.agent, "call_" + uuid.uuid4().hex[:12], name, arguments, self.state)

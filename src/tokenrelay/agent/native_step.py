@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from tokenrelay.agent.protocol import StreamMode
 from tokenrelay.agent.state import DONE, RunState
+from tokenrelay.agent.tool_call import call_tool
 from tokenrelay.backends.base import FinishChunk, TextChunk, ThinkingChunk, ToolCallChunk
 from tokenrelay.events import Event, ReasoningDelta
 from tokenrelay.messages import Message, ToolCall
@@ -78,6 +79,6 @@ async def native_step(
     )
     messages.append(Message.assistant(said + "".join(held), tool_calls))
     for call in tool_calls:
-        async for event in agent.call_tool(call.id, call.name, call.arguments, state):
+        async for event in call_tool(agent, call.id, call.name, call.arguments, state):
             yield event
         messages.append(Message(role="tool", content=state.steps[-1][2], tool_call_id=call.id))
