@@ -163,10 +163,11 @@ class Agent(AgentBase):
         error: str | None = None
         try:
             await turn.open(text)
+            recording = turn.recording
             async with aclosing(self._loop(request, turn, state)) as events:
                 async for event in events:
                     yield event
-                    if type(event) is AnswerDelta and time.monotonic() >= turn.checkpoint_at:
+                    if recording and type(event) is AnswerDelta and time.monotonic() >= turn.checkpoint_at:
                         await turn.checkpoint(state.answer)  # a crash loses at most `checkpoint_s`
             status = "complete"
         except TokenrelayError as exc:
