@@ -197,3 +197,15 @@ def test_runner_needs_a_backend_or_an_agent() -> None:
 
     with pytest.raises(ConfigError):
         Runner(Settings(db="sqlite:///:memory:"), None, InMemorySessionStore())
+
+
+@pytest.mark.anyio
+async def test_runner_sessions_are_the_owners() -> None:
+    r = runner()
+    await collect(r.stream(RunRequest("mine", session_id="s"), owner="alice"))
+    info = await r.store.get_session("s", owner="alice")
+    assert info is not None and info.owner == "alice"
+    # a session resolved by the caller (the server's 404 and quota rules) is used as is
+    ready = (await r.store.create_session(owner="bob")).id
+    await collect(r.stream(RunRequest("ok", session_id=ready), owner="bob", session_ready=True))
+    assert [t.user_text for t in await r.store.history(ready)] == ["ok"]

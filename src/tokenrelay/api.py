@@ -6,9 +6,11 @@ and starts runs through one door, `stream(RunRequest)`: the same rules whoever c
 * The agent is tokenrelay's `Agent` over `backend` (default), `PlainChat` (`plain=True`: one
   model call, no tools, no memory), or any `AgentLike` given as `agent=` (a LangChain graph,
   callback-style code); then `backend` may be None.
-* Session rule: a run with a `session_id` continues that session, created when it does not
-  exist yet (the server checks ownership and quotas before it calls). A plain run keeps no
-  session.
+* Session rule: a run with a `session_id` continues that session of `owner`, created when it
+  does not exist yet; the server resolves the session itself first (404 for another owner's,
+  quotas for a new one) and says so with `session_ready=True`. What a run reads from and
+  writes to its session is `agent/session.py`'s (`SessionTurn`), whatever the agent. A plain
+  run keeps no session.
 * A request setting what the agent does not honour (per-run sampling settings, a system
   prompt on an agent without `accepts` for them) raises `UnsupportedRequest` at the call,
   before any event.
@@ -112,21 +114,25 @@ class Runner:
         info = await self.store.create_session(owner=owner, session_id=session_id)
         return info.id
 
-    def stream(self, request: RunRequest) -> AsyncIterator[Event]:
+    def stream(
+        self, request: RunRequest, *, owner: str | None = None, session_ready: bool = False
+    ) -> AsyncIterator[Event]:
         """The run's events (see the module docstring for the rules). Raises `UnsupportedRequest`
-        now, before any event, for a field the agent does not honour."""
+        now, before any event, for a field the agent does not honour. The session is `owner`'s;
+        `session_ready=True`: the caller has resolved it already (the server: 404 for another
+        owner's, quotas for a new one), so it is used as is."""
         unsupported = unsupported_fields(self.agent, request)
         if unsupported:
             what = " and ".join(
                 "generation settings" if f == "generation" else "a system prompt" for f in unsupported
             )
             raise UnsupportedRequest(f"this agent ({self.agent.name}) does not take {what} per request")
-        if request.session_id is None or self.plain:
+        if request.session_id is None or self.plain or session_ready:
             return self.agent.stream(request)
-        return self._in_session(request)
+        return self._in_session(request, owner)
 
-    async def _in_session(self, request: RunRequest) -> AsyncIterator[Event]:
-        await self.ensure_session(request.session_id)
+    async def _in_session(self, request: RunRequest, owner: str | None) -> AsyncIterator[Event]:
+        await self.ensure_session(request.session_id, owner=owner)
         async for event in self.agent.stream(request):
             yield event
 
