@@ -62,6 +62,7 @@ class Runner:
         self.agent: AgentBase
         if agent is not None:
             self.agent = as_agent(agent)
+            self.agent.bind_store(store)
         elif backend is None:
             raise ConfigError("a Runner needs a backend or an agent")
         elif plain:

@@ -23,6 +23,7 @@ from typing import Literal, Protocol, runtime_checkable
 from tokenrelay.backends.base import GenerationSettings
 from tokenrelay.errors import TokenrelayError
 from tokenrelay.events import Event
+from tokenrelay.memory.base import SessionStore
 
 __all__ = [
     "OPTIONAL_FIELDS",
@@ -119,6 +120,10 @@ class AgentBase:
     async def warm(self) -> None:
         """Do now what the first run would pay for (nothing, unless an agent says otherwise)."""
 
+    def bind_store(self, store: SessionStore) -> None:
+        """Offered the session store of the runner that serves this agent: an agent that keeps
+        sessions and was given no store of its own takes it. The default keeps none."""
+
     def run(
         self,
         text: str,
@@ -165,6 +170,11 @@ class AgentAdapter(AgentBase):
         warm = getattr(self.agent, "warm", None)
         if warm is not None:
             await warm()
+
+    def bind_store(self, store: SessionStore) -> None:
+        bind = getattr(self.agent, "bind_store", None)
+        if bind is not None:
+            bind(store)
 
 
 def as_agent(agent: AgentLike) -> AgentBase:

@@ -94,6 +94,11 @@ class RunnableAgent(AgentBase):
     def name(self) -> str:
         return self._name
 
+    def bind_store(self, store: SessionStore) -> None:
+        """Record turns in the serving runner's store unless given one of its own."""
+        if self.store is None:
+            self.store = store
+
     def make_input(self, text: str, history: list[BaseMessage]) -> Any:
         if self.input_fn is not None:
             return self.input_fn(text, history)

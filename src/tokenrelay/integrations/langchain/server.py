@@ -12,7 +12,7 @@
 For the last two the server still needs a `Backend` (it names the model in /health and
 /v1/models): `AgentNameBackend` stands in and is never called. `attach(app, agent)` installs
 the agent into an app from `create_app` when the app starts (the runner is built in the
-lifespan), and gives it the server's session store when it has a `store` attribute left unset.
+lifespan), and offers it the server's session store (`bind_store`).
 """
 
 from __future__ import annotations
@@ -62,9 +62,6 @@ class AgentNameBackend(Backend):
         yield  # pragma: no cover - makes this an async generator
 
 
-_UNSET = object()
-
-
 def attach(app: FastAPI, agent: AgentLike | Callable[[Runner], AgentLike]) -> FastAPI:
     """Make `app` (from `tokenrelay.server.app.create_app`) run `agent` for every chat request.
     `agent` may be a factory taking the app's `Runner`. Returns `app`."""
@@ -74,10 +71,9 @@ def attach(app: FastAPI, agent: AgentLike | Callable[[Runner], AgentLike]) -> Fa
     async def lifespan(app_: Any) -> AsyncIterator[Any]:
         async with inner(app_) as state:
             runner = app_.state.runner
-            chosen = agent if isinstance(agent, AgentLike) else agent(runner)
-            if getattr(chosen, "store", _UNSET) is None:
-                chosen.store = runner.store  # type: ignore[attr-defined]
-            runner.agent = as_agent(chosen)
+            chosen = as_agent(agent if isinstance(agent, AgentLike) else agent(runner))
+            chosen.bind_store(runner.store)
+            runner.agent = chosen
             yield state
 
     app.router.lifespan_context = lifespan
