@@ -169,6 +169,14 @@ class TokenrelayCallbackHandler(AnswerRouter, BaseCallbackHandler):
             timings=Timings(first_token_s=self.first_token_s, total_s=time.perf_counter() - self.started),
         )
 
+    def _end_run(self, run_id: UUID, outputs: Any = None, error: BaseException | None = None) -> None:
+        """A LangChain run (chain, model) ended: forget it; the outermost one ends the stream."""
+        with self._lock:
+            self._parents.pop(run_id, None)
+            ended = self._root_ended(run_id, outputs=outputs, error=error)
+        if ended:
+            self._wake()
+
     # -- LangChain callback hooks ------------------------------------------------------------------
 
     def tap_output_aiter(self, run_id: UUID, output: AsyncIterator[T]) -> AsyncIterator[T]:
@@ -229,12 +237,9 @@ class TokenrelayCallbackHandler(AnswerRouter, BaseCallbackHandler):
         self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
     ) -> Any:
         with self._lock:
-            self._parents.pop(run_id, None)
             self._calls.pop(run_id, None)
             self._failed_in.setdefault(id(error), "backend")
-            ended = self._root_ended(run_id, error=error)
-        if ended:
-            self._wake()
+        self._end_run(run_id, error=error)
 
     def on_chain_start(
         self,
@@ -254,20 +259,12 @@ class TokenrelayCallbackHandler(AnswerRouter, BaseCallbackHandler):
     def on_chain_end(
         self, outputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
     ) -> Any:
-        with self._lock:
-            self._parents.pop(run_id, None)
-            ended = self._root_ended(run_id, outputs=outputs)
-        if ended:
-            self._wake()
+        self._end_run(run_id, outputs=outputs)
 
     def on_chain_error(
         self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
     ) -> Any:
-        with self._lock:
-            self._parents.pop(run_id, None)
-            ended = self._root_ended(run_id, error=error)
-        if ended:
-            self._wake()
+        self._end_run(run_id, error=error)
 
     def on_tool_start(
         self,
