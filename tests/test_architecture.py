@@ -4,7 +4,8 @@
 * layers: a module imports only from its own layer or below;
 * no module over `MAX_LINES` lines;
 * one SSE decoder in the Python code: only tokenrelay/sse.py parses `data:` lines;
-* (only where the `duplicates` tool is installed) no block of 6+ identical lines twice in src/.
+* (only where the `duplicates` tool is installed) no block of 6+ lines of logic twice in src/,
+  identical or the same shape with other names (imports, signatures, fields, tables excepted).
 
 The import graph is read from the AST: every `import` and `from ... import` anywhere in a
 module, at the top, inside functions (a lazy import is still a dependency) and inside
@@ -55,42 +56,18 @@ KNOWN_VIOLATIONS: frozenset[str] = frozenset(
         # still open: see docs/architecture.md
         "cycle server.app server.routes_chat server.routes_documents"
         " server.routes_info server.routes_openai server.routes_sessions",
-        "size memory/postgres.py",
-        "size memory/sqlite.py",
         "size server/coordination.py",
     }
 )
 
 
-#: Pairs of files that share a block of 6+ identical lines today, by the `duplicates` tool (many
-#: are repeated import lists). Checked only where that tool is installed (not in CI); same rules.
+#: Pairs of files that repeat a block of 6+ lines of logic today (identical or the same shape), by
+#: the `duplicates` tool; declarative runs do not count (see `duplicate_violations`). Checked only
+#: where that tool is installed; same rules as above.
 KNOWN_DUPLICATES: frozenset[str] = frozenset(
     {
-        "duplicate __init__.py ~ callbacks.py",
-        "duplicate __init__.py ~ cli/printer.py",
-        "duplicate backends/__init__.py ~ backends/base.py",
-        "duplicate backends/__init__.py ~ backends/openai/wire.py",
-        "duplicate backends/__init__.py ~ integrations/langchain/backend.py",
-        "duplicate backends/base.py ~ backends/failover.py",
-        "duplicate backends/base.py ~ backends/llamacpp.py",
-        "duplicate backends/base.py ~ backends/openai/backend.py",
-        "duplicate backends/failover.py ~ backends/llamacpp.py",
-        "duplicate backends/failover.py ~ backends/openai/backend.py",
-        "duplicate backends/llamacpp.py ~ backends/local.py",
-        "duplicate backends/llamacpp.py ~ backends/openai/backend.py",
-        "duplicate backends/openai/wire.py ~ integrations/langchain/backend.py",
-        "duplicate callbacks.py ~ cli/printer.py",
-        "duplicate integrations/langchain/backend.py ~ integrations/langchain/server.py",
-        "duplicate integrations/langchain/backend.py ~ testing.py",
-        "duplicate integrations/langchain/events.py ~ integrations/langchain/handler.py",
-        "duplicate integrations/langchain/handler.py ~ integrations/langchain/handler.py",
-        "duplicate integrations/langchain/server.py ~ testing.py",
-        "duplicate memory/base.py ~ memory/inmemory.py",
-        "duplicate memory/base.py ~ memory/postgres.py",
-        "duplicate memory/base.py ~ memory/sqlite.py",
-        "duplicate memory/inmemory.py ~ memory/postgres.py",
-        "duplicate memory/inmemory.py ~ memory/sqlite.py",
-        "duplicate memory/postgres.py ~ memory/sqlite.py",
+        "duplicate agent/arith.py ~ agent/arith.py",
+        "duplicate integrations/langchain/handler.py ~ integrations/langchain/handler.py",  # LangChain's hook signatures
         "duplicate server/redis_log.py ~ server/runs.py",
     }
 )
@@ -370,14 +347,114 @@ def duplicates_output() -> str:
     return subprocess.run(command, capture_output=True, text=True, check=True, cwd=SRC).stdout
 
 
+_DATA_NODES: tuple[type[ast.AST], ...] = (
+    ast.Constant,
+    ast.Name,
+    ast.Attribute,
+    ast.Call,
+    ast.keyword,
+    ast.Load,
+    ast.Tuple,
+)
+_DATA_NODES += (ast.List, ast.Dict, ast.Set, ast.UnaryOp, ast.BinOp, ast.operator, ast.unaryop)
+
+
+#: calls that build a value rather than act: these, and constructors (a capitalised name)
+_BUILDERS = frozenset({"field", "frozenset", "tuple", "list", "dict", "set", "TypeVar"})
+
+
+def _is_builder(call: ast.Call) -> bool:
+    func = call.func
+    name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+    return name[:1].isupper() or name in _BUILDERS
+
+
+def _is_data(node: ast.AST) -> bool:
+    """A literal made only of constants, names and constructor calls of them (a table row, a
+    default). A call of a function (`parse(body)`, `store.get(key)`) is an action, not data."""
+    return all(
+        isinstance(n, _DATA_NODES) and (not isinstance(n, ast.Call) or _is_builder(n)) for n in ast.walk(node)
+    )
+
+
+def declarative_lines(path: Path) -> set[int]:
+    """Lines that declare rather than do: imports, `def` signatures (decorators to the colon),
+    annotated fields, constants and data literals, docstrings. Two modules that import the same
+    names, implement the same abstract method or declare parallel tables repeat such lines of
+    necessity; repeated logic is what the duplicate rule is after."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    lines: set[int] = set()
+
+    def span(node: ast.AST, end: int | None = None) -> None:
+        first = getattr(node, "lineno", 0)
+        last = end if end is not None else getattr(node, "end_lineno", first) or first
+        lines.update(range(first, last + 1))
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            span(node)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            for decorator in node.decorator_list:
+                span(decorator)
+            span(node, node.body[0].lineno - 1 if node.body[0].lineno > node.lineno else node.lineno)
+        elif isinstance(node, ast.AnnAssign | ast.Assign) and (node.value is None or _is_data(node.value)):
+            span(node)
+        elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            span(node)  # docstrings
+        elif isinstance(node, ast.Call) and _is_data(node):
+            span(node)  # a constructor of data: a table row
+        elif isinstance(node, ast.Call):
+            args: list[ast.expr | ast.keyword] = [*node.args, *node.keywords]
+            for arg in args:
+                if arg.lineno > node.lineno and _is_data(arg):
+                    span(arg)  # an argument on a line of its own: values passed on, like a signature
+    return lines
+
+
+def _code_lines(path: Path, first: int, last: int) -> set[int]:
+    text = path.read_text(encoding="utf-8").splitlines()
+    return {
+        n
+        for n in range(first, last + 1)
+        if n <= len(text)
+        and text[n - 1].strip()
+        and not text[n - 1].strip().startswith("#")
+        and text[n - 1].strip() not in {")", "]", "}", "),", "],", "},", "(", "[", "{"}
+    }
+
+
 def duplicate_violations(output: str) -> set[str]:
-    """`duplicate a.py ~ b.py` per pair of files sharing identical (not just same-shape) lines."""
+    """`duplicate a.py ~ b.py` per pair of files whose longest shared run (identical, or the same
+    shape with other names) is logic: a run made only of declarative lines on both sides (see
+    `declarative_lines`) and runs the tool marks boilerplate are not counted."""
     found = set()
     for line in output.splitlines():
-        match = re.match(r"D\d+ (\S+):\d+-\d+ ~ (\S+):\d+-\d+(.*)$", line)
-        if match and "shape" not in match[3]:
-            found.add(f"duplicate {short(match[1])} ~ {short(match[2])}")
+        match = re.match(r"D\d+ (\S+):(\d+)-(\d+) ~ (\S+):(\d+)-(\d+)(.*)$", line)
+        if not match or "boilerplate" in match[7]:
+            continue
+        sides = [(SRC / match[1], int(match[2]), int(match[3]))]
+        sides.append((SRC / match[4], int(match[5]), int(match[6])))
+        if all(_code_lines(p, a, b) <= declarative_lines(p) for p, a, b in sides):
+            continue
+        found.add(f"duplicate {short(match[1])} ~ {short(match[4])}")
     return found
+
+
+def test_declarative_lines_leave_out_logic(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text(
+        "X = Info(name='a', size=2 * 3)\n"  # 1: a table row
+        "def f(body, store):\n"  # 2: a signature
+        "    parsed = parse(body)\n"  # 3: logic from here on
+        "    store.save(parsed)\n"
+        "    return parsed\n"
+        "store.save(\n"  # 6: the call is logic, its arguments on lines of their own are not
+        "    parsed,\n"
+        "    key=body.key,\n"
+        ")\n",
+        encoding="utf-8",
+    )
+    assert declarative_lines(module) == {1, 2, 7, 8}
 
 
 @pytest.mark.skipif(shutil.which("duplicates") is None, reason="the `duplicates` tool is not installed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sqlite3
 import sys
 import types
@@ -57,14 +58,25 @@ def raw(db_path: Path) -> Iterator[Callable[[], sqlite3.Connection]]:
 
 
 def test_both_stores_satisfy_the_protocol() -> None:
-    def accepts(store: SessionStore) -> SessionStore:
-        return store
-
-    accepts(InMemorySessionStore())
-    # SQLiteSessionStore is checked by mypy through the annotation above; construct it once too
-    s = SQLiteSessionStore(":memory:")
-    accepts(s)
-    asyncio.run(s.close())
+    """Every method of `SessionStore` is on both stores, async, taking the protocol's
+    parameters (same names, kinds and defaults; a store may accept more, with defaults)."""
+    members = [name for name, value in vars(SessionStore).items() if inspect.iscoroutinefunction(value)]
+    assert {"begin_turn", "finish_turn", "update_partial", "history", "close"} <= set(members)
+    sqlite_store = SQLiteSessionStore(":memory:")
+    try:
+        for store in (InMemorySessionStore(), sqlite_store):
+            for name in members:
+                method = getattr(store, name)
+                assert inspect.iscoroutinefunction(method), (type(store).__name__, name)
+                wanted = list(inspect.signature(getattr(SessionStore, name)).parameters.values())[1:]
+                given = inspect.signature(method).parameters
+                for param in wanted:
+                    assert param.name in given, (type(store).__name__, name, param.name)
+                    assert (given[param.name].kind, given[param.name].default) == (param.kind, param.default)
+                extra = [p for p in given.values() if p.name not in {w.name for w in wanted}]
+                assert all(p.default is not inspect.Parameter.empty for p in extra), (name, extra)
+    finally:
+        asyncio.run(sqlite_store.close())
 
 
 # --------------------------------------------------------------------------- sessions
@@ -200,8 +212,16 @@ async def test_begin_turn_on_missing_session_raises_key_error(store: Store) -> N
 
 @pytest.mark.anyio
 async def test_finish_or_update_of_missing_turn_is_a_no_op(store: Store) -> None:
-    await store.finish_turn(12345, answer="x", status="complete")
-    await store.update_partial(12345, "x")
+    s = await store.create_session()
+    turn_id = await store.begin_turn(s.id, run_id="r", user_text="q")
+    await store.update_partial(turn_id, "partial")
+    before = await store.history(s.id)
+    missing = turn_id + 12345
+    assert await store.finish_turn(missing, answer="x", status="complete") is None  # no error
+    assert await store.update_partial(missing, "x") is None
+    assert await store.history(s.id) == before  # nothing else changed, nothing was created
+    assert [(t.id, t.answer, t.status) for t in before] == [(turn_id, "partial", "running")]
+    assert await store.interrupt_run("r", error="stopped")  # the real turn is still running
 
 
 @pytest.mark.anyio

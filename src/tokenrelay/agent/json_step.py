@@ -20,7 +20,7 @@ from tokenrelay.agent.final_answer import FinalAnswerExtractor
 from tokenrelay.agent.prompts import action_schema, invalid_output_message, tool_response_message
 from tokenrelay.agent.prose import ProseStreamer
 from tokenrelay.agent.protocol import StreamMode
-from tokenrelay.agent.state import DONE, RunState
+from tokenrelay.agent.state import DONE, RunState, stream_answer
 from tokenrelay.agent.tool_call import call_tool
 from tokenrelay.backends.base import FinishChunk, TextChunk, ThinkingChunk
 from tokenrelay.events import Event, ReasoningDelta
@@ -34,7 +34,7 @@ __all__ = ["embedded_step", "json_step", "plain_answer"]
 log = logging.getLogger("tokenrelay.agent")
 
 
-async def plain_answer(agent: Agent, state: RunState) -> AsyncGenerator[Event, None]:
+def plain_answer(agent: Agent, state: RunState) -> AsyncGenerator[Event, None]:
     """The final answer written by a plain model call, with what the tools found."""
     messages = list(state.plain)
     if state.steps:
@@ -43,13 +43,7 @@ async def plain_answer(agent: Agent, state: RunState) -> AsyncGenerator[Event, N
         )
         last = messages[-1]
         messages[-1] = Message.user(f"{last.content}\n\n(Results of tools you used:\n{notes})")
-    async with aclosing(agent.backend.stream(messages, settings=state.generation)) as chunks:
-        async for chunk in chunks:
-            if type(chunk) is TextChunk:
-                if chunk.text:
-                    yield state.answer_delta(chunk.text)
-            elif isinstance(chunk, FinishChunk):
-                state.finished(state.call_ended(chunk))
+    return stream_answer(agent.backend.stream(messages, settings=state.generation), state)
 
 
 def _unusable(agent: Agent, messages: list[Message], raw: str, problem: str) -> None:

@@ -260,7 +260,7 @@ class _EmbeddedHooks:
     def __init__(self, agent: Agent, state: RunState) -> None:
         self.agent, self.state = agent, state
 
-    def answer(self, text: str) -> Event:
+    def answer_delta(self, text: str) -> Event:
         return self.state.answer_delta(text)
 
     @property

@@ -2,23 +2,26 @@
 
 A `RunState` belongs to one run: the answer text streamed (the partial answer survives any
 failure), usage, the tool steps, the narration record for the stored turn, and this run's
-effective settings.
+effective settings. `stream_answer` is the loop of a plain answer-writing model call, for the
+agent's plain final answer and the embedded policy alike.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from tokenrelay.agent.prompts import DEFAULT_SYSTEM
 from tokenrelay.agent.protocol import AnswerPolicy
-from tokenrelay.backends.base import FinishChunk, GenerationSettings
+from tokenrelay.backends.base import FinishChunk, GenerationSettings, ModelChunk, TextChunk
 from tokenrelay.events import AnswerDelta, Event, Narration, Usage, new_answer_delta
 from tokenrelay.memory.base import Step
 from tokenrelay.messages import Message
 
-__all__ = ["DONE", "RunState", "join_system"]
+__all__ = ["DONE", "AnswerSink", "RunState", "join_system", "stream_answer"]
 
 #: a step's private signal to the loop: the final answer has been produced
 DONE = object()
@@ -85,6 +88,34 @@ class RunState:
     def finished(self, reason: str | None) -> None:
         """The model call that wrote the final answer ended with `reason`."""
         self.finish_reason = "length" if reason == "length" else "stop"
+
+
+class AnswerSink(Protocol):
+    """Where a plain answer-writing call's text, usage and stop reason go (a `RunState`, or the
+    embedded policy's hooks)."""
+
+    def answer_delta(self, text: str) -> Event: ...
+
+    def add_usage(self, usage: Usage) -> None: ...
+
+    def finished(self, reason: str | None) -> None: ...
+
+
+async def stream_answer(
+    chunks: AsyncGenerator[ModelChunk, None], sink: AnswerSink
+) -> AsyncGenerator[Event, None]:
+    """Every text chunk of a plain model call as answer text; usage and why it stopped to `sink`.
+    Owns `chunks` (closes them), so a caller returns this generator as its own: the per-token
+    chain is this one generator over the backend's."""
+    async with aclosing(chunks):
+        async for chunk in chunks:
+            if type(chunk) is TextChunk:
+                if chunk.text:
+                    yield sink.answer_delta(chunk.text)
+            elif isinstance(chunk, FinishChunk):
+                sink.finished(chunk.reason)
+                if chunk.usage is not None:
+                    sink.add_usage(chunk.usage)
 
 
 def join_system(base: str | None, extra: str | None) -> str | None:

@@ -70,8 +70,6 @@ class FailoverBackend(Backend):
         tools: Sequence[ToolSpec] | None = None,
         settings: GenerationSettings = GenerationSettings(),
     ) -> AsyncGenerator[ModelChunk, None]:
-        if self.retry.attempts <= 1:
-            return self._round(messages, tools, settings)
         return retrying_stream(lambda: self._round(messages, tools, settings), self.retry, where=self.name)
 
     async def _round(

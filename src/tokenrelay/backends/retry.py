@@ -81,17 +81,20 @@ class _Wait:
         return max(wait, after) if after is not None else wait
 
 
-async def retrying_stream(
+def retrying_stream(
     open_stream: Callable[[], AsyncGenerator[T, None]], policy: RetryPolicy, *, where: str = "the server"
 ) -> AsyncGenerator[T, None]:
     """The chunks of `open_stream()`, opened again (per `policy`) while it fails before its
-    first chunk. `where` names the upstream in log lines."""
+    first chunk. `where` names the upstream in log lines. With one attempt allowed this is
+    `open_stream()` itself: no retry layer, one generator less per chunk."""
     if policy.attempts <= 1:
-        async with aclosing(open_stream()) as only:
-            async for chunk in only:
-                yield chunk
-        return
+        return open_stream()
+    return _retrying(open_stream, policy, where)
 
+
+async def _retrying(
+    open_stream: Callable[[], AsyncGenerator[T, None]], policy: RetryPolicy, where: str
+) -> AsyncGenerator[T, None]:
     def give_up(state: RetryCallState) -> None:
         assert state.outcome is not None
         exc = state.outcome.exception()

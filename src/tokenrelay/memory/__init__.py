@@ -18,10 +18,10 @@ Anything else raises `ConfigError`. Opening a SQLite store applies pending schem
 from __future__ import annotations
 
 import importlib
-import re
 import sqlite3
 from typing import cast
 
+from tokenrelay._redact import redact_url
 from tokenrelay.errors import ConfigError
 from tokenrelay.memory.base import Document, SessionInfo, SessionStore, Turn, TurnStatus
 from tokenrelay.memory.inmemory import InMemorySessionStore
@@ -70,14 +70,9 @@ def open_store(url: str) -> SessionStore:
         return cast(SessionStore, store_class(url))
     path = sqlite_path_from_url(url)
     if path is None:
-        shown = _redact(url)
+        shown = redact_url(url)
         raise ConfigError(f"unsupported database URL {shown!r}: use sqlite:///path or postgresql://...")
     try:
         return SQLiteSessionStore(path)
     except (OSError, sqlite3.Error) as exc:
         raise ConfigError(f"cannot open the session database {path}: {exc}") from exc
-
-
-def _redact(url: str) -> str:
-    """The URL with any password replaced by `***`: error messages must not carry secrets."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]*:)[^/@]*@", r"\1***@", url)

@@ -11,15 +11,21 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from collections.abc import Sequence
 
-from tokenrelay.memory.base import Document, SessionInfo, Step, Turn, TurnStatus
-from tokenrelay.memory.sqlite import FINAL_STATUSES, RECOVERED_ERROR, new_session_id, title_from_text
+from tokenrelay.memory.base import Document, SessionInfo, Turn
+from tokenrelay.memory.common import (
+    RECOVERED_ERROR,
+    FinalTurn,
+    StoreBase,
+    check_limit,
+    new_session_id,
+    title_from_text,
+)
 
 __all__ = ["InMemorySessionStore"]
 
 
-class InMemorySessionStore:
+class InMemorySessionStore(StoreBase):
     def __init__(self) -> None:
         self._sessions: dict[str, SessionInfo] = {}
         self._order: dict[str, int] = {}  # creation order: tie-break for equal updated_at
@@ -49,8 +55,7 @@ class InMemorySessionStore:
     async def list_sessions(
         self, *, owner: str | None = None, limit: int = 100, after: str | None = None
     ) -> list[SessionInfo]:
-        if limit < 0:
-            raise ValueError(f"limit must be 0 or more, not {limit}")
+        check_limit(limit)
         mine = [s for s in self._sessions.values() if s.owner == owner]
         mine.sort(key=lambda s: (s.updated_at, self._order[s.id]), reverse=True)
         if after is not None:
@@ -108,37 +113,23 @@ class InMemorySessionStore:
         if turn is not None and turn.status == "running":
             self._turns[turn_id] = dataclasses.replace(turn, answer=answer)
 
-    async def finish_turn(
-        self,
-        turn_id: int,
-        *,
-        answer: str,
-        status: TurnStatus,
-        error: str | None = None,
-        finish_reason: str | None = None,
-        steps: Sequence[Step] = (),
-    ) -> None:
-        if status not in FINAL_STATUSES:
-            raise ValueError(
-                f"finish_turn needs a final status (complete, interrupted, failed), not {status!r}"
-            )
+    async def _finish(self, turn_id: int, final: FinalTurn) -> None:
         turn = self._turns.get(turn_id)
         if turn is not None and turn.status == "running":
             self._turns[turn_id] = dataclasses.replace(
                 turn,
-                answer=answer,
-                status=status,
-                error=error,
-                finished_at=time.time(),
-                finish_reason=finish_reason,
-                steps=tuple(dict(step) for step in steps),
+                answer=final.answer,
+                status=final.status,
+                error=final.error,
+                finished_at=final.finished_at,
+                finish_reason=final.finish_reason,
+                steps=final.steps,
             )
 
     async def history(
         self, session_id: str, *, limit: int | None = None, answered: bool = False
     ) -> list[Turn]:
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit must be 0 or more, not {limit}")
+        check_limit(limit)
         turns = [self._turns[i] for i in self._by_session.get(session_id, ())]
         if answered:
             turns = [t for t in turns if t.status != "running" and t.answer]
@@ -162,26 +153,10 @@ class InMemorySessionStore:
             )
         return len(running)
 
-    async def set_document(
-        self,
-        session_id: str,
-        *,
-        name: str,
-        text: str,
-        total_chars: int | None = None,
-        total_tokens: int | None = None,
-        budget_tokens: int | None = None,
-    ) -> None:
+    async def _put_document(self, session_id: str, document: Document) -> None:
         if session_id not in self._sessions:
             raise KeyError(session_id)
-        self._documents[session_id] = Document(
-            name=name,
-            text=text,
-            created_at=time.time(),
-            total_chars=total_chars,
-            total_tokens=total_tokens,
-            budget_tokens=budget_tokens,
-        )
+        self._documents[session_id] = document
 
     async def get_document(self, session_id: str) -> Document | None:
         return self._documents.get(session_id)

@@ -185,8 +185,6 @@ class OpenAIBackend(Backend):
         tools: Sequence[ToolSpec] | None = None,
         settings: GenerationSettings = GenerationSettings(),
     ) -> AsyncGenerator[ModelChunk, None]:
-        if self.retry.attempts <= 1:  # no retry layer: one generator less per chunk
-            return self._stream_once(messages, tools, settings)
         return retrying_stream(
             lambda: self._stream_once(messages, tools, settings), self.retry, where=self._shown_url
         )

@@ -209,23 +209,17 @@ class LangChainBackend(Backend):
                             )
                     elif isinstance(chunk, AIMessage) and (chunk.tool_calls or chunk.invalid_tool_calls):
                         # a model without streaming: astream yields the whole message once
-                        for call in chunk.tool_calls:
+                        for call in [*chunk.tool_calls, *chunk.invalid_tool_calls]:
                             last_index += 1
                             saw_tool_call = True
+                            args = call.get("args")  # parsed (a valid call) or raw text (an invalid one)
                             yield ToolCallChunk(
                                 index=last_index,
                                 id=call.get("id"),
-                                name=call["name"],
-                                arguments=json.dumps(call["args"], ensure_ascii=False),
-                            )
-                        for bad in chunk.invalid_tool_calls:
-                            last_index += 1
-                            saw_tool_call = True
-                            yield ToolCallChunk(
-                                index=last_index,
-                                id=bad.get("id"),
-                                name=bad.get("name"),
-                                arguments=bad.get("args") or "",
+                                name=call.get("name"),
+                                arguments=json.dumps(args, ensure_ascii=False)
+                                if isinstance(args, dict)
+                                else args or "",
                             )
                     usage = getattr(chunk, "usage_metadata", None)
                     if usage:
