@@ -33,7 +33,7 @@ generator share the machine's CPUs (the client's own CPU share is printed).
 
 Event-log cost: one worker at a fixed load (``--cost-streams``), interleaved ``--repeats`` times
 (medians), printed as ratios to "no Redis". The server's Redis event log is what ships: blocking
-connection pools and one batching writer per worker (`tokenrelay.server.redis_log`); earlier
+connection pools and one batching writer per worker (`tokenrelay.runs.redis_log`); earlier
 versions of this script patched both in from outside as experiments, before they shipped.
 
 "logs lost" counts batches of run events the server's Redis writer reported failing (its log

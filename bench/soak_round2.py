@@ -52,7 +52,7 @@ app = create_app(settings, backend=backend)
 http = "tokenrelay.server.protocol:GuardedH11Protocol"
 if cfg["reference"]:
     from tokenrelay.server.guard import RequestGuard
-    from tokenrelay.server import routes_documents
+    from tokenrelay.server.routes import documents as routes_documents
 
     app.user_middleware = [m for m in app.user_middleware if m.cls is not RequestGuard]
     http = "h11"

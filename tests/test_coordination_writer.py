@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tokenrelay.server.redis_log import BatchWriter
+from tokenrelay.runs.redis_log import BatchWriter
 
 
 class _DownPipeline:

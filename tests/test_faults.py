@@ -46,7 +46,7 @@ from tokenrelay.client import IncompleteStreamError, stream_events, stream_text
 from tokenrelay.events import RunError, RunFinished, ToolCallFinished
 from tokenrelay.memory.sqlite import RECOVERED_ERROR
 from tokenrelay.messages import Message, ToolSpec
-from tokenrelay.server.runs import RunChannel, RunRegistry
+from tokenrelay.runs import RunChannel, RunRegistry
 from tokenrelay.testing import ScriptedBackend
 from tokenrelay.tools.registry import Tool
 

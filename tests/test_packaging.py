@@ -28,8 +28,8 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 #: which extra a part of the package may rely on (the rest needs core dependencies)
 EXTRA_OF = {
     "integrations": "langchain",
-    "memory/postgres.py": "postgres",
-    "server/coordination.py": "redis",
+    "memory/postgres/": "postgres",
+    "runs/redis": "redis",
 }
 
 

@@ -8,7 +8,7 @@ import httpx
 
 from server_fixture import LiveServer, make_app
 from tokenrelay.models import demo_notice
-from tokenrelay.server.app import __version__
+from tokenrelay.server.deps import __version__
 from tokenrelay.testing import ScriptedBackend
 
 

@@ -13,11 +13,11 @@ head alone, before anything reads the body.
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tokenrelay.config import Settings
 from tokenrelay.server.auth import KEY_REQUIRED, owner_for
+from tokenrelay.server.errors import error_response
 from tokenrelay.server.quotas import QuotaExceeded, quota_response, quotas_of
 
 __all__ = ["LOCAL_HOSTS", "RequestGuard"]
@@ -104,5 +104,4 @@ async def _refuse(
     headers = {"Connection": "close"}
     if authentication:
         headers["WWW-Authenticate"] = "Bearer"
-    body = {"error": {"message": message, "type": kind, "code": code}}
-    await JSONResponse(body, status_code=status, headers=headers)(scope, receive, send)
+    await error_response(message, status, type_=kind, code=code, headers=headers)(scope, receive, send)

@@ -14,7 +14,7 @@ its HTTP stacks (h11 and httptools), and add:
 * `max_pending_connections`: connections waiting for a head (new or idle keep-alive) beyond
   this number close the oldest of them, so silent connections cannot pile up.
 
-The body is the app's: `BodyLimit` reads it under `body_timeout_s` (server/app.py).
+The body is the app's: `BodyLimit` reads it under `body_timeout_s` (server/body_limit.py).
 
 Use: `tokenrelay serve` picks these classes; with plain uvicorn pass
 `--http tokenrelay.server.protocol:GuardedH11Protocol` (or `...:GuardedHttpToolsProtocol`).
@@ -32,6 +32,8 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from tokenrelay.server.errors import error_body
+
 __all__ = ["LIMITS_KEY", "ConnectionLimits", "GuardedH11Protocol", "guarded_protocol", "http_protocol"]
 
 #: the lifespan-state key under which an app publishes its `ConnectionLimits`
@@ -46,7 +48,7 @@ class ConnectionLimits:
 
 
 def _response(status: int, reason: str, message: str, code: str) -> bytes:
-    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "code": code}}).encode()
+    body = json.dumps(error_body(message, code=code)).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"

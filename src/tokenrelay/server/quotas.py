@@ -24,10 +24,11 @@ from fastapi.responses import JSONResponse
 
 from tokenrelay.config import Settings
 from tokenrelay.memory.base import SessionStore
-from tokenrelay.server.runs import RunRegistry
+from tokenrelay.runs import RunRegistry
+from tokenrelay.server.errors import error_response
 
 if TYPE_CHECKING:
-    from tokenrelay.server.coordination import RedisCoordinator
+    from tokenrelay.runs.redis import RedisCoordinator
 
 __all__ = ["QuotaExceeded", "Quotas", "install_quota_errors", "quota_response", "quotas_of"]
 
@@ -50,9 +51,9 @@ def install_quota_errors(app: FastAPI) -> None:
 
 
 def quota_response(exc: QuotaExceeded) -> JSONResponse:
-    body = {"error": {"message": exc.message, "type": "rate_limit_error", "code": exc.code}}
-    return JSONResponse(
-        body, status_code=429, headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    retry_after = str(max(1, math.ceil(exc.retry_after_s)))
+    return error_response(
+        exc.message, 429, type_="rate_limit_error", code=exc.code, headers={"Retry-After": retry_after}
     )
 
 

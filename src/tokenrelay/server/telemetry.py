@@ -15,7 +15,7 @@ Metrics (prometheus-client; every one labelled `backend`, the name of the model 
 | `tokenrelay_backend_queue_depth` | gauge | model calls waiting for the embedded llama.cpp model |
 
 The per-token path stays cheap: a measured run appends one `time.monotonic()` per answer
-token to an array (server/runs.py); everything else happens once, when the run ends, and the
+token to an array (runs/channel.py); everything else happens once, when the run ends, and the
 inter-token histogram is added bucket by bucket, not value by value. The gauges are sampled
 (every second, and at each scrape).
 
@@ -48,9 +48,9 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from tokenrelay.events import RunError, RunFinished
+from tokenrelay.runs import RunChannel
 from tokenrelay.server.auth import require_owner
 from tokenrelay.server.logs import log_fields
-from tokenrelay.server.runs import RunChannel
 
 __all__ = ["CONTENT_TYPE", "BatchHistogram", "Metrics", "RunMonitor", "queue_depth", "router", "sample_every"]
 
@@ -159,9 +159,7 @@ class RunMonitor:
         """Measure `channel`'s run from now on (call it as the run is registered)."""
         if self.metrics is None and not run_log.isEnabledFor(logging.INFO):
             return
-        if self.metrics is not None:
-            channel.token_times = array("d")
-        channel.on_finish = partial(self._finished, time.monotonic())
+        channel.measure(partial(self._finished, time.monotonic()), token_times=self.metrics is not None)
 
     def sample(self, running: int, queued: int) -> None:
         if self.metrics is not None:

@@ -21,11 +21,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from tokenrelay.events import AnswerDelta, Event, ReasoningDelta, RunError, RunFinished
-from tokenrelay.server.app import error_body
+from tokenrelay.server.deps import Owner, get_runner, start_run, wait_for_run
+from tokenrelay.server.errors import error_body, error_response
+from tokenrelay.server.follow import FollowResponse
 from tokenrelay.server.openai_request import Unsupported, run_inputs
-from tokenrelay.server.routes_chat import Owner, _runner, _wait, start_run
 from tokenrelay.server.schemas import OpenAIChatRequest
-from tokenrelay.server.streaming import FollowResponse
 
 __all__ = ["router"]
 
@@ -38,7 +38,12 @@ async def models(request: Request, owner: Owner) -> dict[str, Any]:
     return {
         "object": "list",
         "data": [
-            {"id": _runner(request).backend.name, "object": "model", "created": 0, "owned_by": "tokenrelay"}
+            {
+                "id": get_runner(request).backend.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "tokenrelay",
+            }
         ],
     }
 
@@ -91,7 +96,7 @@ class _ChunkEncoder:
 
     def epilogue(self, last: Event) -> bytes:
         if isinstance(last, RunError):
-            error = {"error": {"message": last.message, "type": "server_error", "code": last.code}}
+            error = error_body(last.message, type_="server_error", code=last.code)
             return f"data: {_dumps(error)}\n\n".encode()
         out = self.head + f'"delta":{{}},"finish_reason":"{_finish(last)}"}}]}}\n\n'
         if self.include_usage and isinstance(last, RunFinished):
@@ -119,15 +124,13 @@ def _finish(last: Event) -> str:
 
 @router.post("/chat/completions", summary="Chat Completions (OpenAI-compatible)", response_model=None)
 async def chat_completions(request: Request, body: OpenAIChatRequest, owner: Owner) -> Response:
-    runner = _runner(request)
+    runner = get_runner(request)
     try:
         inputs = run_inputs(body, runner.generation)
     except Unsupported as exc:
-        return JSONResponse(
-            error_body(exc.message, code="unsupported_parameter", param=exc.param), status_code=400
-        )
+        return error_response(exc.message, 400, code="unsupported_parameter", param=exc.param)
     except ValueError as exc:
-        return JSONResponse(error_body(str(exc), code="invalid_request"), status_code=422)
+        return error_response(str(exc), 422, code="invalid_request")
     channel, _ = await start_run(
         request,
         inputs.text,
@@ -150,14 +153,10 @@ async def chat_completions(request: Request, body: OpenAIChatRequest, owner: Own
             channel, encoder, media_type="text/event-stream; charset=utf-8", headers=headers,
             prologue=encoder.prologue, epilogue=encoder.epilogue, keepalive=b": keep-alive\n\n",
         )  # fmt: skip
-    await _wait(channel, request)
+    await wait_for_run(channel, request)
     last = channel.events[-1]
     if isinstance(last, RunError):
-        return JSONResponse(
-            {"error": {"message": last.message, "type": "server_error", "code": last.code}},
-            status_code=502,
-            headers=headers,
-        )
+        return error_response(last.message, 502, type_="server_error", code=last.code, headers=headers)
     assert isinstance(last, RunFinished)
     message: dict[str, Any] = {"role": "assistant", "content": last.answer}
     if inputs.include_reasoning:

@@ -1,18 +1,18 @@
 """The pieces of the Redis run logs that do not talk to the coordinator: the batching writer
 (one pipeline round trip per batch for all of a worker's runs, bounded through an outage), the
-offset event list of a remote reader, and the backoff every Redis loop uses."""
+wire form of a logged event, the per-key run claim script, and the backoff every Redis loop uses."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-from collections.abc import Iterator, Sequence
-from typing import Any, overload
+from typing import Any
 
-from tokenrelay.events import Event
+from tokenrelay.events import Event, event_to_dict
 
-__all__ = ["BatchWriter", "OffsetEvents", "backoff"]
+__all__ = ["CLAIM_RUN", "BatchWriter", "backoff", "encode_event", "is_terminal_entry"]
 
 log = logging.getLogger("tokenrelay.server")
 
@@ -92,43 +92,33 @@ class BatchWriter:
             await self._task
 
 
-class OffsetEvents(Sequence[Event]):
-    """A remote channel's events from index `offset` on: what a follower reads by index,
-    without a placeholder for each event before `offset` (any Last-Event-ID costs O(1))."""
-
-    __slots__ = ("_items", "offset")
-
-    def __init__(self, offset: int) -> None:
-        self.offset = offset
-        self._items: list[Event] = []
-
-    def append(self, event: Event) -> None:
-        self._items.append(event)
-
-    def __len__(self) -> int:
-        return self.offset + len(self._items)
-
-    @overload
-    def __getitem__(self, index: int) -> Event: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[Event]: ...
-    def __getitem__(self, index: int | slice) -> Event | list[Event]:
-        if isinstance(index, slice):
-            start = index.start or 0
-            if start < self.offset or index.step not in (None, 1):
-                raise IndexError("events before the resume point are not held")
-            stop = None if index.stop is None else index.stop - self.offset
-            return self._items[start - self.offset : stop]
-        if index < 0:
-            return self._items[index]
-        if index < self.offset:
-            raise IndexError("events before the resume point are not held")
-        return self._items[index - self.offset]
-
-    def __iter__(self) -> Iterator[Event]:
-        return iter(self._items)
-
-
 def backoff(failures: int) -> float:
     """Seconds to wait after `failures` failures in a row: 0.1 s doubling, capped at 5 s."""
     return float(min(5.0, 0.1 * 2 ** min(failures, 16)))
+
+
+def encode_event(event: Event) -> bytes:
+    """An event as a stream entry's `e` field (compact JSON, UTF-8)."""
+    return json.dumps(event_to_dict(event), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def is_terminal_entry(fields: dict[bytes, bytes]) -> bool:
+    kind = json.loads(fields[b"e"]).get("type")
+    return kind in ("run_finished", "error")
+
+
+#: add a run to a key's runs in flight unless it has `limit` (entries of dead workers dropped)
+CLAIM_RUN = """
+local entries = redis.call('HGETALL', KEYS[1])
+local n = 0
+for i = 1, #entries, 2 do
+  if redis.call('EXISTS', ARGV[4] .. entries[i + 1]) == 1 then
+    n = n + 1
+  else
+    redis.call('HDEL', KEYS[1], entries[i])
+  end
+end
+if n >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+return 1
+"""

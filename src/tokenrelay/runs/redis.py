@@ -13,7 +13,7 @@ Keys (prefix `tokenrelay:` by default):
 
 * `cancel`: the pub/sub channel that carries run ids to cancel.
 * `runs:{owner}`, `rl:{owner}:{minute}`: per-key runs in flight and requests per minute, for
-  the per-key limits (server/quotas.py).
+  the per-key limits (server/quotas.py; the claim script is in runs/redis_log.py).
 
 Connections: writes go through one batching writer per worker (one pipeline round trip per
 batch for all its runs) on the main pool; blocking reads (XREAD) use a separate pool, so
@@ -46,9 +46,10 @@ from typing import Any
 
 from tokenrelay._redact import redact_url
 from tokenrelay.errors import ConfigError
-from tokenrelay.events import Event, RunError, RunFinished, event_from_dict, event_to_dict
-from tokenrelay.server.redis_log import BatchWriter, OffsetEvents, backoff
-from tokenrelay.server.runs import RunChannel
+from tokenrelay.events import Event, RunError, RunFinished, event_from_dict
+from tokenrelay.runs.buffers import OffsetEvents
+from tokenrelay.runs.channel import RunChannel
+from tokenrelay.runs.redis_log import CLAIM_RUN, BatchWriter, backoff, encode_event, is_terminal_entry
 
 __all__ = ["EventIdPastEnd", "RedisCoordinator"]
 
@@ -193,18 +194,16 @@ class RedisCoordinator:
         def sink(index: int, event: Event) -> None:
             if type(event) is RunFinished or type(event) is RunError:
                 # what ends a run survives an outage: readers then end instead of waiting
-                writer.add_essential("xadd", stream, {"e": _encode(event)}, id=f"{index + 1}-0")
+                writer.add_essential("xadd", stream, {"e": encode_event(event)}, id=f"{index + 1}-0")
                 writer.add_essential("hdel", active, run_id)
                 if owner_runs is not None:
                     writer.add_essential("hdel", owner_runs, run_id)
                 writer.add_essential("pexpire", stream, retention)
                 writer.add_essential("pexpire", info, retention)
             else:
-                writer.add("xadd", stream, {"e": _encode(event)}, id=f"{index + 1}-0")
+                writer.add("xadd", stream, {"e": encode_event(event)}, id=f"{index + 1}-0")
 
-        for index, event in enumerate(channel.events):  # anything published before now
-            sink(index, event)
-        channel.sink = sink
+        channel.replicate(sink)  # anything published before now, then each event as it comes
 
     async def publish_cancel(self, run_id: str) -> None:
         await self._redis.publish(self._key("cancel"), run_id.encode())
@@ -248,7 +247,7 @@ class RedisCoordinator:
         """Add `run_id` to `owner`'s runs in flight unless it has `limit` already (entries of
         dead workers do not count and are dropped); True when added."""
         added = await self._redis.eval(
-            _CLAIM_RUN, 1, self._key("runs", owner), limit, run_id, self.worker_id, f"{self.prefix}worker:"
+            CLAIM_RUN, 1, self._key("runs", owner), limit, run_id, self.worker_id, f"{self.prefix}worker:"
         )
         return bool(added)
 
@@ -273,7 +272,6 @@ class RedisCoordinator:
         info = await self.run_info(run_id)
         if info is None or (info["owner"] or None) != owner:
             return None
-        channel = RunChannel(run_id=run_id, owner=owner, session_id=info["session"] or None)
         end, terminal = await self._tail(run_id)
         # An id past the log of a run still going: the owner's last batch may be on its way
         # (wait up to PAST_END_WAIT_S), or the owner died before logging what its client saw
@@ -291,14 +289,15 @@ class RedisCoordinator:
                 worker_alive = await self.worker_alive(info["worker"])
         if start > end + 1 and (terminal is not None or worker_alive):
             raise EventIdPastEnd(start)
+        session_id = info["session"] or None
         if start == end + 1 and terminal is not None:  # an EventSource reconnecting after the end
-            events = OffsetEvents(end)
-            events.append(terminal)
-            channel.events = events
-            channel.done = True
+            channel = RunChannel(run_id, owner=owner, session_id=session_id, events=OffsetEvents(end))
+            channel.publish(terminal)
             return channel
-        channel.events = OffsetEvents(start)
-        channel.task = asyncio.create_task(self._read(channel, info["worker"], start), name=f"read {run_id}")
+        channel = RunChannel(run_id, owner=owner, session_id=session_id, events=OffsetEvents(start))
+        channel.bind_task(
+            asyncio.create_task(self._read(channel, info["worker"], start), name=f"read {run_id}")
+        )
         return channel
 
     async def _tail(self, run_id: str) -> tuple[int, Event | None]:
@@ -348,16 +347,16 @@ class RedisCoordinator:
             if not channel.done:
                 channel.publish(RunError(message="stopped following the run", code="cancelled"))
 
-    async def followed_elsewhere(self, channel: RunChannel) -> bool:
+    async def followed_elsewhere(self, run_id: str) -> bool:
         """Whether a client follows this run through another worker (see `_read`)."""
-        return bool(await self._redis.exists(self._key("follow", channel.run_id)))
+        return bool(await self._redis.exists(self._key("follow", run_id)))
 
     async def close_dead_run(self, run_id: str, *, last_index: int) -> None:
         """Append the terminal error event for a run whose worker died (once, whoever wins)."""
         stream = self._key("run", run_id)
         error = RunError(message=WORKER_LOST, code="worker_lost")
         with contextlib.suppress(Exception):  # another survivor already wrote it: fine
-            await self._redis.xadd(stream, {"e": _encode(error)}, id=f"{last_index + 2}-0")
+            await self._redis.xadd(stream, {"e": encode_event(error)}, id=f"{last_index + 2}-0")
         await self._redis.hdel(self._key("active"), run_id)
         await self._redis.pexpire(stream, int(self.retention_s * 1000))
         if self._on_worker_lost is not None:
@@ -376,7 +375,7 @@ class RedisCoordinator:
                     run_id = run_id_b.decode()
                     last = await self._redis.xrevrange(self._key("run", run_id), count=1)
                     last_index = int(last[0][0].decode().split("-")[0]) - 1 if last else -1
-                    if last and _is_terminal(last[0][1]):
+                    if last and is_terminal_entry(last[0][1]):
                         await self._redis.hdel(self._key("active"), run_id)
                         continue
                     log.warning("worker %s died during run %s; closing it", worker, run_id)
@@ -385,28 +384,3 @@ class RedisCoordinator:
                 raise
             except Exception as exc:
                 log.warning("dead-worker sweep failed: %s", exc)
-
-
-_CLAIM_RUN = """
-local entries = redis.call('HGETALL', KEYS[1])
-local n = 0
-for i = 1, #entries, 2 do
-  if redis.call('EXISTS', ARGV[4] .. entries[i + 1]) == 1 then
-    n = n + 1
-  else
-    redis.call('HDEL', KEYS[1], entries[i])
-  end
-end
-if n >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-return 1
-"""
-
-
-def _encode(event: Event) -> bytes:
-    return json.dumps(event_to_dict(event), ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def _is_terminal(fields: dict[bytes, bytes]) -> bool:
-    kind = json.loads(fields[b"e"]).get("type")
-    return kind in ("run_finished", "error")

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from tokenrelay.documents import extract_text, fit_document
 from tokenrelay.presets import load_presets
-from tokenrelay.server.routes_chat import Owner, _runner
+from tokenrelay.server.deps import Owner, get_runner
 from tokenrelay.server.schemas import DocumentInfo
 
 __all__ = ["router"]
@@ -32,7 +32,7 @@ async def presets(request: Request) -> list[dict[str, Any]]:
 async def attach_document(request: Request, session_id: str, body: DocumentIn, owner: Owner) -> DocumentInfo:
     """The document's text becomes context for every question in the session. When it does
     not fit the model's context window the response says plainly what was left out."""
-    runner = _runner(request)
+    runner = get_runner(request)
     if await runner.store.get_session(session_id, owner=owner) is None:
         raise HTTPException(404, f"no session {session_id!r}")
     if "\x00" in body.content:

@@ -10,8 +10,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from tokenrelay.documents import FittedDocument
+from tokenrelay.server.deps import Owner, get_registry, get_runner
 from tokenrelay.server.quotas import quotas_of
-from tokenrelay.server.routes_chat import Owner, _registry, _runner
 from tokenrelay.server.schemas import DocumentInfo, SessionDetail, SessionSummary, TitleIn, TurnOut
 
 __all__ = ["router"]
@@ -33,7 +33,7 @@ async def list_sessions(
     `X-Next-Cursor` holds the cursor for the next page and `Link` its URL (rel="next")."""
     if not 1 <= limit <= 1000:
         raise HTTPException(422, "limit must be between 1 and 1000")
-    store = _runner(request).store
+    store = get_runner(request).store
     if cursor is not None and await store.get_session(cursor, owner=owner) is None:
         raise HTTPException(422, "cursor is not a page of your sessions (the session it names was deleted?)")
     sessions = await store.list_sessions(owner=owner, limit=limit + 1, after=cursor)
@@ -54,20 +54,20 @@ async def create_session(request: Request, owner: Owner) -> SessionSummary:
     quotas = quotas_of(request.app)
     if quotas is not None:
         await quotas.claim_session(owner)
-    s = await _runner(request).store.create_session(owner=owner)
+    s = await get_runner(request).store.create_session(owner=owner)
     return SessionSummary(id=s.id, title=s.title, created_at=s.created_at, updated_at=s.updated_at)
 
 
 @router.get("/{session_id}", summary="A session with its whole history")
 async def get_session(request: Request, session_id: str, owner: Owner) -> SessionDetail:
-    store = _runner(request).store
+    store = get_runner(request).store
     s = await store.get_session(session_id, owner=owner)
     if s is None:
         raise HTTPException(404, f"no session {session_id!r}")
     turns = await store.history(session_id)
     document = await store.get_document(session_id)
     fit = FittedDocument.stored(document) if document else None
-    active = [c.run_id for c in _registry(request).active(owner=owner) if c.session_id == session_id]
+    active = [c.run_id for c in get_registry(request).active(owner=owner) if c.session_id == session_id]
     return SessionDetail(
         id=s.id,
         title=s.title,
@@ -106,7 +106,7 @@ async def rename_session(request: Request, session_id: str, body: TitleIn, owner
     title = " ".join(body.title.split())  # one line, as the sidebar shows it
     if not title:
         raise HTTPException(422, "title must not be blank")
-    s = await _runner(request).store.set_title(session_id, title, owner=owner)
+    s = await get_runner(request).store.set_title(session_id, title, owner=owner)
     if s is None:
         raise HTTPException(404, f"no session {session_id!r}")
     return SessionSummary(id=s.id, title=s.title, created_at=s.created_at, updated_at=s.updated_at)
@@ -114,19 +114,21 @@ async def rename_session(request: Request, session_id: str, body: TitleIn, owner
 
 @router.delete("/{session_id}", summary="Delete a session and its history", status_code=204)
 async def delete_session(request: Request, session_id: str, owner: Owner) -> Response:
-    for channel in _registry(request).active(owner=owner):
+    for channel in get_registry(request).active(owner=owner):
         if channel.session_id == session_id:
             channel.cancel()
-    if not await _runner(request).store.delete_session(session_id, owner=owner):
+    if not await get_runner(request).store.delete_session(session_id, owner=owner):
         raise HTTPException(404, f"no session {session_id!r}")
     return Response(status_code=204)
 
 
 @router.post("/{session_id}/cancel", summary="Cancel the session's running run", status_code=202)
 async def cancel_session_run(request: Request, session_id: str, owner: Owner) -> dict[str, Any]:
-    if await _runner(request).store.get_session(session_id, owner=owner) is None:
+    if await get_runner(request).store.get_session(session_id, owner=owner) is None:
         raise HTTPException(404, f"no session {session_id!r}")
     cancelled = [
-        c.run_id for c in _registry(request).active(owner=owner) if c.session_id == session_id and c.cancel()
+        c.run_id
+        for c in get_registry(request).active(owner=owner)
+        if c.session_id == session_id and c.cancel()
     ]
     return {"session_id": session_id, "cancelled": cancelled}
