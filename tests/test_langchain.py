@@ -765,6 +765,21 @@ def test_graph_served_over_http(tmp_path: Path) -> None:
         )
         assert content == narration_shown + "The result is 42."  # OpenAI clients see both, in order
 
+        # what a graph cannot do is a 400 in the server's error shape, before any run starts
+        put = client.put(f"/sessions/{session}/document", json={"name": "a.txt", "content": "text"})
+        assert put.status_code == 400 and put.json()["error"]["code"] == "unsupported"
+        assert (
+            "calc-graph" in put.json()["error"]["message"]
+            and "no model backend" in put.json()["error"]["message"]
+        )
+        tuned = client.post(
+            "/v1/chat/completions",
+            json={"model": "x", "temperature": 0.5, "messages": [{"role": "user", "content": "calc 1+1"}]},
+        )
+        assert tuned.status_code == 400 and "generation settings" in tuned.json()["error"]["message"]
+        info = client.get("/info").json()
+        assert info["model"] == "calc-graph" and info["context_window"] is None
+
 
 def test_chat_model_served_as_backend_over_http(tmp_path: Path) -> None:
     model = FakeToolModel(respond=lambda messages: f"echo: {messages[-1].content}")

@@ -25,6 +25,7 @@ import pytest
 from replies import echo
 from server_fixture import LiveServer, make_app
 from tokenrelay.agent.prompts import DEFAULT_SYSTEM
+from tokenrelay.agent.protocol import AgentBase, RunRequest
 from tokenrelay.backends.base import FinishChunk
 from tokenrelay.config import Settings
 from tokenrelay.events import AnswerDelta, Event, RunFinished, RunStarted
@@ -265,11 +266,15 @@ def test_reasoning_goes_out_as_reasoning_content_when_asked(
     assert kinds.index("r") < kinds.index("c")
 
 
-class _CutOffAgent:
+class _CutOffAgent(AgentBase):
     """An agent whose run ends cut off by max_tokens (finish_reason 'length')."""
 
-    async def run(self, text: str, *, run_id: str | None = None, **_: Any) -> AsyncIterator[Event]:
-        yield RunStarted(run_id=run_id or "run_x")
+    @property
+    def name(self) -> str:
+        return "cut-off"
+
+    async def stream(self, request: RunRequest) -> AsyncIterator[Event]:
+        yield RunStarted(run_id=request.run_id or "run_x")
         yield AnswerDelta(text="Once upon a")
         yield RunFinished(answer="Once upon a", finish_reason="length")
 

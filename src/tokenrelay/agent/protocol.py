@@ -137,31 +137,23 @@ class AgentBase:
         system: str | None = None,
     ) -> AsyncIterator[Event]:
         """`stream(RunRequest(text, ...))`: the same events, the same iterator."""
-        return self.stream(
-            RunRequest(
-                text,
-                session_id=session_id,
-                mode=mode,
-                run_id=run_id,
-                history=tuple(history),
-                answer_policy=answer_policy,
-                generation=generation,
-                system=system,
-            )
-        )
+        fields = (session_id, mode, run_id, tuple(history), answer_policy, generation, system)
+        return self.stream(RunRequest(text, *fields))
 
 
 class AgentAdapter(AgentBase):
-    """Any `AgentLike` as an `AgentBase` (for `run` and `warm`): `stream` is the agent's own
-    iterator, so the per-token chain gets no deeper."""
+    """Any `AgentLike` as an `AgentBase` (for `run`, `warm`, `bind_store`), optionally under
+    another `name`: `stream` is the agent's own iterator, so the per-token chain gets no deeper."""
 
-    def __init__(self, agent: AgentLike) -> None:
+    def __init__(self, agent: AgentLike, *, name: str | None = None) -> None:
         self.agent = agent
         self.accepts: frozenset[str] = frozenset(getattr(agent, "accepts", frozenset()))
+        self._name = name
 
     @property
     def name(self) -> str:
-        return self.agent.name
+        """The agent's name, or the one given (what a server reports as its model)."""
+        return self._name or self.agent.name
 
     def stream(self, request: RunRequest) -> AsyncIterator[Event]:
         return self.agent.stream(request)

@@ -37,22 +37,16 @@ from tokenrelay.integrations.langchain.events import CallbackAgent, stream_with_
 from tokenrelay.integrations.langchain.handler import TokenrelayCallbackHandler
 from tokenrelay.integrations.langchain.results import answer_of
 from tokenrelay.integrations.langchain.routing import AnswerPolicy
-from tokenrelay.integrations.langchain.server import (
-    AgentNameBackend,
-    attach,
-    create_langchain_app,
-)
+from tokenrelay.integrations.langchain.server import create_langchain_app
 
 __all__ = [
     "AgentLike",
-    "AgentNameBackend",
     "AnswerPolicy",
     "CallbackAgent",
     "LangChainBackend",
     "RunnableAgent",
     "TokenrelayCallbackHandler",
     "answer_of",
-    "attach",
     "backend_from_model_id",
     "create_langchain_app",
     "model_name",
