@@ -23,7 +23,7 @@ RUNS = 2000
 
 
 def _load_soak() -> ModuleType:
-    path = Path(__file__).resolve().parent.parent / "bench" / "soak.py"
+    path = Path(__file__).resolve().parents[2] / "bench" / "soak.py"
     spec = importlib.util.spec_from_file_location("tokenrelay_bench_soak", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

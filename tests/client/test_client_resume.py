@@ -194,7 +194,8 @@ def test_the_stream_command_resumes_after_a_cut(server: LiveServer) -> None:
     with CuttingProxy(server.port, [40]) as proxy:
         done = subprocess.run(
             [sys.executable, "-m", "tokenrelay.cli", "stream", "capital?", "--url", proxy.url],
-            capture_output=True, text=True, encoding="utf-8", timeout=60, cwd=Path(__file__).parent,
+            capture_output=True, text=True, encoding="utf-8", timeout=60,
+            cwd=Path(__file__).resolve().parents[1],
             env={**environment, "PYTHONIOENCODING": "utf-8"},
         )  # fmt: skip
     assert (done.returncode, done.stdout, done.stderr) == (0, ANSWER + "\n", "")

@@ -1,7 +1,7 @@
 """Fault injection against a real server over a real socket: each fault of the hardening issue
 is injected and the required behaviour asserted (docs/reliability.md has the table).
 
-Deeper than tests/test_server_live.py and tests/test_server_transcript.py (which cover a
+Deeper than tests/e2e/test_server_live.py and tests/server/test_server_transcript.py (which cover a
 ScriptedBackend client disconnect and a ScriptedBackend mid-stream failure): here the backend is
 the real embedded llama.cpp model (its worker thread must stop) or `OpenAIBackend` talking to
 tests/fake_openai.py over HTTP (the upstream request must be closed; resets, 500s, malformed
@@ -38,7 +38,7 @@ import pytest
 
 from fake_openai import DONE, Drop, FakeOpenAIServer, Reply, Sleep, error_reply, sse, text_events
 from replies import action, echo, final, last_user, paced_reply
-from server_fixture import LiveServer, free_port, make_app, wait_until
+from server_fixture import LiveServer, free_port, make_app, rss_bytes, wait_until
 from tokenrelay.agent.loop import Agent
 from tokenrelay.backends.base import Backend, FinishChunk, GenerationSettings, ModelChunk, TextChunk
 from tokenrelay.backends.openai_compat import OpenAIBackend
@@ -67,14 +67,6 @@ def nodelay(server: LiveServer) -> LiveServer:
     every response written in two parts waits ~40 ms for the client's delayed ACK (Nagle)."""
     server._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return server
-
-
-def rss_bytes(pid: int | str = "self") -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")  # pragma: no cover
 
 
 @pytest.fixture

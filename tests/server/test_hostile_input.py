@@ -2,10 +2,10 @@
 API keys while runs are live, the calculator's attack corpus as the model's tool input through
 the agent, and SSE framing in everything the model (or an upstream server) can write.
 
-Deeper than tests/test_server_transcript.py, which covers the basic bad requests (missing
+Deeper than tests/server/test_server_transcript.py, which covers the basic bad requests (missing
 fields, wrong types, a 3 KB body over a 2 KB limit), API keys on finished runs, and prompt text
 with SSE framing echoed back. Model output rendered as HTML in the web page is covered by
-tests/test_web_page.py::test_html_in_an_answer_stays_inert (a browser test).
+tests/e2e/test_web_page.py::test_html_in_an_answer_stays_inert (a browser test).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from calculator_corpus import PAYLOADS, PWNED_MARKER
 from fake_openai import DONE, FakeOpenAIServer, Reply, sse, text_events
 from replies import PREFIX, echo, final
-from server_fixture import LiveServer, make_app, wait_until
-from test_calculator import PAYLOADS, PWNED_MARKER
+from server_fixture import LiveServer, make_app, rss_bytes, wait_until
 from tokenrelay.agent.loop import Agent
 from tokenrelay.backends.base import FinishChunk, TextChunk, ToolCallChunk
 from tokenrelay.backends.openai_compat import OpenAIBackend
@@ -40,16 +40,8 @@ from tokenrelay.tools.registry import Tool
 MB = 2**20
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")  # pragma: no cover
-
-
 def nodelay(server: LiveServer) -> LiveServer:
-    """TCP_NODELAY on the listening socket: see tests/test_faults.py::nodelay."""
+    """TCP_NODELAY on the listening socket: see tests/server/test_faults.py::nodelay."""
     server._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return server
 
@@ -481,7 +473,7 @@ def _calculator_script(native: bool) -> Callable[[Sequence[Message]], Any]:
 def test_every_calculator_payload_through_the_agent_is_an_error_observation(
     serve: Callable[..., LiveServer], protocol: str
 ) -> None:
-    """The corpus of tests/test_calculator.py (CVE-2023-29374 and CVE-2023-39631 payloads,
+    """The corpus of tests/tools/test_calculator.py (CVE-2023-29374 and CVE-2023-39631 payloads,
     resource exhaustion, ...) as the model's tool input: each becomes an error observation the
     model sees, the run ends with run_finished, quickly, and nothing was executed."""
     script = _calculator_script(native=protocol == "native")

@@ -2,7 +2,7 @@
 
 The answers of a 135M model are not asserted: what is guaranteed is the structure: every run
 ends with one `RunFinished`, the answer deltas add up to it, and the iteration limit with
-`generate` still yields an answer. (tests/test_embedded_agent.py checks the embedded agent's
+`generate` still yields an answer. (tests/agent/test_embedded_agent.py checks the embedded agent's
 decisions on this model.)
 """
 

@@ -31,6 +31,7 @@ except ImportError:  # the `postgres` extra is not installed
     pytest.skip("needs the postgres extra: pip install -e '.[postgres]'", allow_module_level=True)
 
 import test_memory
+
 from tokenrelay.errors import ConfigError
 from tokenrelay.memory import SessionStore, open_store
 from tokenrelay.memory.postgres import MIGRATIONS, TABLES, PostgresSessionStore, apply_migrations

@@ -32,14 +32,12 @@ from typing import Any
 import httpx
 import pytest
 
-from server_fixture import free_port
-
-sys.path.insert(0, str(Path(__file__).parent))
 from apps.worker import ANSWER
+from server_fixture import free_port
 from services import REDIS, fresh_database
 from sse_frames import parse_sse as _sse
 
-EXAMPLE = Path(__file__).parent.parent / "examples" / "nginx" / "tokenrelay.conf"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "nginx" / "tokenrelay.conf"
 RATE = 25.0  # tokens/s of the workers' scripted model: an answer takes about 4 s
 
 
@@ -135,7 +133,7 @@ class Worker:
         self.address = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.address}"
         self.log = log.open("wb")
-        worker = Path(__file__).parent / "apps" / "worker.py"
+        worker = Path(__file__).resolve().parents[1] / "apps" / "worker.py"
         self.proc = subprocess.Popen(
             [sys.executable, str(worker), "--port", str(self.port), "--db", db, "--redis", REDIS,
              "--prefix", prefix, "--rate", str(RATE)],

@@ -9,7 +9,6 @@ them from the shared log. Every answer B gives must be the one A (the owner) giv
 from __future__ import annotations
 
 import json
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +18,6 @@ from typing import Any
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from server_fixture import LiveServer, wait_until
 from services import REDIS, services_or_skip
 from sse_frames import parse_sse
@@ -148,7 +146,7 @@ def test_every_earlier_id_resumes_with_exactly_the_rest_on_the_other_worker(
 def test_a_huge_last_event_id_costs_the_other_worker_no_memory(
     finished_pair: tuple[LiveServer, LiveServer, str], tmp_path: Path
 ) -> None:
-    from test_faults import rss_bytes
+    from server_fixture import rss_bytes
 
     a, b, prefix = finished_pair
     run_id, last = _finished_run(a)

@@ -1,6 +1,6 @@
 """The Dockerfile and compose.yaml, checked as far as this machine allows (there is no Docker
 engine to build or run them): compose.yaml parses and describes docs/deploy.md's setup, its
-nginx runs exactly the example config that tests/test_nginx_example.py runs under a real nginx,
+nginx runs exactly the example config that tests/e2e/test_nginx_example.py runs under a real nginx,
 its addresses and ports agree with that config, every TOKENRELAY_* variable it sets is a
 setting, and the Dockerfile copies files that exist and serves what the compose file expects.
 """
@@ -18,7 +18,7 @@ import yaml
 
 from tokenrelay.config import Settings
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 NGINX_EXAMPLE = ROOT / "examples" / "nginx" / "tokenrelay.conf"

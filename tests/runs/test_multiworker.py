@@ -19,7 +19,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from apps.worker import ANSWER
 from server_fixture import free_port
 from services import REDIS, fresh_database
@@ -39,7 +38,7 @@ class Worker:
         self.port = free_port()
         self.log = log.open("wb")
         self.url = f"http://127.0.0.1:{self.port}"
-        worker = Path(__file__).parent / "apps" / "worker.py"
+        worker = Path(__file__).resolve().parents[1] / "apps" / "worker.py"
         self.proc = subprocess.Popen(
             [sys.executable, str(worker), "--port", str(self.port), "--db", db, "--redis", REDIS,
              "--prefix", prefix, "--rate", str(rate), "--grace", str(grace)],

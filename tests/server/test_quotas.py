@@ -3,7 +3,6 @@ against a real server; the shared counts with two workers on one Redis."""
 
 from __future__ import annotations
 
-import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,7 +13,6 @@ from typing import Any
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from server_fixture import LiveServer, make_app, wait_until
 from tokenrelay.testing import ScriptedBackend
 

@@ -9,7 +9,6 @@ The services are private instances (tests/private_services.py), never the shared
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +18,6 @@ from typing import Any
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from private_services import private_postgres, private_redis
 from server_fixture import LiveServer, wait_until
 from sse_frames import parse_sse

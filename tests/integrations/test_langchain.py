@@ -83,7 +83,7 @@ from tokenrelay.memory import InMemorySessionStore
 from tokenrelay.messages import Message, ToolCall
 from tokenrelay.tools import calculator as tr_calculator
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- a fake chat model that streams tool calls ---------------------------------------------------

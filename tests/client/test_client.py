@@ -577,7 +577,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     return subprocess.run(
         [sys.executable, "-m", "tokenrelay.cli", "stream", *args],
         capture_output=True, text=True, encoding="utf-8", env=environment, timeout=60,
-        cwd=Path(__file__).parent,
+        cwd=Path(__file__).resolve().parents[1],
     )  # fmt: skip
 
 

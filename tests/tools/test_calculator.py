@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from calculator_corpus import CORPUS, PAYLOADS, PWNED_MARKER, fill
 from tokenrelay.tools.calculator import (
     CALCULATOR_DESCRIPTION,
     MAX_EXPRESSION_LENGTH,
@@ -37,9 +38,6 @@ functions = importlib.import_module("tokenrelay.tools.calculator.functions")
 syntax = importlib.import_module("tokenrelay.tools.calculator.syntax")
 
 TIME_BOUND_S = 0.5
-PAYLOAD_FILE = Path(__file__).parent / "payloads" / "calculator_payloads.txt"
-PWNED_MARKER = Path("/tmp/tokenrelay_pwned")
-ESCAPED_PREFIX = "escaped:"
 
 ALLOWED_FUNCTIONS = frozenset(
     {
@@ -49,68 +47,6 @@ ALLOWED_FUNCTIONS = frozenset(
     }
 )  # fmt: skip
 ALLOWED_CONSTANTS = frozenset({"pi", "e", "tau"})
-
-
-def _load_corpus() -> list[str]:
-    payloads = []
-    for line in PAYLOAD_FILE.read_text(encoding="utf-8").split("\n"):
-        line = line.removesuffix("\r")
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith(ESCAPED_PREFIX):
-            escaped = line[len(ESCAPED_PREFIX) :]
-            assert escaped.isascii(), f"escaped: lines must be ASCII: {line!r}"
-            line = escaped.encode("ascii").decode("unicode_escape")
-        payloads.append(line)
-    return payloads
-
-
-def _fill(term: str, sep: str = "+") -> str:
-    """Repeat ``term`` joined by ``sep`` as often as fits in MAX_EXPRESSION_LENGTH."""
-    count = (MAX_EXPRESSION_LENGTH + len(sep)) // (len(term) + len(sep))
-    return sep.join([term] * count)
-
-
-def _generated_payloads() -> list[str]:
-    """Payloads too large or too repetitive to keep in the corpus file."""
-    return [
-        "1" * 1_000_000,  # a 1 MB string
-        "a" * 1_000_000,
-        "1+" * 500_000 + "1",
-        "-" * 100_000 + "1",
-        "-" * 10_000 + "1",
-        "-" * 999 + "1",
-        "+-" * 499 + "1",
-        "(" * 500 + "1" + ")" * 500,
-        "(" * 400 + "1" + ")" * 400,
-        "(" * 51 + "1" + ")" * 51,
-        "(1)*" * 5_000 + "1",
-        "(1)*" * 249 + "1",
-        "1+" * 499 + "1",
-        "2**" * 333 + "2",
-        "sqrt(" * 150 + "1" + ")" * 150,
-        "max(" + ",".join(["1"] * 499) + ")",
-        "9" * 1_001,
-        "\x00" * 1_000,
-        "1+1" + "\x00" * 100,
-        "__import__('os').system('touch /tmp/tokenrelay_pwned')" + " " * 1_000,
-        " " * 1_000,
-        "'" + "a" * 998 + "'",
-        _fill("9**31500//7**17800"),
-        _fill("9**31500%7**17800", "-"),
-        _fill("comb(10000,5000)"),
-        _fill("perm(3000)"),
-        _fill("gcd(9**20000,7**20000+1)"),
-        _fill("lcm(3**40000,7**20000+1)", "*"),
-        _fill("2**99999", "*"),
-        _fill("9**31000", "//"),
-        _fill("factorial(1000)", "*"),
-        _fill("round(3**60000,-1000)"),
-    ]
-
-
-CORPUS = _load_corpus()
-PAYLOADS = CORPUS + _generated_payloads()
 
 
 def _payload_id(payload: str) -> str:
@@ -527,11 +463,11 @@ def test_validator_rejects_python_outside_the_grammar() -> None:
 HEAVY_BUT_ALLOWED = [
     "9**31500 // 7**17800 % 1000",
     "+".join(["comb(10000,5000)%7"] * 3),
-    _fill("3**6300//7**3000"),
-    _fill("factorial(1000)%7"),
-    _fill("sqrt(2)"),
-    _fill("exp(700)/exp(699)"),
-    _fill("9**9**2%7"),
+    fill("3**6300//7**3000"),
+    fill("factorial(1000)%7"),
+    fill("sqrt(2)"),
+    fill("exp(700)/exp(699)"),
+    fill("9**9**2%7"),
     "max(" + ",".join(["1e300"] * 160) + ")",
     "round(3**60000, -1000) % 7",
     "2**99999 / 2**99990",

@@ -4,7 +4,7 @@ a real server with a ScriptedBackend: schema-valid requests (positive) and schem
 whose message is not empty.
 
 The number of examples per operation and mode is bounded (`EXAMPLES`), so the whole module
-runs in well under a minute; `TOKENRELAY_FUZZ_EXAMPLES=500 pytest tests/test_fuzz_openapi.py`
+runs in well under a minute; `TOKENRELAY_FUZZ_EXAMPLES=500 pytest tests/server/test_fuzz_openapi.py`
 digs deeper.
 """
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,9 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from server_fixture import LiveServer, make_app, wait_until
-from test_faults import rss_bytes
+from server_fixture import LiveServer, make_app, rss_bytes, wait_until
 from tokenrelay.server.protocol import GUARDED_HTTPTOOLS, GuardedH11Protocol
 from tokenrelay.testing import ScriptedBackend
 
