@@ -474,3 +474,16 @@ def current_violations() -> list[str]:
 if __name__ == "__main__":  # `python tests/test_architecture.py`: what to put in the allowance
     for violation in current_violations():
         print(f'        "{violation}",')
+
+
+def test_tests_mirror_the_source_tree() -> None:
+    """tests/<package>/ for each package of src/tokenrelay (plus e2e/ for real-server and browser
+    suites); a test file at the top of tests/ is about a top-level module or the whole package."""
+    tests = Path(__file__).resolve().parent
+    packages = {p.parent.name for p in (SRC / ROOT).glob("*/__init__.py")}
+    folders = {p.parent.name for p in tests.glob("*/test_*.py")}
+    assert folders <= packages | {"e2e"}, folders - packages
+    modules = {p.stem.lstrip("_") for p in (SRC / ROOT).glob("*.py")}
+    whole = {"architecture", "packaging", "public_api"}
+    strays = [p.name for p in tests.glob("test_*.py") if p.stem.removeprefix("test_") not in modules | whole]
+    assert not strays, f"test files to put under the folder of what they test: {strays}"
