@@ -24,11 +24,13 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from test_streaming_e2e import SURFACES
 
 from fake_openai import FakeOpenAIServer, text_reply
 from server_fixture import LiveServer, make_app
-from test_streaming_e2e import SURFACES
 from tokenrelay.backends.openai_compat import OpenAIBackend
 
 Result = tuple[int, float, bool]  # pieces received, first piece after the upstream's (s), exact

@@ -3,11 +3,12 @@ leak deltas. Prints one figures table (the one in docs/reliability.md).
 
 Phases (all by default; pick with ``--phases``):
 
-* ``faults``       runs the fault-injection and hostile-input suites (tests/test_faults.py,
-                   tests/test_hostile_input.py, tests/test_fuzz_openapi.py) in a pytest subprocess
+* ``faults``       runs the fault-injection and hostile-input suites (tests/server/test_faults.py,
+                   tests/server/test_hostile_input.py, tests/server/test_fuzz_openapi.py) in a pytest
+                   subprocess
                    and counts, per group of faults, the cases injected, survived (passed), and the
                    known bugs (strict xfails: not survived yet, each with its fix in the report);
-* ``payloads``     the calculator attack corpus (tests/test_calculator.py: CVE-2023-29374,
+* ``payloads``     the calculator attack corpus (tests/tools/test_calculator.py: CVE-2023-29374,
                    CVE-2023-39631 and resource-exhaustion payloads) as the model's tool input
                    through the agent, JSON and native tool protocols: tried, rejected as an error
                    observation with the run ending cleanly, slowest run;
@@ -291,11 +292,12 @@ def outcome(path: str, result: Result) -> tuple[str, str]:
 
 
 SUITES = (
-    "tests/test_faults.py", "tests/test_hostile_input.py", "tests/test_fuzz_openapi.py",
+    "tests/server/test_faults.py", "tests/server/test_hostile_input.py", "tests/server/test_fuzz_openapi.py",
     # round two (issue 12)
-    "tests/test_slow_clients.py", "tests/test_remote_resume.py", "tests/test_quotas.py",
-    "tests/test_store_faults.py", "tests/test_coordination_writer.py", "tests/test_exposure.py",
-    "tests/test_memory_window.py",
+    "tests/server/test_slow_clients.py", "tests/runs/test_remote_resume.py",
+    "tests/server/test_quotas.py", "tests/memory/test_store_faults.py",
+    "tests/runs/test_coordination_writer.py", "tests/server/test_exposure.py",
+    "tests/memory/test_memory_window.py",
 )  # fmt: skip
 
 
@@ -391,7 +393,7 @@ def _group(module: str, name: str) -> str:
 def run_payloads() -> dict[str, Any]:
     """The calculator corpus as the model's tool input, both protocols, through the agent."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_calculator import PAYLOADS
+    from calculator_corpus import PAYLOADS
     from tokenrelay.agent.loop import Agent
     from tokenrelay.backends.base import FinishChunk, ToolCallChunk
     from tokenrelay.events import RunFinished, ToolCallFinished

@@ -38,9 +38,18 @@ import uvicorn
 
 from tokenrelay.server.protocol import GuardedH11Protocol
 
-__all__ = ["LiveServer", "free_port", "make_app", "wait_until"]
+__all__ = ["LiveServer", "free_port", "make_app", "rss_bytes", "wait_until"]
 
 T = TypeVar("T")
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident memory of a process (this one by default), from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")  # pragma: no cover
 
 
 def free_port() -> int:

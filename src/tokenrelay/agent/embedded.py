@@ -40,7 +40,8 @@ from typing import Any, Literal, Protocol
 
 from tokenrelay.agent import embedded_prompts as prompts
 from tokenrelay.agent.arith import Arithmetic, could_compute, normalize, read_arithmetic
-from tokenrelay.backends.base import Backend, FinishChunk, GenerationSettings, TextChunk
+from tokenrelay.agent.state import stream_answer
+from tokenrelay.backends.base import Backend, GenerationSettings, ModelChunk
 from tokenrelay.backends.local import LocalModel, SplitPrompt
 from tokenrelay.events import Event, ReasoningDelta, ToolCallFinished, Usage
 from tokenrelay.messages import Message
@@ -62,7 +63,7 @@ _ARGUMENT_TOKENS = 160
 class RunHooks(Protocol):
     """What the embedded policy needs from the agent's run (kept by `agent/loop.py`)."""
 
-    def answer(self, text: str) -> Event:
+    def answer_delta(self, text: str) -> Event:
         """Record answer text and return its `AnswerDelta`."""
         ...
 
@@ -146,7 +147,7 @@ class EmbeddedPolicy:
         ):
             from tokenrelay.models import english_only_reply
 
-            yield hooks.answer(english_only_reply())
+            yield hooks.answer_delta(english_only_reply())
             return
         decision = (
             await self.decide(question, hooks)
@@ -160,7 +161,7 @@ class EmbeddedPolicy:
             if decision.tool is not None:
                 yield ReasoningDelta(text=f"Action input: {_show(decision.arguments)}\n")
         if decision.tool is None:
-            async with aclosing(self._answer(conversation, hooks)) as events:
+            async with aclosing(stream_answer(await self._answer_call(conversation, hooks), hooks)) as events:
                 async for event in events:
                     yield event
             return
@@ -171,16 +172,16 @@ class EmbeddedPolicy:
                     finished = event
                 yield event
         if forced_stop is not None:
-            yield hooks.answer(forced_stop)
+            yield hooks.answer_delta(forced_stop)
             return
         if finished is not None and finished.error is None and finished.result is not None:
             if decision.tool is self.calculator:
-                yield hooks.answer(f"{_show(decision.arguments)} = {finished.result}")
+                yield hooks.answer_delta(f"{_show(decision.arguments)} = {finished.result}")
                 return
             note = prompts.tool_result_note(decision.tool.name, _show(decision.arguments), finished.result)
             conversation = [*conversation[:-1], Message.user(conversation[-1].content + note)]
         # a failed tool adds nothing the model can use: it answers on its own
-        async with aclosing(self._answer(conversation, hooks)) as events:
+        async with aclosing(stream_answer(await self._answer_call(conversation, hooks), hooks)) as events:
             async for event in events:
                 yield event
 
@@ -246,18 +247,12 @@ class EmbeddedPolicy:
         hooks.add_usage(done.usage)
         return done.text.strip()
 
-    async def _answer(self, conversation: list[Message], hooks: RunHooks) -> AsyncGenerator[Event, None]:
-        """The answer from the plain chat prompt: the same tokens a plain call evaluates."""
+    async def _answer_call(
+        self, conversation: list[Message], hooks: RunHooks
+    ) -> AsyncGenerator[ModelChunk, None]:
+        """The answer's model call on the plain chat prompt: the same tokens a plain call evaluates."""
         prompt = await self.model.render(conversation)
-        async with aclosing(self.model.stream_text(prompt, settings=hooks.generation)) as chunks:
-            async for chunk in chunks:
-                if type(chunk) is TextChunk:
-                    if chunk.text:
-                        yield hooks.answer(chunk.text)
-                elif isinstance(chunk, FinishChunk):
-                    hooks.finished(chunk.reason)
-                    if chunk.usage is not None:
-                        hooks.add_usage(chunk.usage)
+        return self.model.stream_text(prompt, settings=hooks.generation)
 
     async def _prompt(self, key: str, build: Callable[[str], list[Message]], question: str) -> SplitPrompt:
         """`build(question)` rendered, split into the part shared by every question (rendered

@@ -35,6 +35,7 @@ import re
 from typing import Final
 
 from tokenrelay.agent.final_answer import FinalAnswerExtractor
+from tokenrelay.agent.json_scan import joined
 
 __all__ = ["ProseStreamer"]
 
@@ -84,10 +85,7 @@ class ProseStreamer:
     @property
     def raw(self) -> str:
         """Everything fed so far."""
-        chunks = self._chunks
-        if len(chunks) > 1:
-            chunks[:] = ["".join(chunks)]
-        return chunks[0] if chunks else ""
+        return joined(self._chunks)
 
     def feed(self, chunk: str) -> str:
         """Consume a chunk; return the prose it released (may be "")."""

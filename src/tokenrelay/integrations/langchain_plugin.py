@@ -15,7 +15,7 @@ __all__ = ["langchain_backend"]
 def langchain_backend(arg: str, settings: Settings) -> Backend:
     """`langchain:<provider>:<model>`: a LangChain chat model (see `backend_from_model_id`)."""
     try:
-        from tokenrelay.integrations.langchain_backend import backend_from_model_id
+        from tokenrelay.integrations.langchain.backend import backend_from_model_id
     except ImportError:
         raise ConfigError("langchain: models need: pip install 'tokenrelay[langchain]'") from None
     return backend_from_model_id(arg)

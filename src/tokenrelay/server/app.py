@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from tokenrelay.agent.protocol import AgentLike
 from tokenrelay.api import Runner
 from tokenrelay.backends import Backend, load_backend
 from tokenrelay.config import Settings
@@ -56,16 +57,24 @@ async def _warm(runner: Runner) -> None:
 
 
 def create_app(
-    settings: Settings | None = None, *, backend: Backend | None = None, store: SessionStore | None = None
+    settings: Settings | None = None,
+    *,
+    agent: AgentLike | None = None,
+    backend: Backend | None = None,
+    store: SessionStore | None = None,
 ) -> FastAPI:
     """The tokenrelay ASGI app. `backend`/`store` override what `settings` would build
-    (tests pass a scripted backend); the app closes only what it built itself."""
+    (tests pass a scripted backend); the app closes only what it built itself. `agent` serves
+    any `AgentLike` (a LangChain graph: `integrations/langchain/server.py`) instead of
+    tokenrelay's agent; then no backend is built unless given."""
     settings = settings or Settings.from_env()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         install_log_filter()
-        own_backend = backend or load_backend(settings.model, settings)
+        own_backend = backend
+        if own_backend is None and agent is None:
+            own_backend = load_backend(settings.model, settings)
         own_store = store or open_store(settings.db)
         if not settings.redis_url:
             # one process owns every run: whatever is still `running` died with the last one.
@@ -74,7 +83,7 @@ def create_app(
         load = getattr(own_backend, "load", None)
         if load is not None:
             await load()  # the first request should not pay for loading the model
-        runner = Runner(settings, own_backend, own_store)
+        runner = Runner(settings, own_backend, own_store, agent=agent)
         if load is not None:
             await _warm(runner)
         registry = RunRegistry(
@@ -83,7 +92,7 @@ def create_app(
         )
         app.state.runner = runner
         app.state.registry = registry
-        app.state.monitor = RunMonitor(own_backend.name, app.state.metrics)
+        app.state.monitor = RunMonitor(runner.model_name, app.state.metrics)
         app.state.coordinator = None
         if settings.redis_url:
             from tokenrelay.runs.redis import WORKER_LOST, RedisCoordinator
@@ -117,7 +126,7 @@ def create_app(
             await registry.shutdown()
             if app.state.coordinator is not None:
                 await app.state.coordinator.close()
-            if backend is None:
+            if backend is None and own_backend is not None:
                 await own_backend.aclose()
             if store is None:
                 await own_store.close()

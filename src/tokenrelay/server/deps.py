@@ -2,19 +2,19 @@
 registry, Redis coordinator), the version, and starting and awaiting a run. Routes import
 this module and `errors`, never `app` or each other.
 
-`start_run` is the one place a request becomes a run (`runner.agent.run`): validation,
-session, quotas, the registry, metrics."""
+`start_run` is the one place a request becomes a run (`runner.stream(RunRequest)`, the door
+the CLI uses too): validation, session, quotas, the registry, metrics."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import Depends, HTTPException, Request
 
-from tokenrelay.agent.loop import Agent
+from tokenrelay.agent.protocol import RunRequest
 from tokenrelay.api import Runner
 from tokenrelay.backends.base import GenerationSettings
 from tokenrelay.run import new_run_id
@@ -77,8 +77,9 @@ async def start_run(
 ) -> tuple[RunChannel, str | None]:
     """Validate, resolve the session (404 if it is not the caller's), and start the run.
     `generation` replaces the agent's sampling settings for this run, `system` is added to
-    its system prompt; an agent that cannot take them (a LangChain agent) makes that a 400.
-    A streamed, non-resumable run lives and dies with its response: the response drives it."""
+    its system prompt; an agent that cannot take them (a LangChain agent) makes that a 400
+    (`UnsupportedRequest`). A streamed, non-resumable run lives and dies with its response:
+    the response drives it."""
     runner = get_runner(request)
     _check_text(text, runner.settings.max_text_chars)
     quotas = quotas_of(request.app)
@@ -88,20 +89,20 @@ async def start_run(
     try:
         if use_session:
             session_id = await _session_for(request, runner, owner, session_id)
-        overrides: dict[str, Any] = {}
-        if generation is not None or system is not None:
-            if not isinstance(runner.agent, Agent):
-                what = "generation settings" if generation is not None else "a system prompt"
-                raise HTTPException(400, f"this server's agent does not take {what} per request")
-            overrides = {"generation": generation, "system": system}
-        events = runner.agent.run(
-            text,
-            session_id=session_id if use_session else None,
-            mode=mode,
-            run_id=run_id,
-            history=history,
-            answer_policy=answer_policy,
-            **overrides,
+        # raises UnsupportedRequest (a 400, server/errors.py) for what the agent cannot take
+        events = runner.stream(
+            RunRequest(
+                text,
+                session_id=session_id if use_session else None,
+                mode=mode,
+                run_id=run_id,
+                history=tuple(history),
+                answer_policy=answer_policy,
+                generation=generation,
+                system=system,
+            ),
+            owner=owner,
+            session_ready=True,
         )
         channel = get_registry(request).start(
             run_id,

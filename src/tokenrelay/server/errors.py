@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tokenrelay.agent.protocol import UnsupportedRequest
 from tokenrelay.errors import StorageError
 
 __all__ = ["error_body", "error_response", "install_error_handlers"]
@@ -96,6 +97,12 @@ async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _unsupported(request: Request, exc: Exception) -> JSONResponse:
+    # the request asks what this server's agent cannot do (a LangChain graph: no per-run
+    # sampling settings, no model backend to fit a document to): the caller's to change
+    return error_response(str(exc), 400, code=UnsupportedRequest.code)
+
+
 async def _server_error(request: Request, exc: Exception) -> JSONResponse:
     # a bug: still the documented JSON shape (the server logs the traceback)
     return error_response("internal server error", 500, type_="server_error")
@@ -106,4 +113,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StorageError, _storage_error)
+    app.add_exception_handler(UnsupportedRequest, _unsupported)
     app.add_exception_handler(Exception, _server_error)

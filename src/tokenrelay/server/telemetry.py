@@ -244,7 +244,9 @@ router = APIRouter(tags=["service"])
 
 def sample(app: Any) -> None:
     """Refresh the gauges of `app` (a tokenrelay app whose lifespan has started)."""
-    app.state.monitor.sample(app.state.registry.active_count(), queue_depth(app.state.runner.backend))
+    runner = app.state.runner
+    backend = runner.backend if runner.has_backend else None  # (an agent may have none)
+    app.state.monitor.sample(app.state.registry.active_count(), queue_depth(backend))
 
 
 async def sample_every(app: Any, interval_s: float) -> None:

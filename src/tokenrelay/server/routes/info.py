@@ -40,12 +40,13 @@ class InfoOut(BaseModel):
 
 @router.get("/info", summary="The model in use, its context window and any notice for people")
 async def info(request: Request, owner: Owner) -> InfoOut:
-    backend = get_runner(request).backend
+    runner = get_runner(request)
+    name = runner.model_name
     return InfoOut(
-        model=backend.name,
+        model=name,
         version=__version__,
-        notice=demo_notice(backend.name),
-        context_window=backend.context_window,
+        notice=demo_notice(name),
+        context_window=runner.backend.context_window if runner.has_backend else None,
     )
 
 
@@ -63,7 +64,7 @@ async def health(request: Request) -> dict[str, Any]:
     registry = get_registry(request)
     coordinator = get_coordinator(request)
     out.update(
-        model=get_runner(request).backend.name,
+        model=get_runner(request).model_name,
         active_runs=len(registry.active(owner=owner)) if keys_on else registry.active_count(),
         worker=coordinator.worker_id if coordinator else os.getpid(),
     )

@@ -39,7 +39,7 @@ async def models(request: Request, owner: Owner) -> dict[str, Any]:
         "object": "list",
         "data": [
             {
-                "id": get_runner(request).backend.name,
+                "id": get_runner(request).model_name,
                 "object": "model",
                 "created": 0,
                 "owned_by": "tokenrelay",
@@ -144,7 +144,7 @@ async def chat_completions(request: Request, body: OpenAIChatRequest, owner: Own
         system=inputs.system,
     )
     completion_id = "chatcmpl-" + channel.run_id.removeprefix("run_")
-    model = runner.backend.name  # what answered, whatever name the client used
+    model = runner.model_name  # what answered, whatever name the client used
     headers = {"X-Run-Id": channel.run_id}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

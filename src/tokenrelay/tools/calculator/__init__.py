@@ -5,7 +5,7 @@ output to ``eval``/``numexpr.evaluate`` and so allowed remote code execution
 (CVE-2023-29374, CVE-2023-39631). Here model output is treated as untrusted
 data and interpreted, never executed.
 
-Security invariants (each one is covered by ``tests/test_calculator.py``):
+Security invariants (each one is covered by ``tests/tools/test_calculator.py``):
 
 1. No code execution. The input is parsed with ``ast.parse(text, mode="eval")``
    and the tree is walked by this module. Nothing here calls ``eval``,
