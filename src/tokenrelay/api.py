@@ -145,10 +145,13 @@ class Runner:
         full: bool = False,
         mode: StreamMode | None = None,
         run_id: str | None = None,
+        session_ready: bool = False,
     ) -> AsyncIterator[Event]:
-        """`stream` for the CLI: `full=True` is `mode="full"`."""
+        """`stream` for the CLI: `full=True` is `mode="full"`; `session_ready=True` when
+        `session_id` came from `ensure_session` (no second lookup, no wrapping generator)."""
         mode = mode or ("full" if full else "final")
-        return self.stream(RunRequest(text, session_id=session_id, mode=mode, run_id=run_id))
+        request = RunRequest(text, session_id=session_id, mode=mode, run_id=run_id)
+        return self.stream(request, session_ready=session_ready)
 
     async def aclose(self) -> None:
         if self._backend is not None:

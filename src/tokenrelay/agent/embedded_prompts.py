@@ -7,7 +7,7 @@ log-probabilities of the labels ("math" for the Calculator, a tool's name for ot
 likelihoods of rare multi-token names carry little signal ("Calculator" as a label separated
 arithmetic from chit-chat far worse than "math" on the development set, bench/README.md).
 
-The examples here are not the evaluation set's questions (bench/embedded_eval.py).
+The examples here are not the evaluation set's questions (bench/embedded_eval_set.py).
 """
 
 from __future__ import annotations

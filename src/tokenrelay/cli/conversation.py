@@ -164,7 +164,8 @@ async def ask(request: Request, settings: Settings) -> int:
     persistent = request.store and not request.plain
     async with open_runner(settings, plain=request.plain, persistent=persistent) as runner:
         session_id = await _conversation(runner, request)
-        events = runner.run(request.prompt, session_id=session_id, full=request.verbose)
+        # the session was just resolved (a chat's later turns re-check it: it may be deleted meanwhile)
+        events = runner.run(request.prompt, session_id=session_id, full=request.verbose, session_ready=True)
         return await drain(events, _printer(request))
 
 

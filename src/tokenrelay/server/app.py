@@ -51,7 +51,7 @@ async def _warm(runner: Runner) -> None:
     """Evaluate the embedded agent's decision prompt before the first request (like loading the
     model: a server is ready when it says so, and its worker is idle)."""
     try:
-        await runner.agent.warm()
+        await runner.warm()
     except Exception:  # an optimisation: a failure here must not take the server down
         logging.getLogger("tokenrelay.server").warning("warming the agent's prompts failed", exc_info=True)
 

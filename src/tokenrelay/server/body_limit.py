@@ -83,16 +83,17 @@ class BodyLimit:
         if refusal is not None:
             await refusal(scope, receive, send)
             return
+        whole = chunks[0] if len(chunks) == 1 else b"".join(chunks)  # (joined once)
         replayed = False
 
         async def replay() -> Any:
             nonlocal replayed
             if not replayed:
                 replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                return {"type": "http.request", "body": whole, "more_body": False}
             return await receive()
 
-        if _SURROGATE_ESCAPE.search(b"".join(chunks)) and _has_lone_surrogate(b"".join(chunks)):
+        if _SURROGATE_ESCAPE.search(whole) and _has_lone_surrogate(whole):
             response = error_response(
                 "the JSON body contains a lone UTF-16 surrogate escape (\\ud800-\\udfff without "
                 "its pair), which is not valid Unicode",

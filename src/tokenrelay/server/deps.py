@@ -17,6 +17,7 @@ from fastapi import Depends, HTTPException, Request
 from tokenrelay.agent.protocol import RunRequest
 from tokenrelay.api import Runner
 from tokenrelay.backends.base import GenerationSettings
+from tokenrelay.memory.base import SessionInfo
 from tokenrelay.run import new_run_id
 from tokenrelay.runs import RunChannel, RunRegistry
 from tokenrelay.server.auth import require_owner
@@ -31,6 +32,7 @@ __all__ = [
     "get_coordinator",
     "get_registry",
     "get_runner",
+    "new_session",
     "start_run",
     "wait_for_run",
 ]
@@ -137,10 +139,15 @@ async def _session_for(request: Request, runner: Runner, owner: str | None, sess
         if await runner.store.get_session(session_id, owner=owner) is None:
             raise HTTPException(404, f"no session {session_id!r}")
         return session_id
+    return (await new_session(request, owner)).id
+
+
+async def new_session(request: Request, owner: str | None) -> SessionInfo:
+    """A new session of `owner`, within the per-key session quota (429 past it)."""
     quotas = quotas_of(request.app)
     if quotas is not None:
         await quotas.claim_session(owner)
-    return (await runner.store.create_session(owner=owner)).id
+    return await get_runner(request).store.create_session(owner=owner)
 
 
 async def wait_for_run(channel: RunChannel, request: Request) -> None:

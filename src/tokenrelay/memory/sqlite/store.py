@@ -9,7 +9,9 @@ Invariants:
   write lock up front: no deadlock when two processes upgrade a read lock at the same time);
   a failing batch is retried write by write, so each write is still atomic and independent.
 * Checkpoints (`update_partial`) are queued and not awaited: the streaming path never waits
-  on the disk. A read first waits for the checkpoints queued before it (read your writes).
+  on the disk. A read of running turns first waits for the checkpoints queued before it (read
+  your writes); other reads (sessions, documents, the memory window), which checkpoints never
+  touch, do not.
 * WAL journal, `synchronous=NORMAL`, `foreign_keys=ON` and a 5 s busy timeout: two server
   workers (two processes) can share one file; readers never block the writer.
 * The schema is built by the migrations of sqlite/migrations.py, applied when the store opens.
@@ -90,10 +92,14 @@ class SQLiteSessionStore(common.StoreBase):
         with self._lock:
             return fn(self._require())
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn` in a thread, after the checkpoints queued so far have landed."""
+    async def _read(self, fn: Callable[[sqlite3.Connection], T], *, turns: bool = False) -> T:
+        """Run `fn` in a thread. `turns`: `fn` reads running turns' answers, so it runs after
+        the checkpoints queued so far have landed (the only writes nobody awaits); any other
+        read never waits on the writer (a request's session lookup, a run's memory window must
+        not queue behind every stream's checkpoint)."""
         try:
-            await self._writer.settled()
+            if turns:
+                await self._writer.settled()
             return await asyncio.to_thread(self._read_sync, fn)
         except sqlite3.OperationalError as exc:
             raise StorageError(f"the session database failed: {exc}") from exc
@@ -289,7 +295,8 @@ class SQLiteSessionStore(common.StoreBase):
             ).fetchall()
             return [rows.turn_from_row(row) for row in found]
 
-        return await self._read(select)
+        # checkpoints touch only `running` turns, which `answered` leaves out
+        return await self._read(select, turns=not answered)
 
     async def interrupt_run(self, run_id: str, *, error: str) -> bool:
         """Mark `run_id`'s turn interrupted if it is still running (keeps the checkpoint)."""

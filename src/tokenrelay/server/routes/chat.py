@@ -42,9 +42,10 @@ async def _chat(request: Request, body: ChatRequest, owner: str | None) -> Respo
     runner = get_runner(request)
     prior: list[Turn] = []
     memory_k = runner.settings.memory_k
-    known = body.session_id is not None and await runner.store.get_session(body.session_id, owner=owner)
-    if not body.stream and body.session_id is not None and known and memory_k:
-        prior = await runner.store.history(body.session_id, limit=memory_k, answered=True)
+    # the tutorial's `chat_history` (JSON answers only): what memory held before this turn
+    history_of = None if body.stream or not memory_k else body.session_id
+    if history_of is not None and await runner.store.get_session(history_of, owner=owner) is not None:
+        prior = await runner.store.history(history_of, limit=memory_k, answered=True)
     channel, session_id = await start_run(
         request,
         body.text,

@@ -10,8 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from tokenrelay.documents import FittedDocument
-from tokenrelay.server.deps import Owner, get_registry, get_runner
-from tokenrelay.server.quotas import quotas_of
+from tokenrelay.server.deps import Owner, get_registry, get_runner, new_session
 from tokenrelay.server.schemas import DocumentInfo, SessionDetail, SessionSummary, TitleIn, TurnOut
 
 __all__ = ["router"]
@@ -51,10 +50,7 @@ async def list_sessions(
 
 @router.post("", summary="Create a session", status_code=201)
 async def create_session(request: Request, owner: Owner) -> SessionSummary:
-    quotas = quotas_of(request.app)
-    if quotas is not None:
-        await quotas.claim_session(owner)
-    s = await get_runner(request).store.create_session(owner=owner)
+    s = await new_session(request, owner)
     return SessionSummary(id=s.id, title=s.title, created_at=s.created_at, updated_at=s.updated_at)
 
 
