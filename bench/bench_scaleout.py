@@ -80,10 +80,11 @@ from bench_server import (
 )
 
 CONFIGS = ("1w", "1w+redis", "2w+redis")
-COST_CONFIGS = ("1w", "1w+redis")
+COST_CONFIGS = ("1w", "1w+redis", "2w+redis")
 COST_LABELS = {
     "1w": "no Redis",
     "1w+redis": "Redis event log (resumable)",
+    "2w+redis": "2 workers + Redis",
 }
 TPS = 20.0
 GAP_LIMIT_MS = 75.0
@@ -541,7 +542,7 @@ async def main_async(args: argparse.Namespace) -> None:
         redis = Redis(args.redis)
     except Exception as exc:
         _log(f"no Redis at {args.redis} ({exc}): skipping the configurations with Redis and the event log")
-    configs = [c for c in args.configs.split(",") if redis is not None or "redis" not in c]
+    configs = [c for c in args.configs.split(",") if c and (redis is not None or "redis" not in c)]
     cap: dict[str, dict[str, Any]] = {}
     for config in configs:
         _log(f"capacity {config}: levels {args.level_list}, {args.tokens} tokens x {TPS:g} tok/s per stream")
@@ -625,7 +626,7 @@ def main() -> None:
     p.add_argument(
         "--configs",
         default=",".join(CONFIGS),
-        help=f"of {','.join(CONFIGS)}",
+        help=f"of {','.join(CONFIGS)} for the capacity section ('': skip it, only the cost section)",
     )
     p.add_argument("--levels", help="concurrent streams to try, ascending (default: 100,250,500,...,4000)")
     p.add_argument("--bisect", type=int, default=2, help="bisection steps after the first failing level")
