@@ -1,6 +1,6 @@
 """The pieces of the Redis run logs that do not talk to the coordinator: the batching writer
-(one pipeline round trip per batch for all of a worker's runs, bounded through an outage), the
-wire form of a logged event, the per-key run claim script, and the backoff every Redis loop uses."""
+(one script call per batch for all of a worker's runs, bounded through an outage), the wire
+form of a logged event, the per-key run claim script, and the backoff every Redis loop uses."""
 
 from __future__ import annotations
 
@@ -8,63 +8,107 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from tokenrelay.events import Event, event_to_dict
+from tokenrelay.events import AnswerDelta, Event, ReasoningDelta, event_to_dict
 
-__all__ = ["CLAIM_RUN", "BatchWriter", "backoff", "encode_event", "is_terminal_entry"]
+__all__ = ["APPLY_OPS", "CLAIM_RUN", "BatchWriter", "backoff", "encode_event", "is_terminal_entry", "pack_op",
+           "xadd_head", "xadd_op"]
 
 log = logging.getLogger("tokenrelay.server")
 
-_Op = tuple[str, tuple[Any, ...], dict[str, Any], bool]
+#: one queued op: its command name (for logs and tests), its packed form (see `pack_op`), and
+#: whether it is kept through an outage (it ends a run)
+_Op = tuple[str, bytes, bool]
 
 
 class BatchWriter:
-    """One task that sends every queued Redis command in one pipeline; while a pipeline is in
-    flight the next batch accumulates. A failed batch is retried with exponential backoff
-    (entries already written are refused by their ids, so a retry never duplicates an event);
-    after `max_attempts` failures, or while more than `max_queued` ops wait, the ops that are
-    not essential (events before a run's last) are dropped: memory stays bounded however long
-    Redis is away, and readers see the hole and end with an error."""
+    """One task that sends every queued Redis command of the worker's runs: the ops queued since
+    the last batch go as one `EVAL` of `APPLY_OPS` (a few, in one pipeline, past `max_ops_per_call`),
+    so a batch costs one command to pack and one reply to parse however many events it carries.
+    The writer waits `min_interval_s` after it is woken so that a batch gathers the events of
+    many runs (remote followers see events that much later; the owner's own followers are not
+    delayed). While a batch is in flight the next one accumulates.
 
-    def __init__(self, redis: Any, *, max_attempts: int = 6, max_queued: int = 100_000) -> None:
+    Order: ops are applied in the order they were added (one script runs them in order, and a
+    batch is sent only after the one before it was answered), so a run's events land in index
+    order and its terminal event after them.
+
+    Failures: a failed batch is retried with exponential backoff (entries already written are
+    refused by their ids and the script skips them, so a retry never duplicates an event); after
+    `max_attempts` failures, or while more than `max_queued` ops wait, the ops that are not
+    essential (events before a run's last) are dropped: memory stays bounded however long Redis
+    is away, and readers see the hole and end with an error."""
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        max_attempts: int = 6,
+        max_queued: int = 100_000,
+        min_interval_s: float = 0.01,
+        max_ops_per_call: int = 2000,
+    ) -> None:
         self._redis = redis
         self.max_attempts = max_attempts
         self.max_queued = max_queued
+        self.min_interval_s = min_interval_s
+        self.max_ops_per_call = max_ops_per_call
         self._ops: list[_Op] = []
         self._wake = asyncio.Event()
         #: ops dropped since start (for logs and tests)
         self.dropped = 0
+        #: batches sent and failed since start (for tests and benchmarks)
+        self.batches = 0
         self._task = asyncio.create_task(self._run(), name="tokenrelay redis writer")
 
-    def add(self, name: str, *args: Any, **kwargs: Any) -> None:
-        self._ops.append((name, args, kwargs, False))
+    def add(self, name: str, *args: str | bytes | int) -> None:
+        """Queue the command `name args...` (e.g. `add("HDEL", key, field)`)."""
+        self._ops.append((name, pack_op(name, *args), False))
         self._wake.set()
 
-    def add_essential(self, name: str, *args: Any, **kwargs: Any) -> None:
-        """An op that is kept through an outage (it ends a run)."""
-        self._ops.append((name, args, kwargs, True))
+    def add_essential(self, name: str, *args: str | bytes | int) -> None:
+        """Queue a command that is kept through an outage (it ends a run)."""
+        self._ops.append((name, pack_op(name, *args), True))
         self._wake.set()
+
+    def add_packed(self, name: str, op: bytes, essential: bool = False) -> None:
+        """Queue a command packed already (`pack_op`, `xadd_op`): the per-token path."""
+        self._ops.append((name, op, essential))
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        """Ops queued and not yet sent."""
+        return len(self._ops)
 
     async def _run(self) -> None:
         failures = 0
         while True:
             await self._wake.wait()
+            if self.min_interval_s > 0 and not failures:
+                await asyncio.sleep(self.min_interval_s)  # gather more runs' events in the batch
             self._wake.clear()
             ops, self._ops = self._ops, []
+            step = self.max_ops_per_call
             pipe = self._redis.pipeline(transaction=False)
-            for name, args, kwargs, _ in ops:
-                getattr(pipe, name)(*args, **kwargs)
+            for i in range(0, len(ops), step):
+                pipe.eval(APPLY_OPS, 0, b"".join([op[1] for op in ops[i : i + step]]))
             try:
-                await pipe.execute(raise_on_error=False)
+                replies = await pipe.execute(raise_on_error=False)
+                self.batches += 1
                 failures = 0
+                for reply in replies or ():
+                    if isinstance(reply, Exception):  # a script error: a bug, never a Redis outage
+                        log.error("writing run logs to Redis: the batch script failed: %s", reply)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 failures += 1
                 queued = ops + self._ops
                 if failures >= self.max_attempts or len(queued) > self.max_queued:
-                    kept = [op for op in queued if op[3]]
+                    kept = [op for op in queued if op[2]]
                     self.dropped += len(queued) - len(kept)
                     log.error(
                         "writing run logs to Redis failed %d times (%s); dropped %d events, kept %d ops "
@@ -92,20 +136,69 @@ class BatchWriter:
             await self._task
 
 
+def pack_op(name: str, *args: str | bytes | int) -> bytes:
+    """A command in the batch script's wire form: `{n}:` then each of its n words (the name
+    first) as a netstring `{length}:{bytes}` (lengths in bytes; no separators)."""
+    words = [name.encode(), *(a if type(a) is bytes else str(a).encode() for a in args)]
+    return b"%d:" % len(words) + b"".join([b"%d:%s" % (len(w), w) for w in words])
+
+
 def backoff(failures: int) -> float:
     """Seconds to wait after `failures` failures in a row: 0.1 s doubling, capped at 5 s."""
     return float(min(5.0, 0.1 * 2 ** min(failures, 16)))
 
 
+_to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # built once: per token
+_quote: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]  # C, no ASCII escapes
+
+
 def encode_event(event: Event) -> bytes:
     """An event as a stream entry's `e` field (compact JSON, UTF-8)."""
-    return json.dumps(event_to_dict(event), ensure_ascii=False, separators=(",", ":")).encode()
+    if type(event) is AnswerDelta or type(event) is ReasoningDelta:  # most of the traffic
+        return ('{"type":"' + event.type + '","text":' + _quote(event.text) + "}").encode()
+    return _to_json(event_to_dict(event)).encode()
+
+
+def xadd_head(stream: str) -> bytes:
+    """The start of `pack_op("XADD", stream, ...)`, once per run (see `xadd_op`)."""
+    key = stream.encode()
+    return b"5:4:XADD%d:%s" % (len(key), key)
+
+
+def xadd_op(head: bytes, index: int, event: Event) -> bytes:
+    """`pack_op("XADD", stream, f"{index + 1}-0", "e", encode_event(event))` in one step: the
+    event as its run's log entry (`head` from `xadd_head`)."""
+    entry = b"%d-0" % (index + 1)
+    payload = encode_event(event)
+    return b"%s%d:%s1:e%d:%s" % (head, len(entry), entry, len(payload), payload)
 
 
 def is_terminal_entry(fields: dict[bytes, bytes]) -> bool:
     kind = json.loads(fields[b"e"]).get("type")
     return kind in ("run_finished", "error")
 
+
+#: run the ops packed by `pack_op` (ARGV[1], several concatenated) in order; an op that fails
+#: (an entry id written already, when a batch is retried) is skipped
+APPLY_OPS = """
+local b = ARGV[1]
+local pos = 1
+local size = #b
+while pos <= size do
+  local c = string.find(b, ':', pos, true)
+  local n = tonumber(string.sub(b, pos, c - 1))
+  pos = c + 1
+  local words = {}
+  for i = 1, n do
+    c = string.find(b, ':', pos, true)
+    local len = tonumber(string.sub(b, pos, c - 1))
+    words[i] = string.sub(b, c + 1, c + len)
+    pos = c + len + 1
+  end
+  redis.pcall(unpack(words))
+end
+return 0
+"""
 
 #: add a run to a key's runs in flight unless it has `limit` (entries of dead workers dropped)
 CLAIM_RUN = """
