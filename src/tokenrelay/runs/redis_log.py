@@ -13,8 +13,17 @@ from typing import Any
 
 from tokenrelay.events import AnswerDelta, Event, ReasoningDelta, event_to_dict
 
-__all__ = ["APPLY_OPS", "CLAIM_RUN", "BatchWriter", "backoff", "encode_event", "is_terminal_entry", "pack_op",
-           "xadd_head", "xadd_op"]
+__all__ = [
+    "APPLY_OPS",
+    "CLAIM_RUN",
+    "BatchWriter",
+    "backoff",
+    "encode_event",
+    "is_terminal_entry",
+    "pack_op",
+    "xadd_head",
+    "xadd_op",
+]
 
 log = logging.getLogger("tokenrelay.server")
 
