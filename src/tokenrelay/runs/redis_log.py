@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from tokenrelay.events import AnswerDelta, Event, ReasoningDelta, event_to_dict
+from tokenrelay.events import AnswerDelta, Event, ReasoningDelta, RunError, RunFinished, event_to_dict
 
 __all__ = [
     "APPLY_OPS",
@@ -20,6 +20,7 @@ __all__ = [
     "backoff",
     "encode_event",
     "is_terminal_entry",
+    "log_sink",
     "pack_op",
     "xadd_head",
     "xadd_op",
@@ -150,6 +151,27 @@ def pack_op(name: str, *args: str | bytes | int) -> bytes:
     first) as a netstring `{length}:{bytes}` (lengths in bytes; no separators)."""
     words = [name.encode(), *(a if type(a) is bytes else str(a).encode() for a in args)]
     return b"%d:" % len(words) + b"".join([b"%d:%s" % (len(w), w) for w in words])
+
+
+def log_sink(
+    writer: BatchWriter, stream: str, ends: list[tuple[str, str, str | int]]
+) -> Callable[[int, Event], None]:
+    """The sink (`RunChannel.replicate`) that mirrors a run's events into `stream`: each event
+    one XADD with entry id `{index + 1}-0`, packed and queued on `writer` (no await, no round
+    trip on the per-token path); the terminal event and then the ops `ends` (the run's clean-up)
+    are kept through an outage, so readers end instead of waiting."""
+    head = xadd_head(stream)
+    add = writer.add_packed
+
+    def sink(index: int, event: Event) -> None:
+        if type(event) is RunFinished or type(event) is RunError:
+            add("XADD", xadd_op(head, index, event), True)
+            for name, *args in ends:
+                writer.add_essential(name, *args)
+        else:
+            add("XADD", xadd_op(head, index, event))
+
+    return sink
 
 
 def backoff(failures: int) -> float:
