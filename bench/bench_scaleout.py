@@ -31,10 +31,12 @@ load window, divided by the tokens delivered; "CPU wait" is the workers' time ru
 not running (a busy or shared machine). Nothing is pinned: workers, Redis and the load
 generator share the machine's CPUs (the client's own CPU share is printed).
 
-Event-log cost: one worker at a fixed load (``--cost-streams``), interleaved ``--repeats`` times
-(medians), printed as ratios to "no Redis". The server's Redis event log is what ships: blocking
-connection pools and one batching writer per worker (`tokenrelay.runs.redis_log`); earlier
-versions of this script patched both in from outside as experiments, before they shipped.
+Event-log cost: one worker without and with Redis, and two workers with Redis, at a fixed load
+(``--cost-streams``), interleaved ``--repeats`` times (medians), printed as ratios to "no Redis"
+(issue 14's target: with Redis, CPU per token <= 1.3x the single worker's without it). The
+server's Redis event log is what ships: blocking connection pools and one batching writer per
+worker (`tokenrelay.runs.redis_log`); earlier versions of this script patched both in from
+outside as experiments, before they shipped.
 
 "logs lost" counts batches of run events the server's Redis writer reported failing (its log
 lines "writing run logs to Redis failed"): such runs cannot be fully resumed through another
@@ -573,7 +575,7 @@ async def main_async(args: argparse.Namespace) -> None:
     if cost:
         print()
         print(
-            f"event log cost: one worker, {args.cost_streams} streams x {TPS:g} tok/s, "
+            f"event log cost: {args.cost_streams} streams x {TPS:g} tok/s, "
             f"medians of {args.repeats}; CPU per delivered token"
         )
         hdr = ["", "worker us/tok", "redis us/tok", "total us/tok", "gap p99", "worker CPU", "CPU wait"]
