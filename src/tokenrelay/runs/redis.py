@@ -83,7 +83,7 @@ class RedisCoordinator:
         heartbeat_s: float = 1.0,
         lease_s: float = 4.0,
         prefix: str = "tokenrelay:",
-        batch_interval_s: float = 0.01,
+        batch_interval_s: float = 0.025,
     ) -> None:
         """`batch_interval_s`: how long the writer gathers events into a batch (a batch's cost
         is mostly fixed; readers on other workers see events that much later)."""

@@ -57,7 +57,7 @@ class BatchWriter:
         *,
         max_attempts: int = 6,
         max_queued: int = 100_000,
-        min_interval_s: float = 0.01,
+        min_interval_s: float = 0.025,
         max_ops_per_call: int = 2000,
     ) -> None:
         self._redis = redis
