@@ -1,6 +1,7 @@
 """The Redis run-log writer's batches: one script call per batch carries every queued op in the
 order it was queued (a run's events by index, its terminal event and clean-up last); a batch
-is flushed without further events (a run's end lands); a retried batch never duplicates an
+is flushed without further events (a run's end lands), a run's registration and a shutdown
+without waiting for the batch interval; a retried batch never duplicates an
 entry; a script error is logged, not swallowed; and the one-step packing of deltas is the
 generic packing. Needs the Redis this project's machines run (127.0.0.1:6379): skipped
 without it, a failure in CI."""
@@ -162,3 +163,27 @@ async def test_a_script_error_is_logged(caplog: pytest.LogCaptureFixture) -> Non
         assert "the batch script failed" in caplog.text
     finally:
         await writer.close()
+
+
+async def test_registration_and_shutdown_do_not_wait_for_the_batch_interval(redis: Any, prefix: str) -> None:
+    coordinator = RedisCoordinator(REDIS, prefix=prefix, retention_s=30.0, batch_interval_s=2.0)
+    await coordinator.start(lambda run_id: False)
+    try:
+        await asyncio.sleep(0.1)  # the first heartbeat's ops are out of the way
+        channel = RunChannel("r2", owner=None, session_id=None)
+        coordinator.replicate(channel)
+        channel.publish(AnswerDelta(text="a"))  # rides along with the registration
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            if await coordinator.run_info("r2") is not None:
+                break
+        assert await coordinator.run_info("r2") is not None  # well before the 2 s interval
+        assert await redis.hget(f"{prefix}active", "r2") is not None
+        channel.publish(AnswerDelta(text="b"))  # an event alone waits for the interval
+        await asyncio.sleep(0.2)
+        assert await redis.xlen(f"{prefix}run:r2") == 1
+        await coordinator.close()  # ... but not at shutdown: what is queued goes out
+        assert await redis.xlen(f"{prefix}run:r2") == 2
+    finally:
+        await coordinator.close()
+        await _cleanup(redis, prefix)

@@ -192,10 +192,12 @@ class RedisCoordinator:
         assert writer is not None, "start() first"
         run_id, owner = channel.run_id, channel.owner
         info = self._key("runinfo", run_id)
+        # the registration goes at once, not after the batch interval: a client may ask another
+        # worker about the run as soon as it has its id
         writer.add(
             "HSET", info, "owner", owner or "", "worker", self.worker_id, "session", channel.session_id or ""
         )
-        writer.add("HSET", self._key("active"), run_id, self.worker_id)
+        writer.add("HSET", self._key("active"), run_id, self.worker_id, prompt=True)
         ends: list[tuple[str, str, str | int]] = [("HDEL", self._key("active"), run_id)]
         if owner is not None:
             ends.append(("HDEL", self._key("runs", owner), run_id))

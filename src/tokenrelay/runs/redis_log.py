@@ -39,7 +39,8 @@ class BatchWriter:
     so a batch costs one command to pack and one reply to parse however many events it carries.
     The writer waits `min_interval_s` after it is woken so that a batch gathers the events of
     many runs (remote followers see events that much later; the owner's own followers are not
-    delayed). While a batch is in flight the next one accumulates.
+    delayed), unless a `prompt` op is queued (a run's registration). While a batch is in flight
+    the next one accumulates.
 
     Order: ops are applied in the order they were added (one script runs them in order, and a
     batch is sent only after the one before it was answered), so a run's events land in index
@@ -66,6 +67,9 @@ class BatchWriter:
         self.min_interval_s = min_interval_s
         self.max_ops_per_call = max_ops_per_call
         self._ops: list[_Op] = []
+        self._prompt = False
+        #: the batch being sent (sent again by `close` if the writer is stopped mid-send)
+        self._inflight: list[_Op] = []
         self._wake = asyncio.Event()
         #: ops dropped since start (for logs and tests)
         self.dropped = 0
@@ -73,9 +77,12 @@ class BatchWriter:
         self.batches = 0
         self._task = asyncio.create_task(self._run(), name="tokenrelay redis writer")
 
-    def add(self, name: str, *args: str | bytes | int) -> None:
-        """Queue the command `name args...` (e.g. `add("HDEL", key, field)`)."""
+    def add(self, name: str, *args: str | bytes | int, prompt: bool = False) -> None:
+        """Queue the command `name args...` (e.g. `add("HDEL", key, field)`). `prompt`: send
+        the batch without waiting `min_interval_s` (a run's registration: other workers must
+        find the run as soon as its client may ask them about it)."""
         self._ops.append((name, pack_op(name, *args), False))
+        self._prompt = self._prompt or prompt
         self._wake.set()
 
     def add_essential(self, name: str, *args: str | bytes | int) -> None:
@@ -93,28 +100,34 @@ class BatchWriter:
         """Ops queued and not yet sent."""
         return len(self._ops)
 
+    async def _send(self, ops: list[_Op]) -> None:
+        step = self.max_ops_per_call
+        pipe = self._redis.pipeline(transaction=False)
+        for i in range(0, len(ops), step):
+            pipe.eval(APPLY_OPS, 0, b"".join([op[1] for op in ops[i : i + step]]))
+        for reply in await pipe.execute(raise_on_error=False) or ():
+            if isinstance(reply, Exception):  # a script error: a bug, never a Redis outage
+                log.error("writing run logs to Redis: the batch script failed: %s", reply)
+
     async def _run(self) -> None:
         failures = 0
         while True:
             await self._wake.wait()
-            if self.min_interval_s > 0 and not failures:
+            if self.min_interval_s > 0 and not failures and not self._prompt:
                 await asyncio.sleep(self.min_interval_s)  # gather more runs' events in the batch
             self._wake.clear()
-            ops, self._ops = self._ops, []
-            step = self.max_ops_per_call
-            pipe = self._redis.pipeline(transaction=False)
-            for i in range(0, len(ops), step):
-                pipe.eval(APPLY_OPS, 0, b"".join([op[1] for op in ops[i : i + step]]))
+            self._prompt = False
+            ops = self._inflight = self._ops
+            self._ops = []
             try:
-                replies = await pipe.execute(raise_on_error=False)
+                await self._send(ops)
+                self._inflight = []
                 self.batches += 1
                 failures = 0
-                for reply in replies or ():
-                    if isinstance(reply, Exception):  # a script error: a bug, never a Redis outage
-                        log.error("writing run logs to Redis: the batch script failed: %s", reply)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._inflight = []
                 failures += 1
                 queued = ops + self._ops
                 if failures >= self.max_attempts or len(queued) > self.max_queued:
@@ -136,14 +149,19 @@ class BatchWriter:
                 self._wake.set()
 
     async def close(self) -> None:
-        """Flush what is queued (best effort), then stop."""
-        for _ in range(20):
-            if not self._ops:
-                break
-            await asyncio.sleep(0.05)
+        """Stop, then send what is queued and the batch that was in flight (sending an entry
+        twice is harmless: the script skips ids written already) in one last batch, without
+        waiting for the batch interval (best effort: 1 s at most)."""
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        ops = self._inflight + self._ops
+        self._inflight, self._ops = [], []
+        if ops:
+            try:
+                await asyncio.wait_for(self._send(ops), 1.0)
+            except Exception as exc:
+                log.error("writing run logs to Redis at shutdown failed (%s); dropped %d ops", exc, len(ops))
 
 
 def pack_op(name: str, *args: str | bytes | int) -> bytes:
