@@ -31,10 +31,12 @@ load window, divided by the tokens delivered; "CPU wait" is the workers' time ru
 not running (a busy or shared machine). Nothing is pinned: workers, Redis and the load
 generator share the machine's CPUs (the client's own CPU share is printed).
 
-Event-log cost: one worker at a fixed load (``--cost-streams``), interleaved ``--repeats`` times
-(medians), printed as ratios to "no Redis". The server's Redis event log is what ships: blocking
-connection pools and one batching writer per worker (`tokenrelay.runs.redis_log`); earlier
-versions of this script patched both in from outside as experiments, before they shipped.
+Event-log cost: one worker without and with Redis, and two workers with Redis, at a fixed load
+(``--cost-streams``), interleaved ``--repeats`` times (medians), printed as ratios to "no Redis"
+(issue 14's target: with Redis, CPU per token <= 1.3x the single worker's without it). The
+server's Redis event log is what ships: blocking connection pools and one batching writer per
+worker (`tokenrelay.runs.redis_log`); earlier versions of this script patched both in from
+outside as experiments, before they shipped.
 
 "logs lost" counts batches of run events the server's Redis writer reported failing (its log
 lines "writing run logs to Redis failed"): such runs cannot be fully resumed through another
@@ -80,10 +82,12 @@ from bench_server import (
 )
 
 CONFIGS = ("1w", "1w+redis", "2w+redis")
-COST_CONFIGS = ("1w", "1w+redis")
+COST_CONFIGS = ("1w", "1w+redis", "2w+redis")
 COST_LABELS = {
     "1w": "no Redis",
     "1w+redis": "Redis event log (resumable)",
+    "2w": "2 workers, no Redis",
+    "2w+redis": "2 workers + Redis",
 }
 TPS = 20.0
 GAP_LIMIT_MS = 75.0
@@ -470,9 +474,9 @@ async def capacity(config: str, args: argparse.Namespace, redis: Redis | None) -
 
 async def event_log_cost(args: argparse.Namespace, redis: Redis) -> dict[str, list[dict[str, Any]]]:
     expected = "".join(make_tokens(args.tokens, args.token_size))
-    rows: dict[str, list[dict[str, Any]]] = {config: [] for config in COST_CONFIGS}
+    rows: dict[str, list[dict[str, Any]]] = {config: [] for config in args.cost_configs}
     for r in range(args.repeats):
-        order = list(COST_CONFIGS) if r % 2 == 0 else list(reversed(COST_CONFIGS))
+        order = list(args.cost_configs) if r % 2 == 0 else list(reversed(args.cost_configs))
         for config in order:
             server = await start_server(config, args)
             try:
@@ -541,7 +545,7 @@ async def main_async(args: argparse.Namespace) -> None:
         redis = Redis(args.redis)
     except Exception as exc:
         _log(f"no Redis at {args.redis} ({exc}): skipping the configurations with Redis and the event log")
-    configs = [c for c in args.configs.split(",") if redis is not None or "redis" not in c]
+    configs = [c for c in args.configs.split(",") if c and (redis is not None or "redis" not in c)]
     cap: dict[str, dict[str, Any]] = {}
     for config in configs:
         _log(f"capacity {config}: levels {args.level_list}, {args.tokens} tokens x {TPS:g} tok/s per stream")
@@ -572,14 +576,15 @@ async def main_async(args: argparse.Namespace) -> None:
     if cost:
         print()
         print(
-            f"event log cost: one worker, {args.cost_streams} streams x {TPS:g} tok/s, "
+            f"event log cost: {args.cost_streams} streams x {TPS:g} tok/s, "
             f"medians of {args.repeats}; CPU per delivered token"
         )
         hdr = ["", "worker us/tok", "redis us/tok", "total us/tok", "gap p99", "worker CPU", "CPU wait"]
         hdr.append("redis CPU")
         hdr += ["redis conns", "logs lost"]
         rows = []
-        for config, label in COST_LABELS.items():
+        for config in cost:
+            label = COST_LABELS[config]
             rs = cost[config]
             w, rd = _med(rs, "worker_us_tok"), _med(rs, "redis_us_tok")
             redis_on = "redis" in config
@@ -593,11 +598,12 @@ async def main_async(args: argparse.Namespace) -> None:
             row = [label, _fmt(w), _fmt(rd), _fmt(total), gap, worker_cpu, wait, redis_cpu, conns, lost]
             rows.append(row)
         _table(hdr, rows)
-        w0 = _med(cost["1w"], "worker_us_tok")
-        for config in COST_CONFIGS[1:]:
+        ref, *others = list(cost)
+        w0 = _med(cost[ref], "worker_us_tok")
+        for config in others:
             w1, r1 = _med(cost[config], "worker_us_tok"), _med(cost[config], "redis_us_tok")
             both = f"; worker + redis-server: {(w1 + r1) / w0:.2f}x" if r1 == r1 else ""
-            print(f"  CPU per token, {COST_LABELS[config]} / no Redis: worker {w1 / w0:.2f}x{both}")
+            print(f"  CPU per token, {COST_LABELS[config]} / {COST_LABELS[ref]}: worker {w1 / w0:.2f}x{both}")
     lost = sum(c["at_held"]["log_failures"] for c in cap.values() if c["at_held"])
     lost += sum(r["log_failures"] for rs in (cost or {}).values() for r in rs)
     if lost:
@@ -625,7 +631,7 @@ def main() -> None:
     p.add_argument(
         "--configs",
         default=",".join(CONFIGS),
-        help=f"of {','.join(CONFIGS)}",
+        help=f"of {','.join(CONFIGS)} for the capacity section ('': skip it, only the cost section)",
     )
     p.add_argument("--levels", help="concurrent streams to try, ascending (default: 100,250,500,...,4000)")
     p.add_argument("--bisect", type=int, default=2, help="bisection steps after the first failing level")
@@ -635,6 +641,11 @@ def main() -> None:
     p.add_argument("--cost-streams", type=int, default=200, help="streams of the event-log cost runs")
     p.add_argument("--repeats", type=int, default=3, help="event-log cost runs per configuration (median)")
     p.add_argument("--no-cost", action="store_true", help="skip the event-log cost section")
+    p.add_argument(
+        "--cost-configs",
+        default=",".join(COST_CONFIGS),
+        help=f"of {','.join(COST_LABELS)} for the cost section, the first the reference",
+    )
     p.add_argument("--redis", default=os.environ.get("TOKENRELAY_REDIS_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument("--json-out", help="also write raw results here")
     args = p.parse_args()
@@ -646,6 +657,9 @@ def main() -> None:
         levels = "100,200,400,800,1200"
         args.tokens, args.repeats, args.bisect, args.retries = 60, 1, 0, 0
     args.level_list = [int(x) for x in (args.levels or levels).split(",")]
+    args.cost_configs = [c for c in args.cost_configs.split(",") if c]
+    if unknown := set(args.cost_configs) - set(COST_LABELS):
+        p.error(f"unknown --cost-configs {sorted(unknown)}")
     _raise_nofile()
     asyncio.run(main_async(args))
 

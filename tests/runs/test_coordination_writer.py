@@ -38,15 +38,15 @@ async def test_the_writer_gives_up_on_events_but_keeps_what_ends_runs() -> None:
     writer = BatchWriter(redis, max_attempts=3, max_queued=1000)
     try:
         for i in range(500):
-            writer.add("xadd", "run:r", {"e": b"{}"}, id=f"{i + 1}-0")
-        writer.add_essential("xadd", "run:r", {"e": b"{}"}, id="501-0")
-        writer.add_essential("hdel", "active", "r")
+            writer.add("XADD", "run:r", f"{i + 1}-0", "e", b"{}")
+        writer.add_essential("XADD", "run:r", "501-0", "e", b"{}")
+        writer.add_essential("HDEL", "active", "r")
         for _ in range(100):  # 3 attempts with backoff (0.2 + 0.4 s), then the drop
             await asyncio.sleep(0.05)
             if writer.dropped:
                 break
         assert writer.dropped == 500
-        assert [op[0] for op in writer._ops] == ["xadd", "hdel"]  # the terminal event survives
+        assert [op[0] for op in writer._ops] == ["XADD", "HDEL"]  # the terminal event survives
         attempts = len(redis.calls)
         await asyncio.sleep(0.5)
         assert len(redis.calls) - attempts <= 2  # backing off, not spinning
@@ -60,7 +60,7 @@ async def test_a_flood_during_an_outage_is_capped() -> None:
     try:
         await asyncio.sleep(0)
         for i in range(1000):
-            writer.add("xadd", "run:r", {"e": b"{}"}, id=f"{i + 1}-0")
+            writer.add("XADD", "run:r", f"{i + 1}-0", "e", b"{}")
         for _ in range(100):
             await asyncio.sleep(0.05)
             if writer.dropped:

@@ -15,20 +15,20 @@ Keys (prefix `tokenrelay:` by default):
 * `runs:{owner}`, `rl:{owner}:{minute}`: per-key runs in flight and requests per minute, for
   the per-key limits (server/quotas.py; the claim script is in runs/redis_log.py).
 
-Connections: writes go through one batching writer per worker (one pipeline round trip per
-batch for all its runs) on the main pool; blocking reads (XREAD) use a separate pool, so
-readers never starve writers; the heartbeat has a connection of its own, so nothing a client
-does can make the worker's lease lapse while it is alive.
+Connections: writes go through one batching writer per worker (one script call per batch for
+all its runs, gathered over `batch_interval_s`) on the main pool; blocking reads (XREAD) use a
+separate pool, so readers never starve writers; the heartbeat has a connection of its own, so
+nothing a client does can make the worker's lease lapse while it is alive.
 
 Failures: every loop that talks to Redis retries with exponential backoff and a cap; the
 writer gives up on a batch after a few attempts and then keeps only the ops that end runs
 (terminal events, `active` clean-up), so a long outage costs bounded memory. A reader that
 finds a hole in a run's log (events dropped during an outage) ends with an error, never waits.
 
-Invariants: the owning worker appends events in order, in batches (one pipeline round trip
-per batch, not per token); an entry id can be written once, so when a dead worker's run is
-closed by two survivors at once only one error event lands; a reader on another worker sees
-every event after its start index exactly once, then the terminal event.
+Invariants: the owning worker appends events in order, in batches (runs/redis_log.py: one
+call per batch, never a round trip per token, nor an await on the streaming path); an entry id
+is written once, so when two survivors close a dead worker's run only one error event lands; a
+reader on another worker sees every event after its start index exactly once, then the end.
 """
 
 from __future__ import annotations
@@ -49,7 +49,14 @@ from tokenrelay.errors import ConfigError
 from tokenrelay.events import Event, RunError, RunFinished, event_from_dict
 from tokenrelay.runs.buffers import OffsetEvents
 from tokenrelay.runs.channel import RunChannel
-from tokenrelay.runs.redis_log import CLAIM_RUN, BatchWriter, backoff, encode_event, is_terminal_entry
+from tokenrelay.runs.redis_log import (
+    CLAIM_RUN,
+    BatchWriter,
+    backoff,
+    encode_event,
+    is_terminal_entry,
+    log_sink,
+)
 
 __all__ = ["EventIdPastEnd", "RedisCoordinator"]
 
@@ -76,13 +83,17 @@ class RedisCoordinator:
         heartbeat_s: float = 1.0,
         lease_s: float = 4.0,
         prefix: str = "tokenrelay:",
+        batch_interval_s: float = 0.025,
     ) -> None:
+        """`batch_interval_s`: how long the writer gathers events into a batch (a batch's cost
+        is mostly fixed; readers on other workers see events that much later)."""
         self.url = url
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.retention_s = retention_s
         self.heartbeat_s = heartbeat_s
         self.lease_s = lease_s
         self.prefix = prefix
+        self.batch_interval_s = batch_interval_s
         self._redis: Any = None
         self._reader: Any = None
         self._beat_client: Any = None
@@ -126,7 +137,7 @@ class RedisCoordinator:
         except Exception as exc:
             await self._close_clients()
             raise ConfigError(f"cannot connect to Redis at {redact_url(self.url)}: {exc}") from None
-        self._writer = BatchWriter(self._redis)
+        self._writer = BatchWriter(self._redis, min_interval_s=self.batch_interval_s)
         self._on_worker_lost = on_worker_lost
         await self._beat()
         self._tasks = [
@@ -176,34 +187,25 @@ class RedisCoordinator:
 
     def replicate(self, channel: RunChannel) -> None:
         """Mirror a local run's events into its stream as they are published. Every run of
-        this worker shares one writer: one pipeline round trip per batch for all runs."""
+        this worker shares one writer: one script call per batch for all runs."""
         writer = self._writer
         assert writer is not None, "start() first"
-        stream = self._key("run", channel.run_id)
-        info = self._key("runinfo", channel.run_id)
+        run_id, owner = channel.run_id, channel.owner
+        info = self._key("runinfo", run_id)
+        # the registration goes at once, not after the batch interval: a client may ask another
+        # worker about the run as soon as it has its id
+        writer.add(
+            "HSET", info, "owner", owner or "", "worker", self.worker_id, "session", channel.session_id or ""
+        )
+        writer.add("HSET", self._key("active"), run_id, self.worker_id, prompt=True)
+        ends: list[tuple[str, str, str | int]] = [("HDEL", self._key("active"), run_id)]
+        if owner is not None:
+            ends.append(("HDEL", self._key("runs", owner), run_id))
         retention = int(self.retention_s * 1000)
-        active = self._key("active")
-        run_id = channel.run_id
-        writer.add("hset", info, mapping={
-            "owner": channel.owner or "", "worker": self.worker_id, "session": channel.session_id or "",
-        })  # fmt: skip
-        writer.add("hset", active, run_id, self.worker_id)
-
-        owner_runs = self._key("runs", channel.owner) if channel.owner is not None else None
-
-        def sink(index: int, event: Event) -> None:
-            if type(event) is RunFinished or type(event) is RunError:
-                # what ends a run survives an outage: readers then end instead of waiting
-                writer.add_essential("xadd", stream, {"e": encode_event(event)}, id=f"{index + 1}-0")
-                writer.add_essential("hdel", active, run_id)
-                if owner_runs is not None:
-                    writer.add_essential("hdel", owner_runs, run_id)
-                writer.add_essential("pexpire", stream, retention)
-                writer.add_essential("pexpire", info, retention)
-            else:
-                writer.add("xadd", stream, {"e": encode_event(event)}, id=f"{index + 1}-0")
-
-        channel.replicate(sink)  # anything published before now, then each event as it comes
+        stream = self._key("run", run_id)
+        ends += [("PEXPIRE", stream, retention), ("PEXPIRE", info, retention)]
+        # anything published before now, then each event as it comes
+        channel.replicate(log_sink(writer, stream, ends))
 
     async def publish_cancel(self, run_id: str) -> None:
         await self._redis.publish(self._key("cancel"), run_id.encode())
@@ -368,9 +370,12 @@ class RedisCoordinator:
             await asyncio.sleep(self.lease_s)
             try:
                 active = await self._redis.hgetall(self._key("active"))
+                alive = {self.worker_id: True}  # one look-up per worker, not per run
                 for run_id_b, worker_b in active.items():
                     worker = worker_b.decode()
-                    if worker == self.worker_id or await self.worker_alive(worker):
+                    if worker not in alive:
+                        alive[worker] = await self.worker_alive(worker)
+                    if alive[worker]:
                         continue
                     run_id = run_id_b.decode()
                     last = await self._redis.xrevrange(self._key("run", run_id), count=1)

@@ -1,6 +1,6 @@
 """The pieces of the Redis run logs that do not talk to the coordinator: the batching writer
-(one pipeline round trip per batch for all of a worker's runs, bounded through an outage), the
-wire form of a logged event, the per-key run claim script, and the backoff every Redis loop uses."""
+(one script call per batch for all of a worker's runs, bounded through an outage), the wire
+form of a logged event, the per-key run claim script, and the backoff every Redis loop uses."""
 
 from __future__ import annotations
 
@@ -8,63 +8,130 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from tokenrelay.events import Event, event_to_dict
+from tokenrelay.events import AnswerDelta, Event, ReasoningDelta, RunError, RunFinished, event_to_dict
 
-__all__ = ["CLAIM_RUN", "BatchWriter", "backoff", "encode_event", "is_terminal_entry"]
+__all__ = [
+    "APPLY_OPS",
+    "CLAIM_RUN",
+    "BatchWriter",
+    "backoff",
+    "encode_event",
+    "is_terminal_entry",
+    "log_sink",
+    "pack_op",
+    "xadd_head",
+    "xadd_op",
+]
 
 log = logging.getLogger("tokenrelay.server")
 
-_Op = tuple[str, tuple[Any, ...], dict[str, Any], bool]
+#: one queued op: its command name (for logs and tests), its packed form (see `pack_op`), and
+#: whether it is kept through an outage (it ends a run)
+_Op = tuple[str, bytes, bool]
 
 
 class BatchWriter:
-    """One task that sends every queued Redis command in one pipeline; while a pipeline is in
-    flight the next batch accumulates. A failed batch is retried with exponential backoff
-    (entries already written are refused by their ids, so a retry never duplicates an event);
-    after `max_attempts` failures, or while more than `max_queued` ops wait, the ops that are
-    not essential (events before a run's last) are dropped: memory stays bounded however long
-    Redis is away, and readers see the hole and end with an error."""
+    """One task that sends every queued Redis command of the worker's runs: the ops queued since
+    the last batch go as one `EVAL` of `APPLY_OPS` (a few, in one pipeline, past `max_ops_per_call`),
+    so a batch costs one command to pack and one reply to parse however many events it carries.
+    The writer waits `min_interval_s` after it is woken so that a batch gathers the events of
+    many runs (remote followers see events that much later; the owner's own followers are not
+    delayed), unless a `prompt` op is queued (a run's registration). While a batch is in flight
+    the next one accumulates.
 
-    def __init__(self, redis: Any, *, max_attempts: int = 6, max_queued: int = 100_000) -> None:
+    Order: ops are applied in the order they were added (one script runs them in order, and a
+    batch is sent only after the one before it was answered), so a run's events land in index
+    order and its terminal event after them.
+
+    Failures: a failed batch is retried with exponential backoff (entries already written are
+    refused by their ids and the script skips them, so a retry never duplicates an event); after
+    `max_attempts` failures, or while more than `max_queued` ops wait, the ops that are not
+    essential (events before a run's last) are dropped: memory stays bounded however long Redis
+    is away, and readers see the hole and end with an error."""
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        max_attempts: int = 6,
+        max_queued: int = 100_000,
+        min_interval_s: float = 0.025,
+        max_ops_per_call: int = 2000,
+    ) -> None:
         self._redis = redis
         self.max_attempts = max_attempts
         self.max_queued = max_queued
+        self.min_interval_s = min_interval_s
+        self.max_ops_per_call = max_ops_per_call
         self._ops: list[_Op] = []
+        self._prompt = False
+        #: the batch being sent (sent again by `close` if the writer is stopped mid-send)
+        self._inflight: list[_Op] = []
         self._wake = asyncio.Event()
         #: ops dropped since start (for logs and tests)
         self.dropped = 0
+        #: batches sent and failed since start (for tests and benchmarks)
+        self.batches = 0
         self._task = asyncio.create_task(self._run(), name="tokenrelay redis writer")
 
-    def add(self, name: str, *args: Any, **kwargs: Any) -> None:
-        self._ops.append((name, args, kwargs, False))
+    def add(self, name: str, *args: str | bytes | int, prompt: bool = False) -> None:
+        """Queue the command `name args...` (e.g. `add("HDEL", key, field)`). `prompt`: send
+        the batch without waiting `min_interval_s` (a run's registration: other workers must
+        find the run as soon as its client may ask them about it)."""
+        self._ops.append((name, pack_op(name, *args), False))
+        self._prompt = self._prompt or prompt
         self._wake.set()
 
-    def add_essential(self, name: str, *args: Any, **kwargs: Any) -> None:
-        """An op that is kept through an outage (it ends a run)."""
-        self._ops.append((name, args, kwargs, True))
+    def add_essential(self, name: str, *args: str | bytes | int) -> None:
+        """Queue a command that is kept through an outage (it ends a run)."""
+        self._ops.append((name, pack_op(name, *args), True))
         self._wake.set()
+
+    def add_packed(self, name: str, op: bytes, essential: bool = False) -> None:
+        """Queue a command packed already (`pack_op`, `xadd_op`): the per-token path."""
+        self._ops.append((name, op, essential))
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        """Ops queued and not yet sent."""
+        return len(self._ops)
+
+    async def _send(self, ops: list[_Op]) -> None:
+        step = self.max_ops_per_call
+        pipe = self._redis.pipeline(transaction=False)
+        for i in range(0, len(ops), step):
+            pipe.eval(APPLY_OPS, 0, b"".join([op[1] for op in ops[i : i + step]]))
+        for reply in await pipe.execute(raise_on_error=False) or ():
+            if isinstance(reply, Exception):  # a script error: a bug, never a Redis outage
+                log.error("writing run logs to Redis: the batch script failed: %s", reply)
 
     async def _run(self) -> None:
         failures = 0
         while True:
             await self._wake.wait()
+            if self.min_interval_s > 0 and not failures and not self._prompt:
+                await asyncio.sleep(self.min_interval_s)  # gather more runs' events in the batch
             self._wake.clear()
-            ops, self._ops = self._ops, []
-            pipe = self._redis.pipeline(transaction=False)
-            for name, args, kwargs, _ in ops:
-                getattr(pipe, name)(*args, **kwargs)
+            self._prompt = False
+            ops = self._inflight = self._ops
+            self._ops = []
             try:
-                await pipe.execute(raise_on_error=False)
+                await self._send(ops)
+                self._inflight = []
+                self.batches += 1
                 failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._inflight = []
                 failures += 1
                 queued = ops + self._ops
                 if failures >= self.max_attempts or len(queued) > self.max_queued:
-                    kept = [op for op in queued if op[3]]
+                    kept = [op for op in queued if op[2]]
                     self.dropped += len(queued) - len(kept)
                     log.error(
                         "writing run logs to Redis failed %d times (%s); dropped %d events, kept %d ops "
@@ -82,14 +149,47 @@ class BatchWriter:
                 self._wake.set()
 
     async def close(self) -> None:
-        """Flush what is queued (best effort), then stop."""
-        for _ in range(20):
-            if not self._ops:
-                break
-            await asyncio.sleep(0.05)
+        """Stop, then send what is queued and the batch that was in flight (sending an entry
+        twice is harmless: the script skips ids written already) in one last batch, without
+        waiting for the batch interval (best effort: 1 s at most)."""
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        ops = self._inflight + self._ops
+        self._inflight, self._ops = [], []
+        if ops:
+            try:
+                await asyncio.wait_for(self._send(ops), 1.0)
+            except Exception as exc:
+                log.error("writing run logs to Redis at shutdown failed (%s); dropped %d ops", exc, len(ops))
+
+
+def pack_op(name: str, *args: str | bytes | int) -> bytes:
+    """A command in the batch script's wire form: `{n}:` then each of its n words (the name
+    first) as a netstring `{length}:{bytes}` (lengths in bytes; no separators)."""
+    words = [name.encode(), *(a if type(a) is bytes else str(a).encode() for a in args)]
+    return b"%d:" % len(words) + b"".join([b"%d:%s" % (len(w), w) for w in words])
+
+
+def log_sink(
+    writer: BatchWriter, stream: str, ends: list[tuple[str, str, str | int]]
+) -> Callable[[int, Event], None]:
+    """The sink (`RunChannel.replicate`) that mirrors a run's events into `stream`: each event
+    one XADD with entry id `{index + 1}-0`, packed and queued on `writer` (no await, no round
+    trip on the per-token path); the terminal event and then the ops `ends` (the run's clean-up)
+    are kept through an outage, so readers end instead of waiting."""
+    head = xadd_head(stream)
+    add = writer.add_packed
+
+    def sink(index: int, event: Event) -> None:
+        if type(event) is RunFinished or type(event) is RunError:
+            add("XADD", xadd_op(head, index, event), True)
+            for name, *args in ends:
+                writer.add_essential(name, *args)
+        else:
+            add("XADD", xadd_op(head, index, event))
+
+    return sink
 
 
 def backoff(failures: int) -> float:
@@ -97,15 +197,57 @@ def backoff(failures: int) -> float:
     return float(min(5.0, 0.1 * 2 ** min(failures, 16)))
 
 
+_to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # built once: per token
+_quote: Callable[[str], str] = json.encoder.encode_basestring  # the C encoder, no ASCII escapes
+
+
 def encode_event(event: Event) -> bytes:
     """An event as a stream entry's `e` field (compact JSON, UTF-8)."""
-    return json.dumps(event_to_dict(event), ensure_ascii=False, separators=(",", ":")).encode()
+    if type(event) is AnswerDelta or type(event) is ReasoningDelta:  # most of the traffic
+        return ('{"type":"' + event.type + '","text":' + _quote(event.text) + "}").encode()
+    return _to_json(event_to_dict(event)).encode()
+
+
+def xadd_head(stream: str) -> bytes:
+    """The start of `pack_op("XADD", stream, ...)`, once per run (see `xadd_op`)."""
+    key = stream.encode()
+    return b"5:4:XADD%d:%s" % (len(key), key)
+
+
+def xadd_op(head: bytes, index: int, event: Event) -> bytes:
+    """`pack_op("XADD", stream, f"{index + 1}-0", "e", encode_event(event))` in one step: the
+    event as its run's log entry (`head` from `xadd_head`)."""
+    entry = b"%d-0" % (index + 1)
+    payload = encode_event(event)
+    return b"%s%d:%s1:e%d:%s" % (head, len(entry), entry, len(payload), payload)
 
 
 def is_terminal_entry(fields: dict[bytes, bytes]) -> bool:
     kind = json.loads(fields[b"e"]).get("type")
     return kind in ("run_finished", "error")
 
+
+#: run the ops packed by `pack_op` (ARGV[1], several concatenated) in order; an op that fails
+#: (an entry id written already, when a batch is retried) is skipped
+APPLY_OPS = """
+local b = ARGV[1]
+local pos = 1
+local size = #b
+while pos <= size do
+  local c = string.find(b, ':', pos, true)
+  local n = tonumber(string.sub(b, pos, c - 1))
+  pos = c + 1
+  local words = {}
+  for i = 1, n do
+    c = string.find(b, ':', pos, true)
+    local len = tonumber(string.sub(b, pos, c - 1))
+    words[i] = string.sub(b, c + 1, c + len)
+    pos = c + len + 1
+  end
+  redis.pcall(unpack(words))
+end
+return 0
+"""
 
 #: add a run to a key's runs in flight unless it has `limit` (entries of dead workers dropped)
 CLAIM_RUN = """
