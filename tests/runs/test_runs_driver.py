@@ -159,6 +159,31 @@ async def test_an_inline_run_its_client_left_ends_cancelled_client_gone() -> Non
     assert end.answer == "so far" and source.closed
 
 
+async def test_an_inline_run_that_ended_has_its_source_closed_when_its_follower_leaves() -> None:
+    """Code after the terminal event (an agent storing its turn in a `finally`) runs when the
+    follower leaves, not whenever the generator happens to be garbage-collected."""
+    cleaned: list[str] = []
+
+    async def source() -> AsyncIterator[Event]:
+        try:
+            yield RunStarted(run_id="run_1")
+            yield RunError(message="boom", code="backend")
+            yield AnswerDelta(text="never read")
+        finally:
+            cleaned.append("stored")
+
+    ch = channel()
+    ch.offer(source())
+    driver = RunDriver.take(ch)
+    assert driver is not None
+    while await driver.step():
+        pass
+    assert cleaned == []
+    await driver.leave()
+    assert cleaned == ["stored"]
+    assert isinstance(terminal(ch), RunError) and len(ch.events) == 2
+
+
 async def test_stop_is_idempotent_and_nothing_follows_the_terminal_event() -> None:
     ch = channel()
     driver = RunDriver(ch, aiter(Source(deltas("x"), then="hang")))

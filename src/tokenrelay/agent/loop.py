@@ -161,6 +161,7 @@ class Agent(AgentBase):
         )
         status: TurnStatus = "interrupted"
         error: str | None = None
+        failure: RunError | None = None  # yielded after the turn is stored, like RunFinished
         try:
             await turn.open(text)
             recording = turn.recording
@@ -173,11 +174,11 @@ class Agent(AgentBase):
         except TokenrelayError as exc:
             status, error = "failed", str(exc)
             log.info("run %s failed: %s", run_id, exc)
-            yield RunError(message=str(exc), code=exc.code, answer=state.answer)
+            failure = RunError(message=str(exc), code=exc.code, answer=state.answer)
         except Exception as exc:  # a bug must still end the stream with an error event
             status, error = "failed", f"internal error: {type(exc).__name__}"
             log.exception("run %s crashed", run_id)
-            yield RunError(message=error, code="internal", answer=state.answer)
+            failure = RunError(message=error, code="internal", answer=state.answer)
         finally:
             await turn.finish(
                 status,
@@ -186,7 +187,9 @@ class Agent(AgentBase):
                 finish_reason=state.finish_reason if status == "complete" else None,
                 steps=state.record,
             )
-        if status == "complete":
+        if failure is not None:
+            yield failure
+        elif status == "complete":
             yield RunFinished(
                 answer=state.answer,
                 usage=state.usage,

@@ -104,6 +104,9 @@ class RunDriver:
             channel.bind_task(None)  # the request's task outlives this run: never cancel it later
         if not channel.done:
             await self.stop(CLIENT_GONE)
+        else:  # ended: close the source now (its cleanup must not wait for garbage collection)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(_aclose(self.source))
 
     async def _too_large(self) -> None:
         channel = self.channel
