@@ -8,12 +8,23 @@ import sqlite3
 from typing import cast
 
 from tokenrelay.memory import common, rows
-from tokenrelay.memory.base import Document, Turn
+from tokenrelay.memory.base import AnyOwner, Document, Turn
 
-__all__ = ["insert_turn", "select_document", "select_history"]
+__all__ = ["insert_turn", "select_document", "select_history", "session_exists"]
 
 #: the turns that have an answer: what the memory window holds (matches `turns_answered`)
 _ANSWERED = " AND status != 'running' AND answer != ''"
+
+
+def session_exists(conn: sqlite3.Connection, session_id: str, owner: str | None | AnyOwner) -> bool:
+    """Whether the session exists and is `owner`'s (any owner's for `AnyOwner`)."""
+    if isinstance(owner, AnyOwner):
+        row = conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    else:
+        row = conn.execute(
+            "SELECT 1 FROM sessions WHERE id = ? AND owner IS ?", (session_id, owner)
+        ).fetchone()
+    return row is not None
 
 
 def insert_turn(conn: sqlite3.Connection, session_id: str, run_id: str, user_text: str, now: float) -> int:

@@ -35,7 +35,7 @@ from typing import TypeVar, cast
 
 from tokenrelay.errors import StorageError
 from tokenrelay.memory import common, rows
-from tokenrelay.memory.base import AnyOwner, Document, OpenedTurn, SessionInfo, Turn
+from tokenrelay.memory.base import ANY_OWNER, AnyOwner, Document, OpenedTurn, SessionInfo, Turn
 from tokenrelay.memory.deferred import DeferredWrites
 from tokenrelay.memory.sqlite import statements
 from tokenrelay.memory.sqlite.migrations import apply_migrations
@@ -197,7 +197,7 @@ class SQLiteSessionStore(common.StoreBase):
         now = time.time()
 
         def insert(conn: sqlite3.Connection) -> int:
-            if conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is None:
+            if not statements.session_exists(conn, session_id, ANY_OWNER):
                 raise KeyError(session_id)
             return statements.insert_turn(conn, session_id, run_id, user_text, now)
 
@@ -228,13 +228,7 @@ class SQLiteSessionStore(common.StoreBase):
                     (new_id, new_owner, now, now),
                 )
             sid = new_id or cast(str, session_id)
-            mine = "" if isinstance(owner, AnyOwner) else " AND owner IS ?"
-            if (
-                conn.execute(
-                    f"SELECT 1 FROM sessions WHERE id = ?{mine}", (sid, owner)[: 2 if mine else 1]
-                ).fetchone()
-                is None
-            ):
+            if new_id is None and not statements.session_exists(conn, sid, owner):
                 raise KeyError(sid)
             history = statements.select_history(conn, sid, window, answered=True) if window else []
             doc = statements.select_document(conn, sid) if document else None
