@@ -2,9 +2,11 @@
 
 A turn is written in two steps so nothing the user said is ever lost: `begin_turn` stores
 the user's message (status `running`) before generation starts; `finish_turn` stores the
-answer (or the partial answer) with its final status. Sessions belong to an owner (an API
-key's identity, or None when keys are off); every read and write takes the caller's owner,
-and a session of another owner behaves exactly like a missing one.
+answer (or the partial answer) with its final status. `open_turn` (`TurnOpener`, given to
+every store by `StoreBase`) does what a run needs before its first model call in one call:
+the session check, the memory window, the document and `begin_turn`. Sessions belong to an
+owner (an API key's identity, or None when keys are off); every read and write takes the
+caller's owner, and a session of another owner behaves exactly like a missing one.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ __all__ = [
     "FinalTurn",
     "StoreBase",
     "check_limit",
+    "check_window",
     "compose_open_turn",
     "new_session_id",
     "title_from_text",
