@@ -4,10 +4,10 @@ full garbage collections (issue 14: the store's writes per turn off the hot path
     python bench/bench_store.py [--streams 200,1000] [--runs 3] [--tokens 256] [--every 32]
     python bench/bench_store.py --compare /path/to/other/src    # interleaved, with ratios
 
-Each stream does what a run does with its store: `create_session`, `history(answered=True)`,
-`get_document`, `begin_turn`, then `--tokens` tokens (one every `--interval` s) with a
-checkpoint (`update_partial` of the answer so far) every `--every` tokens, then `finish_turn`.
-All streams run at once on one event loop, on a fresh database file.
+Each stream does what a run does with its store: `create_session`, `open_turn` (in a tree
+before it: `history(answered=True)`, `get_document`, `begin_turn`), then `--tokens` tokens (one
+every `--interval` s) with a checkpoint (`update_partial` of the answer so far) every
+`--every` tokens, then `finish_turn`. All streams run at once on one event loop, on a fresh database file.
 
 Reported per configuration (median of `--runs` runs, each in a fresh process):
 
@@ -63,9 +63,13 @@ async def _stream(store: Any, args: argparse.Namespace, waits: list[float], i: i
     turn_id = None
     if store is not None:
         s = await store.create_session()
-        await store.history(s.id, limit=10, answered=True)
-        await store.get_document(s.id)
-        turn_id = await store.begin_turn(s.id, run_id=f"r{i}", user_text=f"question {i}")
+        if hasattr(store, "open_turn"):  # one hop (a tree before it: the four calls)
+            opened = await store.open_turn(s.id, run_id=f"r{i}", user_text=f"question {i}", window=10)
+            turn_id = opened.turn_id
+        else:
+            await store.history(s.id, limit=10, answered=True)
+            await store.get_document(s.id)
+            turn_id = await store.begin_turn(s.id, run_id=f"r{i}", user_text=f"question {i}")
     for n in range(1, args.tokens + 1):
         await asyncio.sleep(args.interval)
         answer += " tok"

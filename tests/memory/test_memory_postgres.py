@@ -6,9 +6,10 @@ drops it at the end; each test gets a fresh schema of its own in it (through `se
 in the URL, which also proves a shared database is fine). Without a reachable server the
 module is skipped, unless `$CI` is set: CI must provide PostgreSQL, so there it fails.
 
-The behavioural tests of `test_memory.py` are imported and run here against Postgres (pytest
-collects them in this module, where `store` is the fixture below); the tests after them are
-Postgres-specific: errors, migrations, several workers, `recover_running(older_than_s=...)`.
+The behavioural tests of `test_memory.py` and `test_open_turn.py` are imported and run here
+against Postgres (pytest collects them in this module, where `store` is the fixture below);
+the tests after them are Postgres-specific: errors, migrations, several workers,
+`recover_running(older_than_s=...)`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ except ImportError:  # the `postgres` extra is not installed
     pytest.skip("needs the postgres extra: pip install -e '.[postgres]'", allow_module_level=True)
 
 import test_memory
+import test_open_turn
 
 from tokenrelay.errors import ConfigError
 from tokenrelay.memory import SessionStore, open_store
@@ -56,10 +58,15 @@ def _is_shared(fn: object) -> bool:
     return "store" in params and params <= {"store", *parametrized}
 
 
-SHARED_TESTS = sorted(
-    name for name, fn in vars(test_memory).items() if name.startswith("test_") and _is_shared(fn)
-)
-globals().update({name: getattr(test_memory, name) for name in SHARED_TESTS})
+_SHARED_FROM = (test_memory, test_open_turn)
+_SHARED = {
+    name: fn
+    for module in _SHARED_FROM
+    for name, fn in vars(module).items()
+    if name.startswith("test_") and _is_shared(fn)
+}
+SHARED_TESTS = sorted(_SHARED)
+globals().update(_SHARED)
 
 _CANDIDATES = (
     [os.environ["TOKENRELAY_TEST_POSTGRES_URL"]]

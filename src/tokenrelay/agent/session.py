@@ -5,7 +5,9 @@ goes through `SessionTurn`, so the CLI, the server and the library store turns t
 
 * before the first model call: the memory window (`memory_k` answered turns, oldest first,
   as (user, assistant) pairs after `remembered`) and the attached document are read, and the
-  user's message is stored as a `running` turn (`open`);
+  user's message is stored as a `running` turn (`open`), in one store call (`open_turn`: one
+  hop to the database for the SQLite and PostgreSQL stores; composed of the `SessionStore`
+  calls for a store without it);
 * while the answer streams: `checkpoint(answer)` stores the partial answer at most every
   `checkpoint_s` seconds, so a crash loses only the tail;
 * when the run ends, on every path (complete, failed, consumer gone, task cancelled):
@@ -17,6 +19,7 @@ Without a store or a session id the turn is a no-op that still gives the caller'
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -24,7 +27,8 @@ from typing import Any
 
 import anyio
 
-from tokenrelay.memory.base import SessionStore, TurnStatus, remembered
+from tokenrelay.memory.base import ANY_OWNER, OpenedTurn, SessionStore, TurnStatus, remembered
+from tokenrelay.memory.common import compose_open_turn
 
 __all__ = ["SessionTurn"]
 
@@ -67,13 +71,21 @@ class SessionTurn:
         `text` as a running turn."""
         if self.store is None or self.session_id is None:
             return
-        if self.memory_k:
-            turns = await self.store.history(self.session_id, limit=self.memory_k, answered=True)
-            self.pairs = remembered(turns)
-        if document:
-            doc = await self.store.get_document(self.session_id)
-            self.document = doc.prompt_text() if doc else None
-        self.turn_id = await self.store.begin_turn(self.session_id, run_id=self.run_id, user_text=text)
+        # a store that keeps to `SessionStore` only: the same, composed of its calls
+        open_turn = getattr(self.store, "open_turn", None) or functools.partial(compose_open_turn, self.store)
+        # owner: the caller has resolved the session already (the server: 404 for another owner's)
+        opened: OpenedTurn = await open_turn(
+            self.session_id,
+            owner=ANY_OWNER,
+            run_id=self.run_id,
+            user_text=text,
+            window=self.memory_k,
+            document=document,
+        )
+        self.pairs = remembered(opened.history)
+        doc = opened.document
+        self.document = doc.prompt_text() if doc else None
+        self.turn_id = opened.turn_id
         self.checkpoint_at = time.monotonic() + self.checkpoint_s
 
     async def checkpoint(self, answer: str) -> None:

@@ -2,9 +2,11 @@
 
 A turn is written in two steps so nothing the user said is ever lost: `begin_turn` stores
 the user's message (status `running`) before generation starts; `finish_turn` stores the
-answer (or the partial answer) with its final status. Sessions belong to an owner (an API
-key's identity, or None when keys are off); every read and write takes the caller's owner,
-and a session of another owner behaves exactly like a missing one.
+answer (or the partial answer) with its final status. `open_turn` (`TurnOpener`, given to
+every store by `StoreBase`) does what a run needs before its first model call in one call:
+the session check, the memory window, the document and `begin_turn`. Sessions belong to an
+owner (an API key's identity, or None when keys are off); every read and write takes the
+caller's owner, and a session of another owner behaves exactly like a missing one.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 __all__ = [
+    "ANY_OWNER",
     "INTERRUPTED_MARK",
     "Document",
+    "OpenedTurn",
     "SessionInfo",
     "SessionStore",
     "Step",
+    "TurnOpener",
     "Turn",
     "TurnStatus",
     "remembered",
@@ -105,6 +110,54 @@ class Document:
             f"the first {len(self.text)} of its {self.total_chars} characters; the rest is missing. If the "
             "question needs the missing part, say that the document was cut.]"
         )
+
+
+class AnyOwner:
+    """The type of `ANY_OWNER`."""
+
+    def __repr__(self) -> str:
+        return "ANY_OWNER"
+
+
+#: `open_turn(..., owner=ANY_OWNER)`: the caller has checked the session's owner already (the
+#: server resolves the session before the run starts), so the store does not check it again.
+ANY_OWNER = AnyOwner()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OpenedTurn:
+    """What `open_turn` returns: the session's id (a new one when it was created), its memory window
+    (`history(..., limit=window, answered=True)`, oldest first), its document (None when not
+    asked for or not attached) and the new `running` turn's id."""
+
+    session_id: str
+    history: list[Turn]
+    document: Document | None
+    turn_id: int
+
+
+class TurnOpener(Protocol):
+    """A store that opens a turn in one call (one round trip, one transaction): `StoreBase`
+    gives every store one composed of the `SessionStore` calls; the SQLite and PostgreSQL
+    stores do it in one hop. A store without it is driven through those calls instead
+    (`memory.common.compose_open_turn`)."""
+
+    async def open_turn(
+        self,
+        session_id: str | None,
+        *,
+        owner: str | None | AnyOwner = None,
+        run_id: str,
+        user_text: str,
+        window: int = 0,
+        document: bool = True,
+    ) -> OpenedTurn:
+        """Start a turn: `session_id=None` creates a new session of `owner` (a fresh id;
+        `owner=ANY_OWNER` means None there); otherwise the session must exist and be
+        `owner`'s (not checked for `ANY_OWNER`), else `KeyError`. Reads the memory window of
+        the last `window` answered turns and (`document=True`) the document, stores
+        `user_text` as a `running` turn as `begin_turn` does, and returns all of it."""
+        ...
 
 
 class SessionStore(Protocol):

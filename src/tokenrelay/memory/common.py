@@ -1,5 +1,6 @@
 """What every session store shares: ids, titles, the final-status rule, argument checks, and
-`StoreBase`, which takes `finish_turn`'s and `set_document`'s arguments once for all stores.
+`StoreBase`, which takes `finish_turn`'s and `set_document`'s arguments once for all stores
+and gives each an `open_turn` composed of its other calls (`compose_open_turn`).
 
 Invariants:
 
@@ -17,8 +18,9 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
-from tokenrelay.memory.base import Document, Step, TurnStatus
+from tokenrelay.memory.base import AnyOwner, Document, OpenedTurn, SessionStore, Step, TurnStatus
 
 __all__ = [
     "FINAL_STATUSES",
@@ -26,6 +28,8 @@ __all__ = [
     "FinalTurn",
     "StoreBase",
     "check_limit",
+    "check_window",
+    "compose_open_turn",
     "new_session_id",
     "title_from_text",
 ]
@@ -51,6 +55,36 @@ def check_limit(limit: int | None) -> None:
     """`ValueError` for a negative limit (None: no limit)."""
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be 0 or more, not {limit}")
+
+
+def check_window(window: int) -> None:
+    """`ValueError` for a negative memory window."""
+    if window < 0:
+        raise ValueError(f"window must be 0 or more, not {window}")
+
+
+async def compose_open_turn(
+    store: SessionStore,
+    session_id: str | None,
+    *,
+    owner: str | None | AnyOwner = None,
+    run_id: str,
+    user_text: str,
+    window: int = 0,
+    document: bool = True,
+) -> OpenedTurn:
+    """`TurnOpener.open_turn` made of the `SessionStore` calls (one hop each): what a store
+    without its own `open_turn` does. Not atomic: a session deleted meanwhile makes
+    `begin_turn` raise `KeyError`, as it would alone."""
+    check_window(window)
+    if session_id is None:
+        session_id = (await store.create_session(owner=None if isinstance(owner, AnyOwner) else owner)).id
+    elif not isinstance(owner, AnyOwner) and await store.get_session(session_id, owner=owner) is None:
+        raise KeyError(session_id)
+    history = await store.history(session_id, limit=window, answered=True) if window else []
+    doc = await store.get_document(session_id) if document else None
+    turn_id = await store.begin_turn(session_id, run_id=run_id, user_text=user_text)
+    return OpenedTurn(session_id=session_id, history=history, document=doc, turn_id=turn_id)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -114,6 +148,28 @@ class StoreBase(ABC):
             budget_tokens=budget_tokens,
         )
         await self._put_document(session_id, document)
+
+    async def open_turn(
+        self,
+        session_id: str | None,
+        *,
+        owner: str | None | AnyOwner = None,
+        run_id: str,
+        user_text: str,
+        window: int = 0,
+        document: bool = True,
+    ) -> OpenedTurn:
+        """See `TurnOpener.open_turn`; this default composes the `SessionStore` calls
+        (`compose_open_turn`); a store overrides it to do the same in one hop."""
+        return await compose_open_turn(
+            cast(SessionStore, self),
+            session_id,
+            owner=owner,
+            run_id=run_id,
+            user_text=user_text,
+            window=window,
+            document=document,
+        )
 
     @abstractmethod
     async def _finish(self, turn_id: int, final: FinalTurn) -> None:

@@ -45,17 +45,21 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import cast
 
 import psycopg
 from psycopg_pool import PoolTimeout
 
 from tokenrelay.errors import ConfigError, StorageError
 from tokenrelay.memory import common, rows
-from tokenrelay.memory.base import Document, SessionInfo, Turn
+from tokenrelay.memory.base import ANY_OWNER, AnyOwner, Document, OpenedTurn, SessionInfo, Turn
 from tokenrelay.memory.deferred import DeferredWrites
 from tokenrelay.memory.postgres.migrations import schema_problems
 from tokenrelay.memory.postgres.pool import PgPool
+from tokenrelay.memory.postgres.statements import SERVER_NOW as _SERVER_NOW
+from tokenrelay.memory.postgres.statements import insert_turn, select_document, select_history
+from tokenrelay.memory.postgres.statements import opt_text as _opt_text
+from tokenrelay.memory.postgres.statements import owner_filter as _owner_filter
+from tokenrelay.memory.postgres.statements import text as _text
 
 __all__ = ["PostgresSessionStore"]
 
@@ -69,22 +73,6 @@ CHECKPOINT_PAUSE_S = 5.0
 #: Seconds the first try of a turn's final write waits before it is deferred (the run's last
 #: event waits for it).
 FINISH_TIMEOUT_S = 2.0
-#: The database server's clock as epoch seconds (the heartbeat's clock).
-_SERVER_NOW = "extract(epoch FROM clock_timestamp())::double precision"
-
-
-def _text(value: str) -> str:
-    """`value` storable in a PostgreSQL `text` (which cannot hold NUL)."""
-    return value.replace("\x00", "\ufffd")
-
-
-def _opt_text(value: str | None) -> str | None:
-    return None if value is None else _text(value)
-
-
-def _owner_filter(owner: str | None) -> tuple[str, tuple[str, ...]]:
-    """The SQL condition (and its parameters) selecting the sessions of `owner`."""
-    return ("owner IS NULL", ()) if owner is None else ("owner = %s", (_text(owner),))
 
 
 class PostgresSessionStore(common.StoreBase):
@@ -203,31 +191,42 @@ class PostgresSessionStore(common.StoreBase):
         message. Raises `KeyError` when the session does not exist."""
         if "\x00" in session_id:
             raise KeyError(session_id)
-        now = time.time()
-        # One statement: the UPDATE locks the session row (a concurrent delete waits) and
-        # the INSERT happens only when it found the session.
         async with self._connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                "WITH s AS ("
-                " UPDATE tokenrelay_sessions SET updated_at = %(now)s,"
-                " title = CASE WHEN title = '' THEN %(title)s ELSE title END"
-                " WHERE id = %(sid)s RETURNING id)"
-                " INSERT INTO tokenrelay_turns"
-                " (session_id, run_id, user_text, answer, status, created_at, heartbeat_at)"
-                f" SELECT s.id, %(run_id)s, %(text)s, '', 'running', %(now)s, {_SERVER_NOW} FROM s"
-                " RETURNING id",
-                {
-                    "now": now,
-                    "title": common.title_from_text(_text(user_text)),
-                    "sid": session_id,
-                    "run_id": _text(run_id),
-                    "text": _text(user_text),
-                },
-            )
-            row = await cur.fetchone()
-        if row is None:
+            turn_id = await insert_turn(conn, session_id, ANY_OWNER, run_id, user_text, time.time())
+        if turn_id is None:
             raise KeyError(session_id)
-        return cast(int, row[0])
+        return turn_id
+
+    async def open_turn(
+        self,
+        session_id: str | None,
+        *,
+        owner: str | None | AnyOwner = None,
+        run_id: str,
+        user_text: str,
+        window: int = 0,
+        document: bool = True,
+    ) -> OpenedTurn:
+        """`TurnOpener.open_turn` in one hop: one connection checkout, one transaction (the
+        session's creation, the turn, the memory window and the document)."""
+        common.check_window(window)
+        if session_id is not None and "\x00" in session_id:
+            raise KeyError(session_id)
+        now = time.time()
+        sid = session_id or common.new_session_id()
+        async with self._connection() as conn, conn.transaction():
+            if session_id is None:
+                await conn.execute(
+                    "INSERT INTO tokenrelay_sessions (id, owner, title, created_at, updated_at)"
+                    " VALUES (%s, %s, '', %s, %s)",
+                    (sid, None if isinstance(owner, AnyOwner) else _opt_text(owner), now, now),
+                )
+            turn_id = await insert_turn(conn, sid, owner, run_id, user_text, now)
+            if turn_id is None:
+                raise KeyError(sid)
+            history = await select_history(conn, sid, window, answered=True) if window else []
+            doc = await select_document(conn, sid) if document else None
+        return OpenedTurn(session_id=sid, history=history, document=doc, turn_id=turn_id)
 
     async def update_partial(self, turn_id: int, answer: str) -> None:
         """Checkpoint a running turn's partial answer and refresh its heartbeat (no-op once
@@ -278,15 +277,8 @@ class PostgresSessionStore(common.StoreBase):
         common.check_limit(limit)
         if "\x00" in session_id:
             return []
-        where = "session_id = %s" + (" AND status <> 'running' AND answer <> ''" if answered else "")
         async with self._connection() as conn:
-            cur = await conn.execute(
-                f"SELECT {rows.TURN_COLUMNS} FROM (SELECT {rows.TURN_COLUMNS} FROM tokenrelay_turns"
-                f" WHERE {where} ORDER BY id DESC LIMIT %s) AS last ORDER BY id ASC",
-                (session_id, limit),
-            )
-            found = await cur.fetchall()
-        return [rows.turn_from_row(row) for row in found]
+            return await select_history(conn, session_id, limit, answered=answered)
 
     async def interrupt_run(self, run_id: str, *, error: str) -> bool:
         """Mark `run_id`'s turn interrupted if it is still running (its worker died; the
@@ -359,12 +351,7 @@ class PostgresSessionStore(common.StoreBase):
         if "\x00" in session_id:
             return None
         async with self._connection() as conn:
-            cur = await conn.execute(
-                f"SELECT {rows.DOCUMENT_COLUMNS} FROM tokenrelay_documents WHERE session_id = %s",
-                (session_id,),
-            )
-            row = await cur.fetchone()
-        return None if row is None else rows.document_from_row(row)
+            return await select_document(conn, session_id)
 
     # -- maintenance
 

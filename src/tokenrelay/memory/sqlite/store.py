@@ -37,8 +37,9 @@ from typing import TypeVar, cast
 
 from tokenrelay.errors import StorageError
 from tokenrelay.memory import common, rows
-from tokenrelay.memory.base import Document, SessionInfo, Turn
+from tokenrelay.memory.base import ANY_OWNER, AnyOwner, Document, OpenedTurn, SessionInfo, Turn
 from tokenrelay.memory.deferred import DeferredWrites
+from tokenrelay.memory.sqlite import statements
 from tokenrelay.memory.sqlite.migrations import apply_migrations
 from tokenrelay.memory.sqlite.worker import WriteWorker
 
@@ -48,8 +49,6 @@ T = TypeVar("T")
 log = logging.getLogger("tokenrelay.memory")
 
 BUSY_TIMEOUT_S = 5.0
-#: the turns that have an answer: what the memory window holds (matches `turns_answered`)
-_ANSWERED = " AND status != 'running' AND answer != ''"
 
 
 class SQLiteSessionStore(common.StoreBase):
@@ -204,21 +203,45 @@ class SQLiteSessionStore(common.StoreBase):
         now = time.time()
 
         def insert(conn: sqlite3.Connection) -> int:
-            if conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is None:
+            if not statements.session_exists(conn, session_id, ANY_OWNER):
                 raise KeyError(session_id)
-            cur = conn.execute(
-                "INSERT INTO turns (session_id, run_id, user_text, answer, status, created_at)"
-                " VALUES (?, ?, ?, '', 'running', ?)",
-                (session_id, run_id, user_text, now),
-            )
-            conn.execute(
-                "UPDATE sessions SET updated_at = ?, title = CASE WHEN title = '' THEN ? ELSE title END"
-                " WHERE id = ?",
-                (now, common.title_from_text(user_text), session_id),
-            )
-            return cast(int, cur.lastrowid)
+            return statements.insert_turn(conn, session_id, run_id, user_text, now)
 
         return await self._write(insert)
+
+    async def open_turn(
+        self,
+        session_id: str | None,
+        *,
+        owner: str | None | AnyOwner = None,
+        run_id: str,
+        user_text: str,
+        window: int = 0,
+        document: bool = True,
+    ) -> OpenedTurn:
+        """`TurnOpener.open_turn` in one hop: one job of the writer thread, in one
+        transaction (the session check or creation, the memory window, the document and the
+        new turn), so it also sees every checkpoint queued before it."""
+        common.check_window(window)
+        now = time.time()
+        new_id = common.new_session_id() if session_id is None else None
+        new_owner = None if isinstance(owner, AnyOwner) else owner
+
+        def open_(conn: sqlite3.Connection) -> OpenedTurn:
+            if new_id is not None:
+                conn.execute(
+                    "INSERT INTO sessions (id, owner, title, created_at, updated_at) VALUES (?, ?, '', ?, ?)",
+                    (new_id, new_owner, now, now),
+                )
+            sid = new_id or cast(str, session_id)
+            if new_id is None and not statements.session_exists(conn, sid, owner):
+                raise KeyError(sid)
+            history = statements.select_history(conn, sid, window, answered=True) if window else []
+            doc = statements.select_document(conn, sid) if document else None
+            turn_id = statements.insert_turn(conn, sid, run_id, user_text, now)
+            return OpenedTurn(session_id=sid, history=history, document=doc, turn_id=turn_id)
+
+        return await self._write(open_)
 
     async def update_partial(self, turn_id: int, answer: str) -> None:
         """Checkpoint a running turn's partial answer (no-op once the turn is finished).
@@ -285,15 +308,9 @@ class SQLiteSessionStore(common.StoreBase):
         """The last `limit` turns (all when None), oldest first; `answered`: only those with
         an answer (the memory window; see `SessionStore.history`)."""
         common.check_limit(limit)
-        where = "session_id = ?" + (_ANSWERED if answered else "")
 
         def select(conn: sqlite3.Connection) -> list[Turn]:
-            found = conn.execute(
-                f"SELECT {rows.TURN_COLUMNS} FROM (SELECT {rows.TURN_COLUMNS} FROM turns WHERE {where}"
-                " ORDER BY id DESC LIMIT ?) ORDER BY id ASC",
-                (session_id, -1 if limit is None else limit),
-            ).fetchall()
-            return [rows.turn_from_row(row) for row in found]
+            return statements.select_history(conn, session_id, limit, answered=answered)
 
         # checkpoints touch only `running` turns, which `answered` leaves out
         return await self._read(select, turns=not answered)
@@ -353,13 +370,7 @@ class SQLiteSessionStore(common.StoreBase):
         await self._write(upsert)
 
     async def get_document(self, session_id: str) -> Document | None:
-        def select(conn: sqlite3.Connection) -> Document | None:
-            row = conn.execute(
-                f"SELECT {rows.DOCUMENT_COLUMNS} FROM documents WHERE session_id = ?", (session_id,)
-            ).fetchone()
-            return None if row is None else rows.document_from_row(row)
-
-        return await self._read(select)
+        return await self._read(lambda conn: statements.select_document(conn, session_id))
 
     # -- maintenance
 
