@@ -63,6 +63,7 @@ KNOWN_VIOLATIONS: frozenset[str] = frozenset(
 #: where that tool is installed; same rules as above.
 KNOWN_DUPLICATES: frozenset[str] = frozenset(
     {
+        # a table of (pattern, lambda) rows: the same shape, different rows (data, with lambdas)
         "duplicate agent/arith.py ~ agent/arith.py",
         # LangChain's callback hook signatures (declared by its API, one per hook)
         "duplicate integrations/langchain/handler.py ~ integrations/langchain/handler.py",
