@@ -21,16 +21,13 @@ from typing import Any
 import httpx
 import pytest
 
-from browser_fixture import (  # noqa: F401 - the fixtures register by name
+from browser_fixture import (
     ROOT,
     STATIC,
     TIMEOUT_MS,
     PageFactory,
     ask,
-    browser_fixture,
     last_answer,
-    open_page_fixture,
-    playwright_fixture,
     wait_for_end,
 )
 from replies import final

@@ -17,14 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from browser_fixture import (  # noqa: F401 - the fixtures register by name
+from browser_fixture import (
     ROOT,
     PageFactory,
     ask,
-    browser_fixture,
     last_answer,
-    open_page_fixture,
-    playwright_fixture,
     wait_for_end,
 )
 from replies import final

@@ -16,14 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
-from browser_fixture import (  # noqa: F401 - the fixtures register by name
+from browser_fixture import (
     ROOT,
     PageFactory,
     ask,
-    browser_fixture,
     last_answer,
-    open_page_fixture,
-    playwright_fixture,
     wait_for_end,
 )
 from server_fixture import LiveServer, make_app, wait_until
