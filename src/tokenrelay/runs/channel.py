@@ -25,7 +25,7 @@ from tokenrelay.events import AnswerDelta, Event, RunError, RunFinished
 from tokenrelay.runs.buffers import FinishedEvents
 from tokenrelay.runs.grace import ResumeGrace
 
-__all__ = ["RunChannel", "answer_so_far"]
+__all__ = ["RunChannel"]
 
 _TERMINAL = (RunFinished, RunError)
 _monotonic = time.monotonic
@@ -259,7 +259,3 @@ class RunChannel:
             return False
         self._task.cancel()
         return True
-
-
-def answer_so_far(channel: RunChannel) -> str:
-    return channel.answer()
