@@ -192,10 +192,10 @@ def test_ctrl_c_at_the_chat_prompt_exits_130_at_once(env: dict[str, str]) -> Non
     term = Terminal(env, "chat", "--model", slow(0.2, action("Final Answer", "noted")))
     try:
         term.read_until(lambda shown: shown.endswith(b"> "))
-        # as a person does: Ctrl-C once the typed text shows (readline is reading the terminal;
-        # keys sent before that race readline's own setup, a bare `input()` loses them too)
+        # as a person does: Ctrl-C once the typed text shows and readline waits for the next key
         term.type("half a line")
         term.read_until(lambda shown: shown.endswith(b"half a line"))
+        term.wait_reading()
         term.type("\x03")
         pressed = time.monotonic()
         code = term.wait(timeout=30)
