@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import json
 import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 from tokenrelay.backends.base import FinishChunk, GenerationSettings
-from tokenrelay.backends.machine import Threads
+from tokenrelay.backends.machine import Threads, cpu_has_amx
 from tokenrelay.errors import BackendError, ConfigError
 from tokenrelay.events import Usage
 from tokenrelay.progress import human_size, note
@@ -87,13 +88,14 @@ class _LoadedModel:
 
         self.path = path
         self.threads = threads
-        self.llama = Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            n_threads=threads.decode,
-            n_threads_batch=threads.batch,
-            verbose=False,
-        )
+        with _no_extra_buffer_types() if cpu_has_amx() else contextlib.nullcontext():
+            self.llama = Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_threads=threads.decode,
+                n_threads_batch=threads.batch,
+                verbose=False,
+            )
         self.n_ctx = n_ctx
         self.states = PromptStates(self.llama)
         eos_id = self.llama.token_eos()
@@ -276,6 +278,30 @@ def _hold_back(text: str, stops: Sequence[str]) -> tuple[str, bool]:
                 keep = max(keep, n)
                 break
     return text[: len(text) - keep], False
+
+
+@contextlib.contextmanager
+def _no_extra_buffer_types() -> Iterator[None]:
+    """Load with `use_extra_bufts = false`: no weights repacked for AMX. llama.cpp's AMX matmul
+    crashes (a general protection fault at `ldtilecfg`) on some AMX machines, this project's CI
+    VMs among them: the tile config can be optimised away and worker threads never ask the
+    kernel for AMX state (ggml-org/llama.cpp#20824, PR #26954). `Llama()` builds its model
+    parameters from `llama_model_default_params()` and loads at once, so that function is
+    swapped for the load (under `_MODELS_LOCK`, the only place this process loads a model)."""
+    import llama_cpp.llama_cpp as lib
+
+    defaults = lib.llama_model_default_params
+
+    def without_extra() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    lib.llama_model_default_params = without_extra
+    try:
+        yield
+    finally:
+        lib.llama_model_default_params = defaults
 
 
 _MODELS: dict[tuple[str, int, Threads], _LoadedModel] = {}

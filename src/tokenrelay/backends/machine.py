@@ -21,7 +21,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Threads", "available_cpus", "available_memory", "choose_threads", "cpu_quota", "physical_cores"]
+__all__ = [
+    "Threads",
+    "available_cpus",
+    "available_memory",
+    "choose_threads",
+    "cpu_has_amx",
+    "cpu_quota",
+    "physical_cores",
+]
 
 _CGROUP = Path("/sys/fs/cgroup")
 _PROC_CGROUP = Path("/proc/self/cgroup")
@@ -32,6 +40,13 @@ def _read(path: Path) -> str | None:
         return path.read_text().strip()
     except (OSError, ValueError):
         return None
+
+
+def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU offers Intel AMX tiles (Linux: `amx_tile` among /proc/cpuinfo's flags)."""
+    text = _read(cpuinfo) or ""
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return "amx_tile" in flags.split()
 
 
 def _cgroup_dirs(root: Path, proc_cgroup: Path, controller: str) -> list[Path]:
