@@ -97,6 +97,18 @@ def serve(args: argparse.Namespace) -> None:
     options["log_level"] = "warning"
     config = uvicorn.Config(app, host="127.0.0.1", port=args.port, timeout_keep_alive=30, **options)
     profile = os.environ.get("BENCH_PROFILE")  # a file: the server's cProfile stats, written at exit
+    if os.environ.get("BENCH_YAPPI"):  # every thread's CPU time, by function (pip install yappi)
+        import yappi
+
+        signal.raise_signal = lambda _signum: None
+        yappi.set_clock_type("cpu")
+        yappi.start()
+        uvicorn.Server(config).run()
+        yappi.stop()
+        yappi.get_func_stats().save(f"{os.environ['BENCH_YAPPI']}.{mode}.{os.getpid()}", type="pstat")
+        with open(f"{os.environ['BENCH_YAPPI']}.{mode}.{os.getpid()}.threads", "w") as out:
+            yappi.get_thread_stats().print_all(out=out)
+        return
     if not profile:
         uvicorn.Server(config).run()
         return

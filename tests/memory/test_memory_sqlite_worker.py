@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tokenrelay.memory import SQLiteSessionStore
+from tokenrelay.memory.sqlite.store import CHECKPOINT_BATCH_S
 from tokenrelay.memory.sqlite.worker import WriteWorker
 
 
@@ -168,6 +169,7 @@ async def test_a_failed_checkpoint_is_logged_and_the_next_one_lands(
         store._read_sync(lambda conn: conn.execute("PRAGMA query_only = ON"))  # writes now fail
         with caplog.at_level("WARNING", logger="tokenrelay.memory"):
             await store.update_partial(turn_id, "lost")  # no exception: best effort
+            await asyncio.sleep(CHECKPOINT_BATCH_S + 0.1)  # queued once its batch time is up
             await store._writer.settled()
         assert f"checkpoint of turns [{turn_id}] failed" in caplog.text
         store._read_sync(lambda conn: conn.execute("PRAGMA query_only = OFF"))
@@ -175,5 +177,23 @@ async def test_a_failed_checkpoint_is_logged_and_the_next_one_lands(
             await store.update_partial(turn_id, f"partial {n}")
         [turn] = await store.history(s.id)
         assert (turn.status, turn.answer) == ("running", "partial 2")
+    finally:
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_the_checkpoints_of_many_streams_share_one_commit(tmp_path: Path) -> None:
+    store = SQLiteSessionStore(tmp_path / "s.db")
+    try:
+        s = await store.create_session()
+        turns = [await store.begin_turn(s.id, run_id=f"r{n}", user_text="q") for n in range(20)]
+        before = store._writer.transactions
+        for n, turn_id in enumerate(turns):  # twenty streams' checkpoints within one batch time
+            await store.update_partial(turn_id, f"partial {n}")
+        await asyncio.sleep(CHECKPOINT_BATCH_S + 0.1)
+        await store._writer.settled()
+        assert store._writer.transactions == before + 1
+        history = await store.history(s.id)
+        assert [t.answer for t in history] == [f"partial {n}" for n in range(20)]
     finally:
         await store.close()

@@ -49,6 +49,8 @@ T = TypeVar("T")
 log = logging.getLogger("tokenrelay.memory")
 
 BUSY_TIMEOUT_S = 5.0
+#: how long a checkpoint waits for others to share its commit (a kill loses this much more)
+CHECKPOINT_BATCH_S = 0.25
 
 
 class SQLiteSessionStore(common.StoreBase):
@@ -75,6 +77,7 @@ class SQLiteSessionStore(common.StoreBase):
         self._writer = WriteWorker(self._require, self._lock)
         self._checkpoint_lock = threading.Lock()
         self._checkpoints: dict[int, str] = {}  # turn id -> latest partial answer, not yet queued
+        self._checkpoint_timer: asyncio.TimerHandle | None = None  # when the waiting ones are queued
         self._deferred = DeferredWrites()
 
     def __repr__(self) -> str:
@@ -98,6 +101,7 @@ class SQLiteSessionStore(common.StoreBase):
         not queue behind every stream's checkpoint)."""
         try:
             if turns:
+                self._queue_checkpoints()
                 await self._writer.settled()
             return await asyncio.to_thread(self._read_sync, fn)
         except sqlite3.OperationalError as exc:
@@ -247,15 +251,28 @@ class SQLiteSessionStore(common.StoreBase):
         """Checkpoint a running turn's partial answer (no-op once the turn is finished).
 
         Queued, not awaited, and coalesced: the latest answer of each turn waits in a dict
-        and one queued write stores all of them (`executemany`), so a checkpoint costs the
-        streaming path a dict assignment. A failure is logged and skipped (a checkpoint is
-        best effort: the run goes on). Waiting checkpoints may land before writes queued
-        earlier than them: harmless, since a checkpoint only touches a `running` turn and a
-        final write replaces its answer anyway."""
+        for up to `CHECKPOINT_BATCH_S`, then one queued write stores all of them
+        (`executemany`, one commit), so a checkpoint costs the streaming path a dict
+        assignment, and a thousand streams checkpointing every second cost a few commits a
+        second, not a thousand. A failure is logged and skipped (a checkpoint is best effort:
+        the run goes on). Waiting checkpoints may land before writes queued earlier than
+        them: harmless, since a checkpoint only touches a `running` turn and a final write
+        replaces its answer anyway."""
         with self._checkpoint_lock:
             first = not self._checkpoints
             self._checkpoints[turn_id] = answer
-        if first:
+        if first and self._checkpoint_timer is None:
+            self._checkpoint_timer = asyncio.get_running_loop().call_later(
+                CHECKPOINT_BATCH_S, self._queue_checkpoints
+            )
+
+    def _queue_checkpoints(self) -> None:
+        """Queue the write of the waiting checkpoints now (their timer fired, a read of running
+        turns needs them, or the store closes)."""
+        if self._checkpoint_timer is not None:
+            self._checkpoint_timer.cancel()
+            self._checkpoint_timer = None
+        if self._checkpoints and self._conn is not None:
             self._post_checkpoints()
 
     def _post_checkpoints(self) -> None:
@@ -342,6 +359,7 @@ class SQLiteSessionStore(common.StoreBase):
             )
             return cur.rowcount
 
+        self._queue_checkpoints()  # the partial answers it keeps: those waiting land first
         return await self._write(update)
 
     # -- documents
@@ -386,6 +404,7 @@ class SQLiteSessionStore(common.StoreBase):
         """Close the connection, after a last try of deferred writes and every queued write;
         calling it again does nothing."""
         if self._conn is not None:
+            self._queue_checkpoints()
             await self._deferred.close()
         await asyncio.to_thread(self._writer.close)
 
