@@ -232,9 +232,9 @@ _quote = json.encoder.encode_basestring
 
 def encode_event(event: Event, event_id: int) -> str:
     """One `id:`/`event:`/`data:` frame for `event`, `event_id` being its index in its run."""
-    if type(event) is AnswerDelta:
+    if type(event) is AnswerDelta or type(event) is ReasoningDelta:  # the deltas: most frames of a run
         return (  # one f-string (a single BUILD_STRING): about half the cost of str.format + concatenation
-            f'id: {event_id}\nevent: answer_delta\ndata: {{"type":"answer_delta","text":'
+            f'id: {event_id}\nevent: {event.type}\ndata: {{"type":"{event.type}","text":'
             f"{_quote(event.text)}}}\n\n"
         )
     return f"id: {event_id}\nevent: {event.type}\ndata: {_dumps(event_to_dict(event))}\n\n"

@@ -91,7 +91,7 @@ def test_default_threads_leave_a_core_for_the_server() -> None:
 def test_amx_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
     """AMX machines load llama.cpp models without its AMX weight buffers (llamacpp_worker.py)."""
     cpuinfo = tmp_path / "cpuinfo"
-    _write(cpuinfo, "processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile amx_int8\n\nprocessor\t: 1\n")
+    _write(cpuinfo, "processor\t: 0\nflags\t\t: fpu avx2 amx_bf16 amx_tile amx_int8\n\nprocessor\t: 1\n")
     assert machine.cpu_has_amx(cpuinfo)
     _write(cpuinfo, "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
     assert not machine.cpu_has_amx(cpuinfo)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tokenrelay.memory import SQLiteSessionStore
-from tokenrelay.memory.sqlite.store import CHECKPOINT_BATCH_S
+from tokenrelay.memory.sqlite.checkpoints import CHECKPOINT_BATCH_S
 from tokenrelay.memory.sqlite.worker import WriteWorker
 
 

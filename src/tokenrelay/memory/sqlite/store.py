@@ -40,6 +40,7 @@ from tokenrelay.memory import common, rows
 from tokenrelay.memory.base import ANY_OWNER, AnyOwner, Document, OpenedTurn, SessionInfo, Turn
 from tokenrelay.memory.deferred import DeferredWrites
 from tokenrelay.memory.sqlite import statements
+from tokenrelay.memory.sqlite.checkpoints import Checkpoints
 from tokenrelay.memory.sqlite.migrations import apply_migrations
 from tokenrelay.memory.sqlite.worker import WriteWorker
 
@@ -49,8 +50,6 @@ T = TypeVar("T")
 log = logging.getLogger("tokenrelay.memory")
 
 BUSY_TIMEOUT_S = 5.0
-#: how long a checkpoint waits for others to share its commit (a kill loses this much more)
-CHECKPOINT_BATCH_S = 0.25
 
 
 class SQLiteSessionStore(common.StoreBase):
@@ -75,9 +74,7 @@ class SQLiteSessionStore(common.StoreBase):
             raise
         self._conn: sqlite3.Connection | None = conn
         self._writer = WriteWorker(self._require, self._lock)
-        self._checkpoint_lock = threading.Lock()
-        self._checkpoints: dict[int, str] = {}  # turn id -> latest partial answer, not yet queued
-        self._checkpoint_timer: asyncio.TimerHandle | None = None  # when the waiting ones are queued
+        self._checkpoints = Checkpoints(self._writer)
         self._deferred = DeferredWrites()
 
     def __repr__(self) -> str:
@@ -101,7 +98,7 @@ class SQLiteSessionStore(common.StoreBase):
         not queue behind every stream's checkpoint)."""
         try:
             if turns:
-                self._queue_checkpoints()
+                self._checkpoints.queue()
                 await self._writer.settled()
             return await asyncio.to_thread(self._read_sync, fn)
         except sqlite3.OperationalError as exc:
@@ -248,57 +245,10 @@ class SQLiteSessionStore(common.StoreBase):
         return await self._write(open_)
 
     async def update_partial(self, turn_id: int, answer: str) -> None:
-        """Checkpoint a running turn's partial answer (no-op once the turn is finished).
-
-        Queued, not awaited, and coalesced: the latest answer of each turn waits in a dict
-        for up to `CHECKPOINT_BATCH_S`, then one queued write stores all of them
-        (`executemany`, one commit), so a checkpoint costs the streaming path a dict
-        assignment, and a thousand streams checkpointing every second cost a few commits a
-        second, not a thousand. A failure is logged and skipped (a checkpoint is best effort:
-        the run goes on). Waiting checkpoints may land before writes queued earlier than
-        them: harmless, since a checkpoint only touches a `running` turn and a final write
-        replaces its answer anyway."""
-        with self._checkpoint_lock:
-            first = not self._checkpoints
-            self._checkpoints[turn_id] = answer
-        if first and self._checkpoint_timer is None:
-            self._checkpoint_timer = asyncio.get_running_loop().call_later(
-                CHECKPOINT_BATCH_S, self._queue_checkpoints
-            )
-
-    def _queue_checkpoints(self) -> None:
-        """Queue the write of the waiting checkpoints now (their timer fired, a read of running
-        turns needs them, or the store closes)."""
-        if self._checkpoint_timer is not None:
-            self._checkpoint_timer.cancel()
-            self._checkpoint_timer = None
-        if self._checkpoints and self._conn is not None:
-            self._post_checkpoints()
-
-    def _post_checkpoints(self) -> None:
-        """Queue one write that stores the checkpoints waiting when it runs (the same ones
-        again if the writer retries it alone)."""
-        taken: dict[int, str] | None = None
-
-        def write(conn: sqlite3.Connection) -> None:
-            nonlocal taken
-            if taken is None:
-                with self._checkpoint_lock:
-                    taken, self._checkpoints = self._checkpoints, {}
-            conn.executemany(
-                "UPDATE turns SET answer = ? WHERE id = ? AND status = 'running'",
-                [(answer, turn_id) for turn_id, answer in taken.items()],
-            )
-
-        def failed(exc: BaseException) -> None:
-            nonlocal taken
-            if taken is None:  # the transaction failed before this write ran: drop them
-                with self._checkpoint_lock:
-                    taken, self._checkpoints = self._checkpoints, {}
-            turns = sorted(taken)
-            log.warning("checkpoint of turns %s failed: %s", turns[:10], exc)
-
-        self._writer.post(write, failed)
+        """Checkpoint a running turn's partial answer (no-op once the turn is finished):
+        coalesced with the other streams' and written within `CHECKPOINT_BATCH_S`, never
+        awaited (sqlite/checkpoints.py)."""
+        self._checkpoints.put(turn_id, answer)
 
     async def _finish(self, turn_id: int, final: common.FinalTurn) -> None:
         def update(conn: sqlite3.Connection) -> None:
@@ -359,7 +309,7 @@ class SQLiteSessionStore(common.StoreBase):
             )
             return cur.rowcount
 
-        self._queue_checkpoints()  # the partial answers it keeps: those waiting land first
+        self._checkpoints.queue()  # the partial answers it keeps: those waiting land first
         return await self._write(update)
 
     # -- documents
@@ -404,7 +354,7 @@ class SQLiteSessionStore(common.StoreBase):
         """Close the connection, after a last try of deferred writes and every queued write;
         calling it again does nothing."""
         if self._conn is not None:
-            self._queue_checkpoints()
+            self._checkpoints.queue()
             await self._deferred.close()
         await asyncio.to_thread(self._writer.close)
 
