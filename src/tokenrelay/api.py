@@ -44,6 +44,14 @@ from tokenrelay.memory import InMemorySessionStore, SessionStore, open_store
 __all__ = ["Runner", "UnsupportedRequest", "open_runner"]
 
 
+#: how `UnsupportedRequest` names a request field
+_WHAT = {
+    "generation": "generation settings",
+    "system": "a system prompt",
+    "new_session": "creating its session",
+}
+
+
 class Runner:
     def __init__(
         self,
@@ -124,9 +132,7 @@ class Runner:
         owner's, quotas for a new one), so it is used as is."""
         unsupported = unsupported_fields(self.agent, request)
         if unsupported:
-            what = " and ".join(
-                "generation settings" if f == "generation" else "a system prompt" for f in unsupported
-            )
+            what = " and ".join(_WHAT[f] for f in unsupported)
             raise UnsupportedRequest(f"this agent ({self.agent.name}) does not take {what} per request")
         if request.session_id is None or self.plain or session_ready:
             return self.agent.stream(request)

@@ -99,7 +99,8 @@ def test_agents_have_the_protocol() -> None:
     backend = ScriptedBackend(["x"])
     for agent in (Agent(backend), PlainChat(backend), EchoAgent(), ProtocolOnly()):
         assert isinstance(agent, AgentLike)
-    assert Agent(backend).name == "scripted" and Agent(backend).accepts == {"generation", "system"}
+    assert Agent(backend).name == "scripted"
+    assert Agent(backend).accepts == {"generation", "system", "new_session"}
     assert isinstance(as_agent(ProtocolOnly()), AgentAdapter)
     echo = EchoAgent()
     assert as_agent(echo) is echo

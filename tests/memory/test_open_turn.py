@@ -101,6 +101,22 @@ async def test_open_turn_creates_a_session_of_the_owner(store: Store) -> None:
 
 
 @pytest.mark.anyio
+async def test_open_turn_creates_the_session_it_is_given(store: Store) -> None:
+    """`create=True`: the server's new conversation, its id chosen up front (it goes out in the
+    response headers), created with the first turn in one call."""
+    opened = await store.open_turn("s_new", owner="bob", run_id="r1", user_text="hello", create=True)
+    assert (opened.session_id, opened.history, opened.document) == ("s_new", [], None)
+    info = await store.get_session("s_new", owner="bob")
+    assert info is not None and info.title == "hello"
+    assert await store.get_session("s_new", owner=None) is None
+    assert [t.id for t in await store.history("s_new")] == [opened.turn_id]
+    with pytest.raises(ValueError, match="already exists"):  # never a second owner's turn in it
+        await store.open_turn("s_new", owner="eve", run_id="r2", user_text="mine now?", create=True)
+    assert [t.id for t in await store.history("s_new")] == [opened.turn_id]
+    assert (await store.get_session("s_new", owner="bob")) is not None
+
+
+@pytest.mark.anyio
 async def test_open_turn_keeps_sessions_to_their_owner(store: Store) -> None:
     await store.create_session(session_id="mine", owner="alice")
     for owner in ("bob", None):

@@ -90,3 +90,34 @@ def test_a_cut_document_stays_cut_and_the_model_is_told(server: LiveServer, back
 
         fresh = alice.post("/sessions").json()["id"]
         assert alice.get(f"/sessions/{fresh}").json()["document_info"] is None
+
+
+def test_a_new_conversation_is_stored_in_one_hop(tmp_path: Path, backend: ScriptedBackend) -> None:
+    """No session id: the server picks one (it goes out in X-Session-Id) and the run creates
+    the session with its first turn, in one store call; it is the caller's like any other."""
+    from tokenrelay.config import Settings
+    from tokenrelay.memory import SQLiteSessionStore
+    from tokenrelay.server.app import create_app
+
+    store = SQLiteSessionStore(tmp_path / "db.sqlite")
+    created: list[dict[str, Any]] = []
+    create_session = store.create_session
+
+    async def counted(**options: Any) -> Any:
+        created.append(options)
+        return await create_session(**options)
+
+    store.create_session = counted  # type: ignore[method-assign]
+    settings = Settings(db="memory://", api_keys=frozenset({"alice", "bob"}))
+    app = create_app(settings, backend=backend, store=store)
+    with LiveServer(app) as live, client(live, "alice") as alice, client(live, "bob") as bob:
+        response = alice.post("/chat/events", json={"text": "hello"})
+        assert response.status_code == 200 and "event: run_finished" in response.text
+        sid = response.headers["X-Session-Id"]
+        assert created == []  # no separate hop: the run's open_turn created it
+        detail = alice.get(f"/sessions/{sid}").json()
+        assert [(t["user_text"], t["answer"], t["status"]) for t in detail["turns"]] == [
+            ("hello", "ok", "complete")
+        ]
+        assert bob.get(f"/sessions/{sid}").status_code == 404
+        assert [s["id"] for s in alice.get("/sessions").json()] == [sid]

@@ -76,7 +76,7 @@ class Agent(AgentBase):
     it holds configuration only, and each run keeps its state to itself."""
 
     #: a run may replace the sampling settings and add to the system prompt
-    accepts = frozenset({"generation", "system"})
+    accepts = frozenset({"generation", "system", "new_session"})
 
     def __init__(
         self,
@@ -157,7 +157,13 @@ class Agent(AgentBase):
         )
         yield RunStarted(run_id=run_id, session_id=session_id, model=self.backend.name)
         turn = SessionTurn(
-            self.store, session_id, run_id=run_id, memory_k=self.memory_k, checkpoint_s=self.checkpoint_s
+            self.store,
+            session_id,
+            run_id=run_id,
+            memory_k=self.memory_k,
+            checkpoint_s=self.checkpoint_s,
+            create=request.new_session,
+            owner=request.owner,
         )
         status: TurnStatus = "interrupted"
         error: str | None = None

@@ -41,7 +41,8 @@ __all__ = [
 StreamMode = Literal["final", "full"]
 AnswerPolicy = Literal["stream", "hold"]
 
-#: the request fields an agent may or may not honour (see `AgentLike.accepts`)
+#: the request fields an agent may or may not honour (see `AgentLike.accepts`); an agent may
+#: also name `new_session` there (the server then leaves creating a new session to its run)
 OPTIONAL_FIELDS: tuple[str, ...] = ("generation", "system")
 
 
@@ -52,7 +53,10 @@ class RunRequest:
     `history` is (user, assistant) pairs given by the caller (stateless APIs such as the
     OpenAI-compatible endpoint); it comes before the session's own memory. `answer_policy`
     overrides the agent's for this run; `generation` replaces the agent's sampling settings
-    for the answer-writing model calls; `system` is added to the agent's system prompt."""
+    for the answer-writing model calls; `system` is added to the agent's system prompt.
+    `new_session`: `session_id` names a session that does not exist yet; the agent creates it,
+    as `owner`'s, in the same store call that stores the first turn (one hop to the database
+    instead of two: the server's new conversations), for an agent whose `accepts` names it."""
 
     text: str
     session_id: str | None = None
@@ -62,12 +66,16 @@ class RunRequest:
     answer_policy: AnswerPolicy | None = None
     generation: GenerationSettings | None = None
     system: str | None = None
+    new_session: bool = False
+    owner: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("final", "full"):
             raise ValueError(f"mode must be 'final' or 'full', not {self.mode!r}")
         if self.answer_policy not in (None, "stream", "hold"):
             raise ValueError(f"answer_policy must be 'stream' or 'hold', not {self.answer_policy!r}")
+        if self.new_session and not self.session_id:
+            raise ValueError("new_session needs the new session's id")
         if not isinstance(self.history, tuple):  # a list from a caller: frozen means immutable
             object.__setattr__(self, "history", tuple((u, a) for u, a in self.history))
 
@@ -101,7 +109,10 @@ class AgentLike(Protocol):
 def unsupported_fields(agent: AgentLike, request: RunRequest) -> list[str]:
     """The optional fields `request` sets that `agent` does not honour (empty when all is well)."""
     accepts: frozenset[str] = getattr(agent, "accepts", frozenset())
-    return [f for f in OPTIONAL_FIELDS if getattr(request, f) is not None and f not in accepts]
+    unsupported = [f for f in OPTIONAL_FIELDS if getattr(request, f) is not None and f not in accepts]
+    if request.new_session and "new_session" not in accepts:
+        unsupported.append("new_session")
+    return unsupported
 
 
 class AgentBase:

@@ -46,8 +46,13 @@ class SessionTurn:
         run_id: str,
         memory_k: int,
         checkpoint_s: float = 1.0,
+        create: bool = False,
+        owner: str | None = None,
     ) -> None:
+        """`create`: the session does not exist yet; `open` creates it as `owner`'s."""
         self.store = store if session_id is not None else None
+        self.create = create
+        self.owner = owner
         self.session_id = session_id
         self.run_id = run_id
         self.memory_k = memory_k
@@ -73,14 +78,16 @@ class SessionTurn:
             return
         # a store that keeps to `SessionStore` only: the same, composed of its calls
         open_turn = getattr(self.store, "open_turn", None) or functools.partial(compose_open_turn, self.store)
-        # owner: the caller has resolved the session already (the server: 404 for another owner's)
+        # owner: the caller has resolved the session already (the server: 404 for another
+        # owner's), or it is new (`create`): then it is created as `owner`'s, in the same call
         opened: OpenedTurn = await open_turn(
             self.session_id,
-            owner=ANY_OWNER,
+            owner=self.owner if self.create else ANY_OWNER,
             run_id=self.run_id,
             user_text=text,
             window=self.memory_k,
             document=document,
+            create=self.create,
         )
         self.pairs = remembered(opened.history)
         doc = opened.document

@@ -151,9 +151,11 @@ class TurnOpener(Protocol):
         user_text: str,
         window: int = 0,
         document: bool = True,
+        create: bool = False,
     ) -> OpenedTurn:
         """Start a turn: `session_id=None` creates a new session of `owner` (a fresh id;
-        `owner=ANY_OWNER` means None there); otherwise the session must exist and be
+        `owner=ANY_OWNER` means None there), and so does `create=True` with `session_id` as
+        its id (`ValueError` if it exists); otherwise the session must exist and be
         `owner`'s (not checked for `ANY_OWNER`), else `KeyError`. Reads the memory window of
         the last `window` answered turns and (`document=True`) the document, stores
         `user_text` as a `running` turn as `begin_turn` does, and returns all of it."""

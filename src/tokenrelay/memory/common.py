@@ -72,13 +72,15 @@ async def compose_open_turn(
     user_text: str,
     window: int = 0,
     document: bool = True,
+    create: bool = False,
 ) -> OpenedTurn:
     """`TurnOpener.open_turn` made of the `SessionStore` calls (one hop each): what a store
     without its own `open_turn` does. Not atomic: a session deleted meanwhile makes
     `begin_turn` raise `KeyError`, as it would alone."""
     check_window(window)
-    if session_id is None:
-        session_id = (await store.create_session(owner=None if isinstance(owner, AnyOwner) else owner)).id
+    if session_id is None or create:
+        new_owner = None if isinstance(owner, AnyOwner) else owner
+        session_id = (await store.create_session(owner=new_owner, session_id=session_id)).id
     elif not isinstance(owner, AnyOwner) and await store.get_session(session_id, owner=owner) is None:
         raise KeyError(session_id)
     history = await store.history(session_id, limit=window, answered=True) if window else []
@@ -158,6 +160,7 @@ class StoreBase(ABC):
         user_text: str,
         window: int = 0,
         document: bool = True,
+        create: bool = False,
     ) -> OpenedTurn:
         """See `TurnOpener.open_turn`; this default composes the `SessionStore` calls
         (`compose_open_turn`); a store overrides it to do the same in one hop."""
@@ -169,6 +172,7 @@ class StoreBase(ABC):
             user_text=user_text,
             window=window,
             document=document,
+            create=create,
         )
 
     @abstractmethod

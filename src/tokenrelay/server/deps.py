@@ -18,6 +18,7 @@ from tokenrelay.agent.protocol import RunRequest
 from tokenrelay.api import Runner
 from tokenrelay.backends.base import GenerationSettings
 from tokenrelay.memory.base import SessionInfo
+from tokenrelay.memory.common import new_session_id
 from tokenrelay.run import new_run_id
 from tokenrelay.runs import RunChannel, RunRegistry
 from tokenrelay.server.auth import require_owner
@@ -89,8 +90,9 @@ async def start_run(
     if quotas is not None:
         await quotas.claim_run(owner, run_id)
     try:
+        new = False
         if use_session:
-            session_id = await _session_for(request, runner, owner, session_id)
+            session_id, new = await _session_for(request, runner, owner, session_id)
         # raises UnsupportedRequest (a 400, server/errors.py) for what the agent cannot take
         events = runner.stream(
             RunRequest(
@@ -102,6 +104,8 @@ async def start_run(
                 answer_policy=answer_policy,
                 generation=generation,
                 system=system,
+                new_session=new,
+                owner=owner,
             ),
             owner=owner,
             session_ready=True,
@@ -133,13 +137,23 @@ def _check_text(text: str, limit: int) -> None:
         raise HTTPException(422, "text must not contain NUL characters")
 
 
-async def _session_for(request: Request, runner: Runner, owner: str | None, session_id: str | None) -> str:
-    """The caller's session `session_id` (404 when it is not theirs), or a new one."""
+async def _session_for(
+    request: Request, runner: Runner, owner: str | None, session_id: str | None
+) -> tuple[str, bool]:
+    """The caller's session `session_id` (404 when it is not theirs), or a new one; True when
+    the new one is left to the run to create, with its first turn (one hop to the database
+    instead of two), which the agent does when it keeps its turns in the runner's store."""
     if session_id is not None:
         if await runner.store.get_session(session_id, owner=owner) is None:
             raise HTTPException(404, f"no session {session_id!r}")
-        return session_id
-    return (await new_session(request, owner)).id
+        return session_id, False
+    agent = runner.agent
+    if "new_session" in agent.accepts and getattr(agent, "store", None) is runner.store:
+        quotas = quotas_of(request.app)
+        if quotas is not None:
+            await quotas.claim_session(owner)
+        return new_session_id(), True
+    return (await new_session(request, owner)).id, False
 
 
 async def new_session(request: Request, owner: str | None) -> SessionInfo:

@@ -62,6 +62,8 @@ class RunnableAgent(AgentBase):
     """A LangChain Runnable (a compiled LangGraph graph, an agent, a chain) as a tokenrelay
     agent. Holds configuration only: one instance serves any number of concurrent runs."""
 
+    accepts = frozenset({"new_session"})
+
     def __init__(
         self,
         runnable: Runnable[Any, Any],
@@ -160,7 +162,14 @@ class RunnableAgent(AgentBase):
             history=history,
         )
         yield RunStarted(run_id=run_id, session_id=session_id, model=self._name)
-        turn = SessionTurn(self.store, session_id, run_id=run_id, memory_k=self.memory_k)
+        turn = SessionTurn(
+            self.store,
+            session_id,
+            run_id=run_id,
+            memory_k=self.memory_k,
+            create=request.new_session,
+            owner=request.owner,
+        )
         config, ephemeral = self.make_config(handler, session_id, run_id)
 
         async def work() -> Any:

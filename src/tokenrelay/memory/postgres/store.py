@@ -206,21 +206,26 @@ class PostgresSessionStore(common.StoreBase):
         user_text: str,
         window: int = 0,
         document: bool = True,
+        create: bool = False,
     ) -> OpenedTurn:
         """`TurnOpener.open_turn` in one hop: one connection checkout, one transaction (the
         session's creation, the turn, the memory window and the document)."""
         common.check_window(window)
         if session_id is not None and "\x00" in session_id:
-            raise KeyError(session_id)
+            raise (ValueError(f"invalid session id {session_id!r}") if create else KeyError(session_id))
+        if create and not session_id:
+            raise ValueError("session_id must not be empty")
         now = time.time()
         sid = session_id or common.new_session_id()
         async with self._connection() as conn, conn.transaction():
-            if session_id is None:
-                await conn.execute(
+            if session_id is None or create:
+                cur = await conn.execute(
                     "INSERT INTO tokenrelay_sessions (id, owner, title, created_at, updated_at)"
-                    " VALUES (%s, %s, '', %s, %s)",
+                    " VALUES (%s, %s, '', %s, %s) ON CONFLICT (id) DO NOTHING",
                     (sid, None if isinstance(owner, AnyOwner) else _opt_text(owner), now, now),
                 )
+                if cur.rowcount == 0:
+                    raise ValueError(f"session {sid!r} already exists")
             turn_id = await insert_turn(conn, sid, owner, run_id, user_text, now)
             if turn_id is None:
                 raise KeyError(sid)

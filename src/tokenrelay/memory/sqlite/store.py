@@ -219,21 +219,28 @@ class SQLiteSessionStore(common.StoreBase):
         user_text: str,
         window: int = 0,
         document: bool = True,
+        create: bool = False,
     ) -> OpenedTurn:
         """`TurnOpener.open_turn` in one hop: one job of the writer thread, in one
         transaction (the session check or creation, the memory window, the document and the
         new turn), so it also sees every checkpoint queued before it."""
         common.check_window(window)
+        if create and not session_id:
+            raise ValueError("session_id must not be empty")
         now = time.time()
-        new_id = common.new_session_id() if session_id is None else None
+        new_id = common.new_session_id() if session_id is None else session_id if create else None
         new_owner = None if isinstance(owner, AnyOwner) else owner
 
         def open_(conn: sqlite3.Connection) -> OpenedTurn:
             if new_id is not None:
-                conn.execute(
-                    "INSERT INTO sessions (id, owner, title, created_at, updated_at) VALUES (?, ?, '', ?, ?)",
-                    (new_id, new_owner, now, now),
-                )
+                try:
+                    conn.execute(
+                        "INSERT INTO sessions (id, owner, title, created_at, updated_at)"
+                        " VALUES (?, ?, '', ?, ?)",
+                        (new_id, new_owner, now, now),
+                    )
+                except sqlite3.IntegrityError:
+                    raise ValueError(f"session {new_id!r} already exists") from None
             sid = new_id or cast(str, session_id)
             if new_id is None and not statements.session_exists(conn, sid, owner):
                 raise KeyError(sid)
