@@ -226,7 +226,8 @@ def _cell(value: float, bare: float | None, spec: str, higher_better: bool = Fal
 async def main_async(args: argparse.Namespace) -> None:
     modes = args.modes.split(",")
     if ALT_SRC:
-        modes += [f"{m}@alt" for m in modes if not m.startswith("bare") and "@" not in m and f"{m}@alt" not in modes]
+        plain = [m for m in modes if not m.startswith("bare") and "@" not in m]
+        modes += [f"{m}@alt" for m in plain if f"{m}@alt" not in modes]
     scenarios = args.scenarios.split(",")
     table: list[list[str]] = []
     t0 = time.monotonic()
