@@ -23,6 +23,7 @@ from tokenrelay.memory import (
     open_store,
     sqlite_path_from_url,
 )
+from tokenrelay.memory.base import SessionInfo
 from tokenrelay.memory.sqlite import MIGRATIONS, RECOVERED_ERROR, apply_migrations
 
 Store = SQLiteSessionStore | InMemorySessionStore
@@ -459,16 +460,36 @@ async def test_concurrent_sessions_keep_their_own_turns_in_order(store: Store) -
 # --------------------------------------------------------------------------- SQLite only
 
 
-@pytest.mark.anyio
-async def test_persistence_across_close_and_reopen(db_path: Path) -> None:
-    store = SQLiteSessionStore(db_path)
-    s = await store.create_session(owner="alice")
+async def fill_and_close(store: Any) -> SessionInfo:
+    """A session of alice with a complete turn, a running one with a checkpoint and a
+    document; then the store is closed (as a server stopping, or crashing mid-run)."""
+    s: SessionInfo = await store.create_session(owner="alice")
     tid = await store.begin_turn(s.id, run_id="r", user_text="remember me")
     await store.finish_turn(tid, answer="I will", status="complete")
     running = await store.begin_turn(s.id, run_id="r2", user_text="crash here")
     await store.update_partial(running, "partial")
     await store.set_document(s.id, name="n", text="doc")
     await store.close()
+    return s
+
+
+async def check_reopened(reopened: Any, s: SessionInfo) -> None:
+    """What `fill_and_close` left is all there, and the running turn is recovered."""
+    turns = await reopened.history(s.id)
+    assert [(t.user_text, t.answer, t.status) for t in turns] == [
+        ("remember me", "I will", "complete"),
+        ("crash here", "partial", "running"),
+    ]
+    doc = await reopened.get_document(s.id)
+    assert doc is not None and doc.text == "doc"
+    assert await reopened.recover_running() == 1
+    assert (await reopened.history(s.id))[1].status == "interrupted"
+
+
+@pytest.mark.anyio
+async def test_persistence_across_close_and_reopen(db_path: Path) -> None:
+    store = SQLiteSessionStore(db_path)
+    s = await fill_and_close(store)
     await store.close()  # idempotent
 
     reopened = SQLiteSessionStore(db_path)
@@ -477,15 +498,7 @@ async def test_persistence_across_close_and_reopen(db_path: Path) -> None:
             await reopened.get_session(s.id, owner="alice")
             == (await reopened.list_sessions(owner="alice"))[0]
         )
-        turns = await reopened.history(s.id)
-        assert [(t.user_text, t.answer, t.status) for t in turns] == [
-            ("remember me", "I will", "complete"),
-            ("crash here", "partial", "running"),
-        ]
-        doc = await reopened.get_document(s.id)
-        assert doc is not None and doc.text == "doc"
-        assert await reopened.recover_running() == 1
-        assert (await reopened.history(s.id))[1].status == "interrupted"
+        await check_reopened(reopened, s)
     finally:
         await reopened.close()
 

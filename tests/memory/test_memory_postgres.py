@@ -271,15 +271,7 @@ async def test_open_store_postgres_urls(pg_url: str) -> None:
 
 @pytest.mark.anyio
 async def test_persistence_across_close_and_reopen(pg_url: str) -> None:
-    store = PostgresSessionStore(pg_url)
-    s = await store.create_session(owner="alice")
-    tid = await store.begin_turn(s.id, run_id="r", user_text="remember me")
-    await store.finish_turn(tid, answer="I will", status="complete")
-    running = await store.begin_turn(s.id, run_id="r2", user_text="crash here")
-    await store.update_partial(running, "partial")
-    await store.set_document(s.id, name="n", text="doc")
-    await store.close()
-
+    s = await test_memory.fill_and_close(PostgresSessionStore(pg_url))
     reopened = PostgresSessionStore(pg_url)
     try:
         info = await reopened.get_session(s.id, owner="alice")
@@ -288,15 +280,7 @@ async def test_persistence_across_close_and_reopen(pg_url: str) -> None:
             s.created_at,
             "remember me",
         )
-        turns = await reopened.history(s.id)
-        assert [(t.user_text, t.answer, t.status) for t in turns] == [
-            ("remember me", "I will", "complete"),
-            ("crash here", "partial", "running"),
-        ]
-        doc = await reopened.get_document(s.id)
-        assert doc is not None and doc.text == "doc"
-        assert await reopened.recover_running() == 1
-        assert (await reopened.history(s.id))[1].status == "interrupted"
+        await test_memory.check_reopened(reopened, s)
     finally:
         await reopened.close()
 

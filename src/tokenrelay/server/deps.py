@@ -149,19 +149,22 @@ async def _session_for(
         return session_id, False
     agent = runner.agent
     if "new_session" in agent.accepts and getattr(agent, "store", None) is runner.store:
-        quotas = quotas_of(request.app)
-        if quotas is not None:
-            await quotas.claim_session(owner)
+        await _claim_session(request, owner)
         return new_session_id(), True
     return (await new_session(request, owner)).id, False
 
 
 async def new_session(request: Request, owner: str | None) -> SessionInfo:
     """A new session of `owner`, within the per-key session quota (429 past it)."""
+    await _claim_session(request, owner)
+    return await get_runner(request).store.create_session(owner=owner)
+
+
+async def _claim_session(request: Request, owner: str | None) -> None:
+    """Room for one more session of `owner` (429 when the per-key quota is reached)."""
     quotas = quotas_of(request.app)
     if quotas is not None:
         await quotas.claim_session(owner)
-    return await get_runner(request).store.create_session(owner=owner)
 
 
 async def wait_for_run(channel: RunChannel, request: Request) -> None:
