@@ -117,6 +117,7 @@ async def stats(forget: bool = False):
     return {
         "tasks": len(asyncio.all_tasks()),
         "threads": threading.active_count(),
+        "thread_names": sorted(t.name for t in threading.enumerate()),
         "os_threads": int(status["Threads"]),
         "fds": len(os.listdir("/proc/self/fd")),
         "rss": int(status["VmRSS"].split()[0]) * 1024,

@@ -2,8 +2,10 @@
 
 Invariants:
 
-* Every public method is `async`; blocking work runs off the event loop: reads in a worker
-  thread (`asyncio.to_thread`), writes on the store's one writer thread (sqlite/worker.py).
+* Every public method is `async`; blocking work runs off the event loop: reads on the store's
+  one reader thread, writes on its one writer thread (sqlite/worker.py). Reads share the one
+  connection under the lock, so a second reader thread would only wait: the store's threads are
+  two, whatever the load (not a share of the loop's default executor, which grows with it).
 * One connection per store, guarded by a `threading.Lock`. Writes are queued to the writer
   thread, which commits every write waiting in one `BEGIN IMMEDIATE ... COMMIT` (taking the
   write lock up front: no deadlock when two processes upgrade a read lock at the same time);
@@ -32,6 +34,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar, cast
 
@@ -74,13 +77,14 @@ class SQLiteSessionStore(common.StoreBase):
             raise
         self._conn: sqlite3.Connection | None = conn
         self._writer = WriteWorker(self._require, self._lock)
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="tokenrelay-sqlite-read")
         self._checkpoints = Checkpoints(self._writer)
         self._deferred = DeferredWrites()
 
     def __repr__(self) -> str:
         return f"SQLiteSessionStore({str(self.path)!r})"
 
-    # -- plumbing: reads under the lock in a worker thread, writes on the writer thread
+    # -- plumbing: reads under the lock on the reader thread, writes on the writer thread
 
     def _require(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -100,7 +104,9 @@ class SQLiteSessionStore(common.StoreBase):
             if turns:
                 self._checkpoints.queue()
                 await self._writer.settled()
-            return await asyncio.to_thread(self._read_sync, fn)
+            if self._conn is None:
+                raise RuntimeError("the session store is closed")
+            return await asyncio.get_running_loop().run_in_executor(self._reader, self._read_sync, fn)
         except sqlite3.OperationalError as exc:
             raise StorageError(f"the session database failed: {exc}") from exc
 
@@ -372,3 +378,4 @@ class SQLiteSessionStore(common.StoreBase):
                     conn.close()
 
         await asyncio.to_thread(close_sync)
+        self._reader.shutdown(wait=False)

@@ -19,11 +19,12 @@ from tokenrelay.memory.base import Turn, remembered
 from tokenrelay.server.deps import Owner, get_runner, start_run, wait_for_run
 from tokenrelay.server.errors import error_response
 from tokenrelay.server.follow import FollowResponse, sse_response
+from tokenrelay.server.lean_route import LeanRoute
 from tokenrelay.server.schemas import ChatRequest, ChatResponse, HistoryMessage
 
 __all__ = ["router"]
 
-router = APIRouter()
+router = APIRouter(route_class=LeanRoute)
 
 
 def _encode_text(events: Sequence[Event], first_id: int) -> bytes:

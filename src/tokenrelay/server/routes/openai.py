@@ -24,12 +24,13 @@ from tokenrelay.events import AnswerDelta, Event, ReasoningDelta, RunError, RunF
 from tokenrelay.server.deps import Owner, get_runner, start_run, wait_for_run
 from tokenrelay.server.errors import error_body, error_response
 from tokenrelay.server.follow import FollowResponse
+from tokenrelay.server.lean_route import LeanRoute
 from tokenrelay.server.openai_request import Unsupported, run_inputs
 from tokenrelay.server.schemas import OpenAIChatRequest
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=LeanRoute)
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
