@@ -49,6 +49,37 @@ def test_waiting_writes_are_committed_in_one_transaction(conn: sqlite3.Connectio
     assert len(_values(conn)) == 101
 
 
+@pytest.mark.anyio
+async def test_a_batch_of_awaited_writes_wakes_the_loop_once(conn: sqlite3.Connection) -> None:
+    """A hundred streams' writes in one batch: their results come back in one loop wake-up,
+    each to its own waiter, a failing one's error to its waiter only."""
+    loop = asyncio.get_running_loop()
+    wakeups: list[object] = []
+    real = loop.call_soon_threadsafe
+
+    def counting(callback: Callable[..., object], *args: object, **kw: object) -> asyncio.Handle:
+        wakeups.append(callback)
+        return real(callback, *args, **kw)  # type: ignore[arg-type]
+
+    lock = threading.Lock()
+    worker = WriteWorker(lambda: conn, lock)
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+    try:
+        with lock:
+            worker.submit(lambda c: None)  # occupies the writer until the lock is free
+            tasks = [asyncio.ensure_future(worker.write(_insert(f"v{i}"))) for i in range(100)]
+            duplicate = asyncio.ensure_future(worker.write(_insert("v0")))
+            await asyncio.sleep(0.05)  # every write is queued
+        ids = await asyncio.gather(*tasks)
+        with pytest.raises(sqlite3.IntegrityError):
+            await duplicate
+    finally:
+        del loop.call_soon_threadsafe
+    assert ids == list(range(1, 101))
+    assert len(wakeups) == 1, wakeups
+    await asyncio.to_thread(worker.close)
+
+
 def test_writes_commit_in_queue_order_and_see_earlier_ones(conn: sqlite3.Connection) -> None:
     worker = WriteWorker(lambda: conn, threading.Lock())
     for i in range(50):

@@ -14,6 +14,9 @@ Invariants:
   session, a full disk for a large answer) never loses the others.
 * An error reaches whoever awaits the write (`write()`); a posted write's error goes to its
   `on_error` (it is logged; nobody waits for it).
+* An awaited write's outcome goes back to its event loop with the batch's: one
+  `call_soon_threadsafe` per loop per batch, however many writes the batch held (a thousand
+  streams opening their turns wake the loop once, not a thousand times).
 * The connection is used only under `lock` (readers on other threads take the same lock).
 * `close()` runs every write queued before it, then stops the thread; writes queued after
   it raise `RuntimeError`.
@@ -43,12 +46,43 @@ OnError = Callable[[BaseException], None]
 @dataclass(slots=True)
 class _Job:
     fn: Write | None  # None: a barrier, settled once the writes queued before it have run
-    future: concurrent.futures.Future[Any] | None  # None: posted, nobody waits
+    #: who waits: a thread (`submit`), a coroutine on `loop` (`write`, `settled`), or nobody (posted)
+    future: concurrent.futures.Future[Any] | asyncio.Future[Any] | None
     on_error: OnError | None
+    loop: asyncio.AbstractEventLoop | None = None
+
+
+Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
+
+
+def _deliver(outcomes: list[Outcome]) -> None:
+    """On the waiters' loop: each awaited write's result (a cancelled waiter no longer waits)."""
+    for future, result, error in outcomes:
+        if not future.done():
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+
+def _settle_all(settled: list[tuple[_Job, Any, BaseException | None]]) -> None:
+    """Hand a batch's outcomes to whoever waits: loop futures grouped per loop, one wake-up each."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    for job, result, error in settled:
+        if job.loop is not None:
+            assert isinstance(job.future, asyncio.Future)
+            by_loop.setdefault(job.loop, []).append((job.future, result, error))
+        else:
+            _settle(job, result, error)
+    for loop, outcomes in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_deliver, outcomes)
+        except RuntimeError:  # that loop is closed: nobody is left to wait
+            pass
 
 
 def _settle(job: _Job, result: Any = None, error: BaseException | None = None) -> None:
-    """Hand the outcome to whoever waits (a cancelled waiter no longer does)."""
+    """Hand the outcome to a waiting thread, or a posted write's error to its handler."""
     future = job.future
     if future is None:
         if error is not None and job.on_error is not None:
@@ -57,6 +91,7 @@ def _settle(job: _Job, result: Any = None, error: BaseException | None = None) -
             except Exception:  # an error handler must not stop the writer
                 log.exception("a write's error handler failed")
         return
+    assert isinstance(future, concurrent.futures.Future)
     if future.done():
         return
     try:
@@ -101,7 +136,10 @@ class WriteWorker:
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Queue `fn` and wait until it has committed; its result, or its exception."""
-        return await asyncio.wrap_future(self.submit(fn))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._put(_Job(fn, future, None, loop))
+        return await future
 
     def post(self, fn: Write, on_error: OnError | None = None) -> None:
         """Queue `fn` without waiting for it; `on_error` gets its exception, if any."""
@@ -112,9 +150,10 @@ class WriteWorker:
         """Wait until every write posted so far has run, committed or failed (reads after
         checkpoints see them). Never raises for the writes' failures."""
         if self._posted != self._posted_done:
-            future: concurrent.futures.Future[None] = concurrent.futures.Future()
-            self._put(_Job(None, future, None))
-            await asyncio.wrap_future(future)
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[None] = loop.create_future()
+            self._put(_Job(None, future, None, loop))
+            await future
 
     def close(self) -> None:
         """Run what is queued, then stop the thread (blocks; call it in a worker thread).
@@ -147,16 +186,14 @@ class WriteWorker:
                     break
                 batch.append(job)
             writes = [job for job in batch if job.fn is not None]
-            if writes:
-                self._run_batch(writes)
-            for job in batch:
-                if job.fn is None:
-                    _settle(job)
+            settled = self._run_batch(writes) if writes else []
+            settled += [(job, None, None) for job in batch if job.fn is None]
+            _settle_all(settled)
             self._posted_done += sum(1 for job in batch if job.future is None)
             if stop:
                 return
 
-    def _run_batch(self, batch: list[_Job]) -> None:
+    def _run_batch(self, batch: list[_Job]) -> list[tuple[_Job, Any, BaseException | None]]:
         outcomes: list[tuple[_Job, Any, BaseException | None]] = []
         with self._lock:
             try:
@@ -167,8 +204,7 @@ class WriteWorker:
                 # one bad write must not lose the others: each alone, in order
                 alone = len(batch) == 1
                 outcomes = [(batch[0], None, exc)] if alone else [self._alone(job) for job in batch]
-        for job, result, error in outcomes:
-            _settle(job, result, error)
+        return outcomes
 
     def _alone(self, job: _Job) -> tuple[_Job, Any, BaseException | None]:
         try:
