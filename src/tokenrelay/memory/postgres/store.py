@@ -229,8 +229,9 @@ class PostgresSessionStore(common.StoreBase):
             turn_id = await insert_turn(conn, sid, owner, run_id, user_text, now)
             if turn_id is None:
                 raise KeyError(sid)
-            history = await select_history(conn, sid, window, answered=True) if window else []
-            doc = await select_document(conn, sid) if document else None
+            old = not (session_id is None or create)  # a new session has no turns, no document yet
+            history = await select_history(conn, sid, window, answered=True) if window and old else []
+            doc = await select_document(conn, sid) if document and old else None
         return OpenedTurn(session_id=sid, history=history, document=doc, turn_id=turn_id)
 
     async def update_partial(self, turn_id: int, answer: str) -> None:

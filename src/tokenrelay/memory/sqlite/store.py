@@ -247,11 +247,12 @@ class SQLiteSessionStore(common.StoreBase):
                     )
                 except sqlite3.IntegrityError:
                     raise ValueError(f"session {new_id!r} already exists") from None
-            sid = new_id or cast(str, session_id)
-            if new_id is None and not statements.session_exists(conn, sid, owner):
+            sid, old = new_id or cast(str, session_id), new_id is None
+            if old and not statements.session_exists(conn, sid, owner):
                 raise KeyError(sid)
-            history = statements.select_history(conn, sid, window, answered=True) if window else []
-            doc = statements.select_document(conn, sid) if document else None
+            # a session created here has no turns and no document yet: nothing to read
+            history = statements.select_history(conn, sid, window, answered=True) if window and old else []
+            doc = statements.select_document(conn, sid) if document and old else None
             turn_id = statements.insert_turn(conn, sid, run_id, user_text, now)
             return OpenedTurn(session_id=sid, history=history, document=doc, turn_id=turn_id)
 
