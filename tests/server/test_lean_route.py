@@ -214,3 +214,24 @@ def test_only_endpoints_of_the_supported_shape_are_planned() -> None:
         ("/events", "GET"): True,
         ("/sessions/{sid}", "POST"): False,
     }
+
+
+@pytest.mark.anyio
+async def test_a_request_fastapis_telemetry_records_takes_fastapis_handler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With OpenTelemetry configured, FastAPI records each request's body and dependencies on
+    its span: such a request goes the general way, so the record stays whole."""
+    import fastapi.routing
+
+    solved: list[str] = []
+    real = fastapi.routing.solve_dependencies
+
+    async def counting(**kw: Any) -> Any:
+        solved.append(kw["request"].url.path)
+        return await real(**kw)
+
+    monkeypatch.setattr(fastapi.routing, "solve_dependencies", counting)
+    monkeypatch.setattr(lean_route, "_traced", lambda: object())
+    status, _, _ = await answer(make_app(LeanRoute), "POST", "/chat/events", b'{"text": "hi"}', JSON)
+    assert status == 200 and solved == ["/chat/events"]

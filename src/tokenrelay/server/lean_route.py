@@ -16,7 +16,8 @@ shape exactly:
   are called directly (each must be an `async def (request)`, e.g. `require_owner`, whose
   HTTP errors propagate as they would from FastAPI);
 * anything else (another or no content type, a query string, invalid JSON, a body that fails
-  validation, an override in place): FastAPI's handler, given the body already read.
+  validation, an override in place, a request FastAPI's OpenTelemetry is recording: its spans
+  and data stay whole): FastAPI's handler, given the body already read.
 
 Which endpoints qualify is decided once, when the route is built: an endpoint with parameters
 of any other kind (path, header, cookie, form, background tasks, sync or generator
@@ -40,6 +41,14 @@ try:  # FastAPI >= 0.16x builds an included route's handler in its "effective co
     from fastapi.routing import _effective_route_context_var as _included
 except ImportError:  # pragma: no cover - older FastAPI: the route itself is what gets served
     _included = None  # type: ignore[assignment]
+try:  # FastAPI's own OpenTelemetry (newer FastAPI): a traced request gets FastAPI's handler
+    from fastapi.telemetry import get_telemetry_data as _traced
+except ImportError:  # pragma: no cover - older FastAPI: nothing to record
+
+    def _traced(context: Any = None) -> None:  # type: ignore[misc]
+        return None
+
+
 try:  # Starlette's per-request body limit (FastAPI's max_body_size): left to FastAPI's handler
     from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY as _BODY_LIMIT
 except ImportError:  # pragma: no cover - older Starlette
@@ -118,6 +127,7 @@ class LeanRoute(APIRoute):
                 or request.scope.get("query_string")
                 or getattr(overrides, "dependency_overrides", None)
                 or _BODY_LIMIT in request.scope
+                or _traced() is not None
             ):
                 return await general(request)
             try:
