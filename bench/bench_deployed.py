@@ -327,12 +327,7 @@ def main() -> None:
         args.modes = "bare," + args.modes
     bs._pin(bs.CLIENT_CPU)
     bs._raise_nofile()
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main_async(args))
-    else:
-        uvloop.run(main_async(args))
+    bs.run_client(main_async(args))
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ import sys
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -998,12 +998,18 @@ def main() -> None:
     args.ncpu = len(os.sched_getaffinity(0))
     _pin(CLIENT_CPU)
     _raise_nofile()
+    run_client(main_async(args))
+
+
+def run_client(main: Coroutine[Any, Any, None]) -> None:
+    """Run a load generator's main coroutine on uvloop (the client must not be the bottleneck),
+    or on asyncio where uvloop is not installed."""
     try:
         import uvloop
-
-        uvloop.run(main_async(args))
     except ImportError:
-        asyncio.run(main_async(args))
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 if __name__ == "__main__":

@@ -105,12 +105,9 @@ def main() -> None:
     p.add_argument("--top", type=int, default=45)
     args = p.parse_args()
     os.chdir(tempfile.gettempdir())
-    try:
-        import uvloop
+    from bench_server import run_client
 
-        uvloop.run(main_async(args))
-    except ImportError:
-        asyncio.run(main_async(args))
+    run_client(main_async(args))
 
 
 if __name__ == "__main__":

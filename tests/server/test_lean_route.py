@@ -170,19 +170,25 @@ async def test_any_body_gets_what_fastapi_would_answer(content: bytes) -> None:
     await same_answer("POST", "/chat/events", content, JSON)
 
 
-@pytest.mark.anyio
-async def test_a_well_formed_request_takes_the_short_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """FastAPI's general handler (its dependency solver) is not run for it, and is for the rest."""
+@pytest.fixture
+def solved(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths FastAPI's general handler solved dependencies for (apps built after this)."""
     import fastapi.routing
 
-    solved: list[str] = []
+    paths: list[str] = []
     real = fastapi.routing.solve_dependencies
 
     async def counting(**kw: Any) -> Any:
-        solved.append(kw["request"].url.path)
+        paths.append(kw["request"].url.path)
         return await real(**kw)
 
     monkeypatch.setattr(fastapi.routing, "solve_dependencies", counting)
+    return paths
+
+
+@pytest.mark.anyio
+async def test_a_well_formed_request_takes_the_short_path(solved: list[str]) -> None:
+    """FastAPI's general handler (its dependency solver) is not run for it, and is for the rest."""
     app = make_app(LeanRoute)  # handlers are built when the router is included: after the patch
     status, _, _ = await answer(app, "POST", "/chat/events", b'{"text": "hi"}', JSON)
     assert status == 200 and solved == []
@@ -218,20 +224,10 @@ def test_only_endpoints_of_the_supported_shape_are_planned() -> None:
 
 @pytest.mark.anyio
 async def test_a_request_fastapis_telemetry_records_takes_fastapis_handler(
-    monkeypatch: pytest.MonkeyPatch,
+    solved: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With OpenTelemetry configured, FastAPI records each request's body and dependencies on
     its span: such a request goes the general way, so the record stays whole."""
-    import fastapi.routing
-
-    solved: list[str] = []
-    real = fastapi.routing.solve_dependencies
-
-    async def counting(**kw: Any) -> Any:
-        solved.append(kw["request"].url.path)
-        return await real(**kw)
-
-    monkeypatch.setattr(fastapi.routing, "solve_dependencies", counting)
     monkeypatch.setattr(lean_route, "_traced", lambda: object())
     status, _, _ = await answer(make_app(LeanRoute), "POST", "/chat/events", b'{"text": "hi"}', JSON)
     assert status == 200 and solved == ["/chat/events"]

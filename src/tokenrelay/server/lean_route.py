@@ -111,7 +111,8 @@ class LeanRoute(APIRoute):
         plan = _plan(route.dependant)
         if plan is None or route._embed_body_fields:
             return general
-        body_name, model, deps, defaults = plan
+        body_name, model, deps, query_defaults = plan
+        defaults = dict(query_defaults)  # the query parameters' values: no query string here
         request_name = route.dependant.request_param_name
         endpoint = route.dependant.call
         assert endpoint is not None
@@ -121,9 +122,7 @@ class LeanRoute(APIRoute):
         async def handler(request: Request) -> Response:
             content_type = request.headers.get("content-type")
             if (
-                content_type is None
-                or len(content_type) != len(_JSON)
-                or content_type.lower() != _JSON
+                (content_type or "").lower() != _JSON
                 or request.scope.get("query_string")
                 or getattr(overrides, "dependency_overrides", None)
                 or _BODY_LIMIT in request.scope
@@ -142,13 +141,11 @@ class LeanRoute(APIRoute):
                 body = validate(raw)
             except ValidationError:
                 return await general(request)  # FastAPI's own error, in the server's shape
-            values: dict[str, Any] = {body_name: body}
+            values: dict[str, Any] = {**defaults, body_name: body}
             if request_name is not None:
                 values[request_name] = request
             for name, call in deps:
                 values[name] = await call(request)
-            for name, default in defaults:
-                values[name] = default
             response = await endpoint(**values)
             if not isinstance(response, Response):  # pragma: no cover - a programming error
                 raise TypeError(f"{endpoint.__name__} must return a Response on a LeanRoute")

@@ -104,7 +104,7 @@ class SQLiteSessionStore(common.StoreBase):
             if turns:
                 self._checkpoints.queue()
                 await self._writer.settled()
-            if self._conn is None:
+            if self._conn is None:  # (its reader thread is gone too: say what `_require` says)
                 raise RuntimeError("the session store is closed")
             return await asyncio.get_running_loop().run_in_executor(self._reader, self._read_sync, fn)
         except sqlite3.OperationalError as exc:
