@@ -1,8 +1,8 @@
-"""`FollowResponse` (server/follow.py) driving an inline run, at the ASGI level: a streamed run is
-one task while its client is connected; when the client leaves, a run that is not resumable
-ends ("the client disconnected"), a resumable one goes on in a task of its own, and its source
-(the agent's generator) never sees a cancel for that, whether the client left during a step or
-during a write. Cancel by id still reaches the run wherever it is driven.
+"""`FollowResponse` (server/follow.py) at the ASGI level, with a run that waits inside an anyio
+timeout as httpx reads do: a streamed run that is not resumable is driven by its response (one
+task) and ends when its client leaves ("the client disconnected"); a resumable run is a task of
+its own that goes on, its source never cancelled, whether the client left while it waited for
+the model or during a write. Cancel by id reaches the run either way.
 
 The socket-level checks (resume after a dropped connection, the grace) are in
 tests/runs/test_resume_grace.py."""
@@ -13,10 +13,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import pytest
 
 from tokenrelay.events import AnswerDelta, Event, RunError, RunFinished, RunStarted
-from tokenrelay.runs import RunChannel, RunRegistry, registry
+from tokenrelay.runs import RunChannel, RunRegistry
 from tokenrelay.runs.driver import CANCELLED, CLIENT_GONE
 from tokenrelay.server.follow import FollowResponse, sse_response
 
@@ -24,8 +25,9 @@ pytestmark = pytest.mark.anyio
 
 
 class GatedSource:
-    """An agent-like source: yields `first`, waits for `gate`, yields `rest` and the end;
-    records whether a cancel reached it and whether it was closed."""
+    """An agent-like source: yields `first`, waits for `gate` (inside an anyio timeout, as httpx
+    reads are: such a scope must be left in the task that entered it), then yields `rest` a
+    few ms apart, and the end; records whether a cancel reached it and whether it was closed."""
 
     def __init__(self, first: list[str], rest: list[str]) -> None:
         self.first, self.rest = first, rest
@@ -40,8 +42,10 @@ class GatedSource:
             for text in self.first:
                 yield AnswerDelta(text=text)
             self.waiting.set()
-            await self.gate.wait()
+            with anyio.fail_after(5):
+                await self.gate.wait()
             for text in self.rest:
+                await asyncio.sleep(0.005)
                 yield AnswerDelta(text=text)
             yield RunFinished(answer="".join(self.first + self.rest))
         except asyncio.CancelledError:
@@ -77,8 +81,11 @@ class Client:
 
 
 def start(source: GatedSource, *, resumable: bool) -> tuple[RunRegistry, RunChannel]:
+    """As the server starts a streamed run (server/deps.py): inline unless resumable."""
     runs = RunRegistry(grace_s=None)
-    ch = runs.start("run_1", source.run(), owner=None, session_id=None, detached=resumable, inline=True)
+    ch = runs.start(
+        "run_1", source.run(), owner=None, session_id=None, detached=resumable, inline=not resumable
+    )
     return runs, ch
 
 
@@ -94,9 +101,9 @@ async def ended(ch: RunChannel) -> Event:
     return ch.events[-1]
 
 
-async def test_a_resumable_run_is_driven_by_its_response_while_the_client_is_connected() -> None:
+async def test_a_streamed_run_that_is_not_resumable_is_driven_by_its_response() -> None:
     source = GatedSource(["a"], ["b"])
-    _, ch = start(source, resumable=True)
+    _, ch = start(source, resumable=False)
     client = Client()
     response = respond(ch, client)
     await source.waiting.wait()
@@ -105,64 +112,6 @@ async def test_a_resumable_run_is_driven_by_its_response_while_the_client_is_con
     await asyncio.wait_for(response, 2.0)
     assert isinstance(ch.events[-1], RunFinished)
     assert '"type":"run_finished"' in client.text().replace(" ", "")
-
-
-async def test_a_resumable_run_whose_client_leaves_mid_step_goes_on_in_its_own_task() -> None:
-    source = GatedSource(["a"], ["b", "c"])
-    _, ch = start(source, resumable=True)
-    client = Client()
-    response = respond(ch, client)
-    await source.waiting.wait()  # the response is inside a step, waiting for the model
-    client.left.set()
-    await asyncio.sleep(0.01)
-    assert not response.done()  # it finishes its step first: a cancel must not reach the source
-    source.gate.set()
-    await asyncio.wait_for(response, 2.0)
-    assert ch.task is not None and ch.task.get_name() == "run run_1"
-    last = await ended(ch)
-    assert isinstance(last, RunFinished) and last.answer == "abc"
-    assert not source.cancelled and source.closed
-
-
-async def test_a_resumable_run_whose_client_leaves_during_a_write_goes_on_in_its_own_task() -> None:
-    source = GatedSource(["a", "b"], ["c"])
-    _, ch = start(source, resumable=True)
-    client = Client(block_writes_after=1)
-    response = respond(ch, client)
-    await client.writes_blocked.wait()
-    client.left.set()
-    await asyncio.wait_for(response, 2.0)  # the write is cancelled at once
-    assert ch.task is not None and ch.task.get_name() == "run run_1"
-    source.gate.set()
-    last = await ended(ch)
-    assert isinstance(last, RunFinished) and last.answer == "abc"
-    assert not source.cancelled
-
-
-async def test_cancel_by_id_reaches_a_resumable_run_whose_client_left_mid_step() -> None:
-    source = GatedSource(["a"], ["b"])
-    _, ch = start(source, resumable=True)
-    client = Client()
-    response = respond(ch, client)
-    await source.waiting.wait()
-    client.left.set()
-    await asyncio.sleep(0.01)
-    assert ch.cancel()
-    await asyncio.wait_for(response, 2.0)
-    last = await ended(ch)
-    assert isinstance(last, RunError) and last.code == "cancelled" and last.message == CANCELLED
-    assert last.answer == "a" and source.closed
-
-
-async def test_cancel_by_id_of_a_driven_resumable_run_is_sent_to_its_client() -> None:
-    source = GatedSource(["a"], ["b"])
-    _, ch = start(source, resumable=True)
-    client = Client()
-    response = respond(ch, client)
-    await source.waiting.wait()
-    assert ch.cancel()
-    await asyncio.wait_for(response, 2.0)
-    assert '"code":"cancelled"' in client.text().replace(" ", "") and source.closed
 
 
 async def test_a_run_that_is_not_resumable_ends_when_its_client_leaves_mid_step() -> None:
@@ -174,30 +123,49 @@ async def test_a_run_that_is_not_resumable_ends_when_its_client_leaves_mid_step(
     client.left.set()
     await asyncio.wait_for(response, 2.0)  # at once: the step is cancelled
     last = ch.events[-1]
-    assert isinstance(last, RunError) and last.message == CLIENT_GONE and source.closed
+    assert isinstance(last, RunError) and last.message == CLIENT_GONE and last.answer == "a"
+    assert source.cancelled and source.closed
 
 
-async def test_a_resumable_run_no_response_takes_runs_on_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "ADOPT_S", 0.01)
-    source = GatedSource(["a"], ["b"])
-    source.gate.set()
+@pytest.mark.parametrize("leaves", ["while the model works", "during a write"])
+async def test_a_resumable_run_whose_client_leaves_goes_on_untouched(leaves: str) -> None:
+    source = GatedSource(["a", "b"], ["c", "d"])
     _, ch = start(source, resumable=True)
-    last = await ended(ch)
-    assert isinstance(last, RunFinished) and last.answer == "ab"
+    client = Client(block_writes_after=0 if leaves == "during a write" else None)
+    response = respond(ch, client)
+    await (client.writes_blocked if leaves == "during a write" else source.waiting).wait()
     assert ch.task is not None and ch.task.get_name() == "run run_1"
+    client.left.set()
+    await asyncio.wait_for(response, 2.0)  # the response ends at once; the run does not
+    assert not ch.done
+    source.gate.set()
+    last = await ended(ch)
+    assert isinstance(last, RunFinished) and last.answer == "abcd"
+    assert not source.cancelled
 
 
-async def test_a_resumable_run_its_response_took_is_not_started_twice(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(registry, "ADOPT_S", 0.01)
+async def test_cancel_by_id_reaches_a_resumable_run_whose_client_left() -> None:
     source = GatedSource(["a"], ["b"])
     _, ch = start(source, resumable=True)
     client = Client()
     response = respond(ch, client)
     await source.waiting.wait()
-    await asyncio.sleep(0.05)  # past ADOPT_S: the response still drives it
-    assert ch.task is not None and not ch.task.get_name().startswith("run ")
-    source.gate.set()
+    client.left.set()
     await asyncio.wait_for(response, 2.0)
-    assert [type(e).__name__ for e in ch.events].count("RunFinished") == 1
+    assert ch.cancel()
+    last = await ended(ch)
+    assert isinstance(last, RunError) and last.code == "cancelled" and last.message == CANCELLED
+    assert last.answer == "a" and source.cancelled and source.closed
+
+
+@pytest.mark.parametrize("resumable", [False, True])
+async def test_cancel_by_id_is_sent_to_the_connected_client(resumable: bool) -> None:
+    source = GatedSource(["a"], ["b"])
+    _, ch = start(source, resumable=resumable)
+    client = Client()
+    response = respond(ch, client)
+    await source.waiting.wait()
+    await asyncio.sleep(0.01)
+    assert ch.cancel()
+    await asyncio.wait_for(response, 2.0)
+    assert '"code":"cancelled"' in client.text().replace(" ", "") and source.closed

@@ -13,8 +13,7 @@ partial answer); every error event carries the answer so far.
 
 Two modes: `run()` in a task of its own (the registry's default), or inline, where the
 response that follows the run drives it (`RunDriver.take`, then `step()` whenever the follower
-has read everything): one task instead of two, no task wake-up per event. A resumable run
-driven inline whose client leaves goes on in a task of its own (`detach()`), between two steps.
+has read everything): one task instead of two, no task wake-up per event.
 """
 
 from __future__ import annotations
@@ -71,14 +70,6 @@ class RunDriver:
         finally:
             if not channel.done:
                 channel.publish(RunError(message=NO_RESULT, code="internal"))
-
-    def detach(self) -> None:
-        """Go on driving the run in a task of its own, which `channel.cancel()` then reaches: a
-        resumable run whose driving follower left (called between two steps, never during one:
-        the source must not have seen a cancel)."""
-        channel = self.channel
-        task = asyncio.get_running_loop().create_task(self.run(), name=f"run {channel.run_id}")
-        channel.bind_task(task)
 
     async def step(self) -> bool:
         """Advance an inline run by one event; False once it ended. A cancel of the calling

@@ -1,10 +1,6 @@
 """The runs of this process, by id: each run is a channel that responses follow, produced by a
 `RunDriver` (in a task of its own, or inline by the response that follows it).
 
-A resumable (detached) run is offered inline too: its first follower drives it while connected
-(one task per token instead of two) and hands it to a task of its own when its client leaves;
-if no follower takes it within `ADOPT_S`, it starts in a task of its own anyway.
-
 Decoupling the run from the HTTP response gives cancel-by-id (from any request), a clean
 error event instead of a broken stream when a run is cancelled, and cheap coalescing: a
 follower that falls behind takes every queued event in one batch.
@@ -27,10 +23,7 @@ from tokenrelay.events import Event
 from tokenrelay.runs.channel import RunChannel
 from tokenrelay.runs.driver import RunDriver
 
-__all__ = ["ADOPT_S", "RunRegistry"]
-
-#: a resumable run offered inline that no follower took within this many seconds runs on its own
-ADOPT_S = 1.0
+__all__ = ["RunRegistry"]
 
 
 class RunRegistry:
@@ -74,8 +67,7 @@ class RunRegistry:
     ) -> RunChannel:
         """Register a run. By default it runs as a task of its own; `inline` leaves `events`
         on the channel for the response that follows it to drive, saving a task wake-up per
-        event. An inline run that is `detached` (resumable) outlives that response: it goes on
-        in a task of its own when the response ends early, or after `ADOPT_S` if none takes it."""
+        event (for runs that end with their connection anyway)."""
         self._sweep()
         channel = RunChannel(
             run_id,
@@ -88,8 +80,6 @@ class RunRegistry:
         )
         if inline:
             channel.offer(events)
-            if detached:
-                asyncio.get_running_loop().call_later(ADOPT_S, _adopt, channel)
         else:
             driver = RunDriver(channel, events)
             channel.bind_task(asyncio.create_task(driver.run(), name=f"run {run_id}"))
@@ -146,10 +136,3 @@ class RunRegistry:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _adopt(channel: RunChannel) -> None:
-    """Drive an offered run no follower took in a task of its own."""
-    source = channel.take_source()
-    if source is not None:
-        RunDriver(channel, source).detach()

@@ -81,8 +81,8 @@ async def start_run(
     """Validate, resolve the session (404 if it is not the caller's), and start the run.
     `generation` replaces the agent's sampling settings for this run, `system` is added to
     its system prompt; an agent that cannot take them (a LangChain agent) makes that a 400
-    (`UnsupportedRequest`). A streamed run is driven by its response; a non-resumable one
-    lives and dies with it, a resumable one goes on without it (runs/registry.py)."""
+    (`UnsupportedRequest`). A streamed, non-resumable run lives and dies with its response:
+    the response drives it."""
     runner = get_runner(request)
     _check_text(text, runner.settings.max_text_chars)
     quotas = quotas_of(request.app)
@@ -116,7 +116,7 @@ async def start_run(
             owner=owner,
             session_id=session_id,
             detached=resumable,
-            inline=streamed,
+            inline=streamed and not resumable,
         )
     except BaseException:
         if quotas is not None:

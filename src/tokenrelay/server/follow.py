@@ -6,10 +6,8 @@ at once (not at the next write), and, for raw text, a failure that ends the body
 chunked terminator so clients report the stream as incomplete instead of a short answer that
 looks whole.
 
-An inline run is driven by the response itself through its `RunDriver`: one task, no wake-up
-per event. If its client leaves, a run that is not resumable ends ("the client disconnected");
-a resumable one goes on in a task of its own, handed over between two steps (a cancel must
-never reach the agent's generator mid-step for that). Per request, the state lives in a `_Stream`.
+An inline run (started for this response alone) is driven by the response itself through its
+`RunDriver`: one task, no wake-up per event. Per request, the state lives in a `_Stream`.
 """
 
 from __future__ import annotations
@@ -111,7 +109,6 @@ class _Stream:
 
     __slots__ = (
         "channel", "disconnected", "driver", "finished", "head_send", "pings", "response", "send", "sender",
-        "stepping",
     )  # fmt: skip
 
     def __init__(self, response: FollowResponse, send: Send, head_send: Send) -> None:
@@ -122,7 +119,6 @@ class _Stream:
         self.sender = asyncio.current_task()
         self.disconnected = False
         self.finished = False
-        self.stepping = False  # awaiting the inline run's next event
         self.pings: set[asyncio.Task[None]] = set()
         channel.follow()
         self.driver = RunDriver.take(channel)  # an inline run: this response drives it
@@ -130,15 +126,14 @@ class _Stream:
             channel.set_idle_hook(self._idle)
 
     async def listen(self, receive: Receive) -> None:
-        """A client that leaves cancels the sending task at once, not at its next write; but
-        while that task steps a resumable run, it finishes the step and then hands the run over."""
+        """A client that leaves cancels the sending task at once, not at its next write."""
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 if self.finished:  # the response is complete: nothing to interrupt
                     return
                 self.disconnected = True
-                if self.sender is not None and not (self.stepping and self.channel.detached):
+                if self.sender is not None:
                     self.sender.cancel()
                 return
 
@@ -163,13 +158,8 @@ class _Stream:
                             await send({"type": "http.response.body", "body": body, "more_body": True})
                         continue
                     if step is not None:
-                        self.stepping = True
-                        more = await step()
-                        self.stepping = False
-                        if not more:
+                        if not await step():
                             step = None
-                        elif self.disconnected:  # a resumable run's client left during the step
-                            return
                         continue
                     ticked = await channel.next_event(index)  # False: an event came, or the run is done
                     if len(events) > index:
@@ -179,18 +169,12 @@ class _Stream:
                     if keepalive is not None and not channel.done:
                         await send({"type": "http.response.body", "body": keepalive, "more_body": True})
                 except asyncio.CancelledError:
-                    if driver is None or channel.done:
+                    if self.disconnected or driver is None or channel.done:
                         raise
-                    if self.disconnected and not (self.stepping and channel.detached):
-                        raise  # the client left: the run ends, or goes on without us (_close)
-                    # a cancel request for the inline run this response drives (or, after a
-                    # resumable run's client left, one that reached it mid-step): the run ends
-                    # with an error event, which this response still sends if it can
+                    # a cancel request for the inline run this response drives: the run ends
+                    # with an error event, which this response still sends
                     _uncancel()
-                    self.stepping = False
                     await driver.stop(CANCELLED)
-                    if self.disconnected:
-                        return
                     step = None
             await self._end(events[-1])
         except asyncio.CancelledError:
@@ -224,10 +208,7 @@ class _Stream:
         channel.unfollow()
         if self.driver is not None:
             channel.set_idle_hook(None)
-            if self.disconnected and channel.detached and not channel.done:
-                self.driver.detach()  # a resumable run goes on without this response
-            else:
-                await self.driver.leave()  # ends the run if the client left before it did
+            await self.driver.leave()  # ends the run if the client left before it did
         elif (
             self.disconnected
             and self.response.cancel_on_disconnect
