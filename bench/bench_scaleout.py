@@ -147,17 +147,22 @@ def serve(args: argparse.Namespace) -> None:
         {"tokens": args.tokens, "token_size": args.token_size, "tps": TPS, "redis": args.redis_url,
          "prefix": args.prefix}
     )  # fmt: skip
+    from tokenrelay.config import Settings
+    from tokenrelay.server import _nodelay_shared_socket, uvicorn_options
+
+    # as `tokenrelay serve` runs it: httptools, DrainLoop (uvloop), TCP_NODELAY on a shared socket
+    options = uvicorn_options(Settings(model="scripted", log_level="warning"))
+    options["backlog"] = 8192
+    if args.workers > 1:
+        _nodelay_shared_socket()
     uvicorn.run(
         "bench_scaleout:worker_app",
         factory=True,
         host="127.0.0.1",
         port=args.port,
         workers=args.workers,
-        log_level="warning",
-        access_log=False,
-        backlog=8192,
         timeout_keep_alive=30,
-        loop="asyncio",
+        **options,
     )
 
 
@@ -555,7 +560,8 @@ async def main_async(args: argparse.Namespace) -> None:
     # ---- print
     print()
     print(f"bench_scaleout: {os.cpu_count()} CPUs (load average {load0:.1f} at start, "
-          f"{os.getloadavg()[0]:.1f} at end), python {platform.python_version()}, uvicorn h11 + asyncio, "
+          f"{os.getloadavg()[0]:.1f} at end), python {platform.python_version()}, "
+          "uvicorn as `tokenrelay serve` runs it (httptools, DrainLoop), "
           f"{args.tokens} tokens x {TPS:g} tok/s per stream, token {args.token_size} chars, store memory, "
           f"Redis {args.redis if redis else 'none'}; {time.monotonic() - t_start:.0f} s")  # fmt: skip
     if cap:
