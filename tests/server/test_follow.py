@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -80,18 +81,31 @@ class Client:
         return b"".join(self.bodies).decode()
 
 
-def start(source: GatedSource, *, resumable: bool) -> tuple[RunRegistry, RunChannel]:
-    """As the server starts a streamed run (server/deps.py): inline unless resumable."""
-    runs = RunRegistry(grace_s=None)
-    ch = runs.start(
+@dataclass
+class Streaming:
+    """One request streaming one run, as far as its source waiting for the model (its gate) or,
+    with `block_writes`, its first write blocking."""
+
+    source: GatedSource
+    ch: RunChannel
+    client: Client
+    response: asyncio.Task[None]
+
+
+async def streaming(
+    first: list[str], rest: list[str], *, resumable: bool, block_writes: bool = False
+) -> Streaming:
+    """Start a run as the server starts a streamed one (server/deps.py: inline unless
+    resumable) and the response that follows it."""
+    source = GatedSource(first, rest)
+    ch = RunRegistry(grace_s=None).start(
         "run_1", source.run(), owner=None, session_id=None, detached=resumable, inline=not resumable
     )
-    return runs, ch
-
-
-def respond(ch: RunChannel, client: Client) -> asyncio.Task[None]:
+    client = Client(block_writes_after=0 if block_writes else None)
     response: FollowResponse = sse_response(ch, {})
-    return asyncio.create_task(response({"type": "http"}, client.receive, client.send))  # type: ignore[arg-type]
+    task = asyncio.create_task(response({"type": "http"}, client.receive, client.send))  # type: ignore[arg-type]
+    await (client.writes_blocked if block_writes else source.waiting).wait()
+    return Streaming(source, ch, client, task)
 
 
 async def ended(ch: RunChannel) -> Event:
@@ -102,70 +116,50 @@ async def ended(ch: RunChannel) -> Event:
 
 
 async def test_a_streamed_run_that_is_not_resumable_is_driven_by_its_response() -> None:
-    source = GatedSource(["a"], ["b"])
-    _, ch = start(source, resumable=False)
-    client = Client()
-    response = respond(ch, client)
-    await source.waiting.wait()
-    assert ch.task is not None and not ch.task.get_name().startswith("run ")  # no task of its own
-    source.gate.set()
-    await asyncio.wait_for(response, 2.0)
-    assert isinstance(ch.events[-1], RunFinished)
-    assert '"type":"run_finished"' in client.text().replace(" ", "")
+    s = await streaming(["a"], ["b"], resumable=False)
+    assert s.ch.task is not None and not s.ch.task.get_name().startswith("run ")  # no task of its own
+    s.source.gate.set()
+    await asyncio.wait_for(s.response, 2.0)
+    assert isinstance(s.ch.events[-1], RunFinished)
+    assert '"type":"run_finished"' in s.client.text().replace(" ", "")
 
 
 async def test_a_run_that_is_not_resumable_ends_when_its_client_leaves_mid_step() -> None:
-    source = GatedSource(["a"], ["b"])
-    _, ch = start(source, resumable=False)
-    client = Client()
-    response = respond(ch, client)
-    await source.waiting.wait()
-    client.left.set()
-    await asyncio.wait_for(response, 2.0)  # at once: the step is cancelled
-    last = ch.events[-1]
+    s = await streaming(["a"], ["b"], resumable=False)
+    s.client.left.set()
+    await asyncio.wait_for(s.response, 2.0)  # at once: the step is cancelled
+    last = s.ch.events[-1]
     assert isinstance(last, RunError) and last.message == CLIENT_GONE and last.answer == "a"
-    assert source.cancelled and source.closed
+    assert s.source.cancelled and s.source.closed
 
 
 @pytest.mark.parametrize("leaves", ["while the model works", "during a write"])
 async def test_a_resumable_run_whose_client_leaves_goes_on_untouched(leaves: str) -> None:
-    source = GatedSource(["a", "b"], ["c", "d"])
-    _, ch = start(source, resumable=True)
-    client = Client(block_writes_after=0 if leaves == "during a write" else None)
-    response = respond(ch, client)
-    await (client.writes_blocked if leaves == "during a write" else source.waiting).wait()
-    assert ch.task is not None and ch.task.get_name() == "run run_1"
-    client.left.set()
-    await asyncio.wait_for(response, 2.0)  # the response ends at once; the run does not
-    assert not ch.done
-    source.gate.set()
-    last = await ended(ch)
+    s = await streaming(["a", "b"], ["c", "d"], resumable=True, block_writes=leaves == "during a write")
+    assert s.ch.task is not None and s.ch.task.get_name() == "run run_1"
+    s.client.left.set()
+    await asyncio.wait_for(s.response, 2.0)  # the response ends at once; the run does not
+    assert not s.ch.done
+    s.source.gate.set()
+    last = await ended(s.ch)
     assert isinstance(last, RunFinished) and last.answer == "abcd"
-    assert not source.cancelled
+    assert not s.source.cancelled
 
 
 async def test_cancel_by_id_reaches_a_resumable_run_whose_client_left() -> None:
-    source = GatedSource(["a"], ["b"])
-    _, ch = start(source, resumable=True)
-    client = Client()
-    response = respond(ch, client)
-    await source.waiting.wait()
-    client.left.set()
-    await asyncio.wait_for(response, 2.0)
-    assert ch.cancel()
-    last = await ended(ch)
+    s = await streaming(["a"], ["b"], resumable=True)
+    s.client.left.set()
+    await asyncio.wait_for(s.response, 2.0)
+    assert s.ch.cancel()
+    last = await ended(s.ch)
     assert isinstance(last, RunError) and last.code == "cancelled" and last.message == CANCELLED
-    assert last.answer == "a" and source.cancelled and source.closed
+    assert last.answer == "a" and s.source.cancelled and s.source.closed
 
 
 @pytest.mark.parametrize("resumable", [False, True])
 async def test_cancel_by_id_is_sent_to_the_connected_client(resumable: bool) -> None:
-    source = GatedSource(["a"], ["b"])
-    _, ch = start(source, resumable=resumable)
-    client = Client()
-    response = respond(ch, client)
-    await source.waiting.wait()
-    await asyncio.sleep(0.01)
-    assert ch.cancel()
-    await asyncio.wait_for(response, 2.0)
-    assert '"code":"cancelled"' in client.text().replace(" ", "") and source.closed
+    s = await streaming(["a"], ["b"], resumable=resumable)
+    await asyncio.sleep(0.01)  # the events so far are written
+    assert s.ch.cancel()
+    await asyncio.wait_for(s.response, 2.0)
+    assert '"code":"cancelled"' in s.client.text().replace(" ", "") and s.source.closed
