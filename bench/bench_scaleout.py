@@ -47,6 +47,8 @@ Usage:
   python bench/bench_scaleout.py                   # finer ramp with bisection and retries, 3 repeats
   python bench/bench_scaleout.py --levels 500,1000,2000 --configs 1w,2w+redis
   python bench/bench_scaleout.py --redis redis://127.0.0.1:6379/0
+  python bench/bench_scaleout.py --configs '' --cost-configs 1w,1w+redis --alt-src /work/wt/base/src
+                                                   # event-log cost, before/after, one run
 Server only (used internally): python bench/bench_scaleout.py --serve --port P --workers N ...
 """
 
@@ -55,6 +57,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -155,7 +158,8 @@ def serve(args: argparse.Namespace) -> None:
     options["backlog"] = 8192
     if args.workers > 1:
         _nodelay_shared_socket()
-    uvicorn.run(
+    run = functools.partial(
+        uvicorn.run,
         "bench_scaleout:worker_app",
         factory=True,
         host="127.0.0.1",
@@ -164,6 +168,19 @@ def serve(args: argparse.Namespace) -> None:
         timeout_keep_alive=30,
         **options,
     )
+    profile = os.environ.get("BENCH_YAPPI")  # one worker's CPU time by function (pip install yappi)
+    if not profile or args.workers > 1:
+        run()
+        return
+    import yappi
+
+    signal.raise_signal = lambda _signum: None  # uvicorn re-raises SIGTERM after its shutdown
+    yappi.set_clock_type("cpu")
+    yappi.start()
+    run()
+    yappi.stop()
+    name = f"{profile}.{'redis' if args.redis_url else 'plain'}.{os.getpid()}"
+    yappi.get_func_stats().save(name, type="pstat")
 
 
 # ============================================================================ load generator
@@ -262,9 +279,13 @@ class Server:
             os.unlink(self.log_path)
 
 
-def spawn(cmd: list[str], log_path: str) -> subprocess.Popen[bytes]:
+def spawn(cmd: list[str], log_path: str, src: str | None = None) -> subprocess.Popen[bytes]:
+    """`src`: a tokenrelay source tree the server imports instead of the installed one."""
+    env = dict(os.environ)
+    if src:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     with open(log_path, "wb") as log:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 async def start_server(config: str, args: argparse.Namespace) -> Server:
@@ -276,7 +297,8 @@ async def start_server(config: str, args: argparse.Namespace) -> Server:
            "--tokens", str(args.tokens), "--token-size", str(args.token_size), "--prefix", prefix,
            "--redis-url", redis_url]  # fmt: skip
     log_path = os.path.join(tempfile.gettempdir(), f"bench_scaleout_{prefix.split(':')[1]}.log")
-    server = Server(config, port, spawn(cmd, log_path), prefix, log_path)
+    src = args.alt_src if config.endswith("@alt") else None
+    server = Server(config, port, spawn(cmd, log_path, src), prefix, log_path)
     deadline = time.monotonic() + 60
     seen: set[str] = set()
     while time.monotonic() < deadline:  # ready once every worker has answered /health
@@ -502,6 +524,11 @@ async def event_log_cost(args: argparse.Namespace, redis: Redis) -> dict[str, li
     return rows
 
 
+def _label(config: str) -> str:
+    base, _, alt = config.partition("@")
+    return COST_LABELS[base] + (" @alt" if alt else "")
+
+
 def _med(rows: list[dict[str, Any]], key: str) -> float:
     vals = [r[key] for r in rows if r[key] == r[key]]
     return statistics.median(vals) if vals else float("nan")
@@ -590,7 +617,7 @@ async def main_async(args: argparse.Namespace) -> None:
         hdr += ["redis conns", "logs lost"]
         rows = []
         for config in cost:
-            label = COST_LABELS[config]
+            label = _label(config)
             rs = cost[config]
             w, rd = _med(rs, "worker_us_tok"), _med(rs, "redis_us_tok")
             redis_on = "redis" in config
@@ -609,7 +636,7 @@ async def main_async(args: argparse.Namespace) -> None:
         for config in others:
             w1, r1 = _med(cost[config], "worker_us_tok"), _med(cost[config], "redis_us_tok")
             both = f"; worker + redis-server: {(w1 + r1) / w0:.2f}x" if r1 == r1 else ""
-            print(f"  CPU per token, {COST_LABELS[config]} / {COST_LABELS[ref]}: worker {w1 / w0:.2f}x{both}")
+            print(f"  CPU per token, {_label(config)} / {_label(ref)}: worker {w1 / w0:.2f}x{both}")
     lost = sum(c["at_held"]["log_failures"] for c in cap.values() if c["at_held"])
     lost += sum(r["log_failures"] for rs in (cost or {}).values() for r in rs)
     if lost:
@@ -654,6 +681,11 @@ def main() -> None:
     )
     p.add_argument("--redis", default=os.environ.get("TOKENRELAY_REDIS_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument("--json-out", help="also write raw results here")
+    p.add_argument(
+        "--alt-src",
+        help="a tokenrelay source tree (e.g. a git worktree's src): each cost config is run again "
+        "importing it, labelled @alt (before/after a change in the same run)",
+    )
     args = p.parse_args()
     if args.serve:
         serve(args)
@@ -666,6 +698,9 @@ def main() -> None:
     args.cost_configs = [c for c in args.cost_configs.split(",") if c]
     if unknown := set(args.cost_configs) - set(COST_LABELS):
         p.error(f"unknown --cost-configs {sorted(unknown)}")
+    if args.alt_src:
+        args.alt_src = os.path.abspath(args.alt_src)
+        args.cost_configs += [f"{c}@alt" for c in args.cost_configs]
     _raise_nofile()
     asyncio.run(main_async(args))
 

@@ -1,10 +1,11 @@
 """The Redis run-log writer while Redis is away: bounded retries with backoff, then only the
 ops that end runs are kept, so an outage costs bounded memory (it re-queued everything every
-0.5 s, forever, before). Redis itself is replaced by a pipeline that always fails."""
+0.5 s, forever, before). Redis itself is replaced by a connection that always fails."""
 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -12,24 +13,24 @@ import pytest
 from tokenrelay.runs.redis_log import BatchWriter
 
 
-class _DownPipeline:
-    def __init__(self, calls: list[int]) -> None:
-        self.calls = calls
+class _DownConnection:
+    """The writer's own connection, to a Redis that is away."""
 
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args, **kwargs: None
+    calls: list[int]
 
-    async def execute(self, raise_on_error: bool = True) -> None:
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         self.calls.append(1)
         raise ConnectionError("Redis is away")
+
+    async def disconnect(self) -> None:
+        pass
 
 
 class _DownRedis:
     def __init__(self) -> None:
         self.calls: list[int] = []
-
-    def pipeline(self, transaction: bool = False) -> _DownPipeline:
-        return _DownPipeline(self.calls)
+        connection = type("Connection", (_DownConnection,), {"calls": self.calls})
+        self.connection_pool = SimpleNamespace(connection_class=connection, connection_kwargs={})
 
 
 @pytest.mark.anyio

@@ -135,34 +135,25 @@ async def test_a_runs_end_is_flushed_with_nothing_after_it(redis: Any, prefix: s
         await _cleanup(redis, prefix)
 
 
-class _ScriptFailsPipeline:
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def eval(self, *args: Any) -> None:
-        self.calls += 1
-
-    async def execute(self, raise_on_error: bool = True) -> list[Any]:
-        return [RuntimeError("ERR user_script:1: bad op")] * self.calls
-
-
-class _ScriptFailsRedis:
-    def pipeline(self, transaction: bool = False) -> _ScriptFailsPipeline:
-        return _ScriptFailsPipeline()
-
-
-async def test_a_script_error_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    writer = BatchWriter(_ScriptFailsRedis(), min_interval_s=0.0)
+async def test_a_script_error_is_logged(redis: Any, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    writer = BatchWriter(redis, min_interval_s=0.0)
     try:
         with caplog.at_level(logging.ERROR, logger="tokenrelay.server"):
-            writer.add("HDEL", "active", "r")
+            writer.add_packed("XADD", b"\xc1")  # never valid MessagePack: the script fails
             for _ in range(50):
                 await asyncio.sleep(0.01)
                 if writer.batches:
                     break
         assert "the batch script failed" in caplog.text
+        writer.add("HSET", f"{prefix}x", "y", "z")  # the connection still works after an error reply
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+            if writer.batches == 2:
+                break
+        assert await redis.hget(f"{prefix}x", "y") == b"z"
     finally:
         await writer.close()
+        await _cleanup(redis, prefix)
 
 
 async def test_registration_and_shutdown_do_not_wait_for_the_batch_interval(redis: Any, prefix: str) -> None:

@@ -50,12 +50,14 @@ from tokenrelay.events import Event, RunError, RunFinished, event_from_dict
 from tokenrelay.runs.buffers import OffsetEvents
 from tokenrelay.runs.channel import RunChannel
 from tokenrelay.runs.redis_log import (
+    APPLY_OPS,
     CLAIM_RUN,
     BatchWriter,
     backoff,
     encode_event,
     is_terminal_entry,
     log_sink,
+    pack_batch,
 )
 
 __all__ = ["EventIdPastEnd", "RedisCoordinator"]
@@ -137,6 +139,14 @@ class RedisCoordinator:
         except Exception as exc:
             await self._close_clients()
             raise ConfigError(f"cannot connect to Redis at {redact_url(self.url)}: {exc}") from None
+        try:  # the run-log script needs EVAL and Lua's cmsgpack: find out now, not per batch
+            await self._redis.eval(APPLY_OPS, 0, pack_batch([]))
+        except Exception as exc:
+            await self._close_clients()
+            raise ConfigError(
+                f"Redis at {redact_url(self.url)} cannot run tokenrelay's run-log script "
+                f"(it needs EVAL with Lua's cmsgpack): {exc}"
+            ) from None
         self._writer = BatchWriter(self._redis, min_interval_s=self.batch_interval_s)
         self._on_worker_lost = on_worker_lost
         await self._beat()
