@@ -157,7 +157,9 @@ async def test_a_script_error_is_logged(redis: Any, prefix: str, caplog: pytest.
 
 
 async def test_registration_and_shutdown_do_not_wait_for_the_batch_interval(redis: Any, prefix: str) -> None:
-    coordinator = RedisCoordinator(REDIS, prefix=prefix, retention_s=30.0, batch_interval_s=2.0)
+    coordinator = RedisCoordinator(
+        REDIS, prefix=prefix, retention_s=30.0, batch_interval_s=2.0, idle_batch_interval_s=2.0
+    )
     await coordinator.start(lambda run_id: False)
     try:
         await asyncio.sleep(0.1)  # the first heartbeat's ops are out of the way
@@ -173,8 +175,45 @@ async def test_registration_and_shutdown_do_not_wait_for_the_batch_interval(redi
         channel.publish(AnswerDelta(text="b"))  # an event alone waits for the interval
         await asyncio.sleep(0.2)
         assert await redis.xlen(f"{prefix}run:r2") == 1
-        await coordinator.close()  # ... but not at shutdown: what is queued goes out
+        coordinator.replicate(RunChannel("r2b", owner=None, session_id=None))  # ends that wait
+        await asyncio.sleep(0.2)
+        assert await coordinator.run_info("r2b") is not None
         assert await redis.xlen(f"{prefix}run:r2") == 2
+        channel.publish(AnswerDelta(text="c"))
+        await coordinator.close()  # ... but not at shutdown: what is queued goes out
+        assert await redis.xlen(f"{prefix}run:r2") == 3
     finally:
         await coordinator.close()
+        await _cleanup(redis, prefix)
+
+
+async def test_the_log_is_written_often_only_while_someone_follows_a_run_elsewhere(
+    redis: Any, prefix: str
+) -> None:
+    owner = RedisCoordinator(
+        REDIS, prefix=prefix, retention_s=30.0, batch_interval_s=0.02, idle_batch_interval_s=3.0
+    )
+    reader = RedisCoordinator(REDIS, prefix=prefix, retention_s=30.0)
+    await owner.start(lambda run_id: False)
+    await reader.start(lambda run_id: False)
+    try:
+        channel = RunChannel("r3", owner=None, session_id=None)
+        owner.replicate(channel)  # the registration goes at once
+        await asyncio.sleep(0.2)
+        channel.publish(AnswerDelta(text="a"))
+        await asyncio.sleep(0.3)
+        assert await redis.xlen(f"{prefix}run:r3") == 0  # nobody follows elsewhere: batched for 3 s
+        remote = await reader.remote_channel("r3", owner=None, start=0)
+        assert remote is not None
+        for _ in range(100):  # the reader says it follows: the owner's wait ends, batches every 20 ms
+            await asyncio.sleep(0.02)
+            if len(remote.events) == 1:
+                break
+        assert len(remote.events) == 1
+        channel.publish(AnswerDelta(text="b"))
+        await asyncio.sleep(0.5)
+        assert [e.text for e in remote.events if type(e) is AnswerDelta] == ["a", "b"]
+    finally:
+        await reader.close()
+        await owner.close()
         await _cleanup(redis, prefix)

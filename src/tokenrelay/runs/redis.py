@@ -12,11 +12,15 @@ Keys (prefix `tokenrelay:` by default):
 * `active`: a hash run id → worker id of runs in flight, swept for runs of dead workers.
 
 * `cancel`: the pub/sub channel that carries run ids to cancel.
+* `following`: the pub/sub channel on which a worker following a run it does not own says
+  so (every `heartbeat_s`): every worker then batches its log writes every `batch_interval_s`
+  for a while, instead of every `idle_batch_interval_s`.
 * `runs:{owner}`, `rl:{owner}:{minute}`: per-key runs in flight and requests per minute, for
   the per-key limits (server/quotas.py; the claim script is in runs/redis_log.py).
 
 Connections: writes go through one batching writer per worker (one script call per batch for
-all its runs, gathered over `batch_interval_s`) on the main pool; blocking reads (XREAD) use a
+all its runs, gathered over `batch_interval_s` while a client follows a run through another
+worker, `idle_batch_interval_s` otherwise) on a connection of its own; blocking reads (XREAD) use a
 separate pool, so readers never starve writers; the heartbeat has a connection of its own, so
 nothing a client does can make the worker's lease lapse while it is alive.
 
@@ -86,9 +90,12 @@ class RedisCoordinator:
         lease_s: float = 4.0,
         prefix: str = "tokenrelay:",
         batch_interval_s: float = 0.025,
+        idle_batch_interval_s: float = 0.1,
     ) -> None:
-        """`batch_interval_s`: how long the writer gathers events into a batch (a batch's cost
-        is mostly fixed; readers on other workers see events that much later)."""
+        """`batch_interval_s`: how long the writer gathers events into a batch while a client
+        follows a run through another worker (it sees events that much later);
+        `idle_batch_interval_s`: otherwise (a resume waits for the log up to that much; a
+        batch's cost is mostly fixed, so longer batches cost less per token)."""
         self.url = url
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.retention_s = retention_s
@@ -96,6 +103,7 @@ class RedisCoordinator:
         self.lease_s = lease_s
         self.prefix = prefix
         self.batch_interval_s = batch_interval_s
+        self.idle_batch_interval_s = idle_batch_interval_s
         self._redis: Any = None
         self._reader: Any = None
         self._beat_client: Any = None
@@ -147,7 +155,9 @@ class RedisCoordinator:
                 f"Redis at {redact_url(self.url)} cannot run tokenrelay's run-log script "
                 f"(it needs EVAL with Lua's cmsgpack): {exc}"
             ) from None
-        self._writer = BatchWriter(self._redis, min_interval_s=self.batch_interval_s)
+        self._writer = BatchWriter(
+            self._redis, min_interval_s=self.batch_interval_s, idle_interval_s=self.idle_batch_interval_s
+        )
         self._on_worker_lost = on_worker_lost
         await self._beat()
         self._tasks = [
@@ -221,17 +231,23 @@ class RedisCoordinator:
         await self._redis.publish(self._key("cancel"), run_id.encode())
 
     async def _listen_cancel(self, on_cancel: Callable[[str], bool]) -> None:
-        """Follow the cancel channel for the worker's life. While Redis is away, reconnect
+        """Follow the cancel and following channels for the worker's life. While Redis is away, reconnect
         with exponential backoff (0.1 s doubling, capped at 5 s); a working subscription
         resets the backoff."""
         failures = 0
         while True:
             pubsub = self._redis.pubsub()
             try:
-                await pubsub.subscribe(self._key("cancel"))
+                cancel, following = self._key("cancel").encode(), self._key("following").encode()
+                await pubsub.subscribe(cancel, following)
                 failures = 0
                 async for message in pubsub.listen():
-                    if message.get("type") == "message":
+                    if message.get("type") != "message":
+                        continue
+                    if message["channel"] == following:  # someone follows a run elsewhere
+                        if self._writer is not None:
+                            self._writer.hurry(self.heartbeat_s * 2.5)
+                    else:
                         on_cancel(message["data"].decode())
             except asyncio.CancelledError:
                 raise
@@ -336,7 +352,10 @@ class RedisCoordinator:
                 if time.monotonic() - marked_at >= self.heartbeat_s:
                     # the owner cancels an abandoned resumable run unless someone follows it here
                     marked_at = time.monotonic()
-                    await self._redis.set(follow, b"1", ex=follow_ttl_s)
+                    pipe = self._redis.pipeline(transaction=False)
+                    pipe.set(follow, b"1", ex=follow_ttl_s)
+                    pipe.publish(self._key("following"), channel.run_id.encode())  # owners: batch often
+                    await pipe.execute()
                 reply = await self._reader.xread(
                     {stream: f"{expected}-0"}, block=int(self.heartbeat_s * 1000), count=1000
                 )

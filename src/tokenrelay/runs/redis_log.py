@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -47,10 +48,13 @@ class BatchWriter:
     so a batch costs one command to pack and one reply to parse however many events it carries.
     It writes on a connection of its own, made with the settings of `redis`'s pool (URL, auth,
     TLS, timeouts), reconnected by redis-py on the next batch after a failure.
-    The writer waits `min_interval_s` after it is woken so that a batch gathers the events of
-    many runs (remote followers see events that much later; the owner's own followers are not
-    delayed), unless a `prompt` op is queued (a run's registration). While a batch is in flight
-    the next one accumulates.
+    The writer waits after it is woken so that a batch gathers the events of many runs:
+    `min_interval_s` while someone follows a run through another worker (`hurry`: they see
+    events that much later), `idle_interval_s` otherwise (the log then serves resumes and
+    cancels, which wait for it: a batch costs the worker the same whatever it carries, so fewer
+    batches are cheaper per token), and not at all when a `prompt` op is queued (a run's
+    registration). The owner's own followers are never delayed. While a batch is in flight the
+    next one accumulates.
 
     Order: ops are applied in the order they were added (one script runs them in order, and a
     batch is sent only after the one before it was answered), so a run's events land in index
@@ -69,8 +73,11 @@ class BatchWriter:
         max_attempts: int = 6,
         max_queued: int = 100_000,
         min_interval_s: float = 0.025,
+        idle_interval_s: float | None = None,
         max_ops_per_call: int = 2000,
     ) -> None:
+        """`idle_interval_s`: the batch interval while nobody follows elsewhere (None: the same
+        as `min_interval_s`)."""
         from redis.exceptions import ResponseError  # the writer exists only where Redis is used
 
         self._script_error: type[Exception] = ResponseError
@@ -79,6 +86,10 @@ class BatchWriter:
         self.max_attempts = max_attempts
         self.max_queued = max_queued
         self.min_interval_s = min_interval_s
+        self.idle_interval_s = min_interval_s if idle_interval_s is None else idle_interval_s
+        self._hurry_until = 0.0
+        #: the wait for the batch interval, while one goes on (`hurry` ends an idle one early)
+        self._nap: asyncio.Future[None] | None = None
         self.max_ops_per_call = max_ops_per_call
         self._ops: list[_Op] = []
         self._prompt = False
@@ -94,9 +105,13 @@ class BatchWriter:
     def add(self, name: str, *args: str | bytes | int, prompt: bool = False) -> None:
         """Queue the command `name args...` (e.g. `add("HDEL", key, field)`). `prompt`: send
         the batch without waiting `min_interval_s` (a run's registration: other workers must
-        find the run as soon as its client may ask them about it)."""
+        find the run as soon as its client may ask them about it; a batch being gathered goes
+        at once)."""
         self._ops.append((name, pack_op(name, *args), False))
-        self._prompt = self._prompt or prompt
+        if prompt:
+            self._prompt = True
+            if self._nap is not None:  # the batch being gathered goes now
+                _end_nap(self._nap)
         self._wake.set()
 
     def add_essential(self, name: str, *args: str | bytes | int) -> None:
@@ -108,6 +123,19 @@ class BatchWriter:
         """Queue a command packed already (`pack_op`, `xadd_op`): the per-token path."""
         self._ops.append((name, op, essential))
         self._wake.set()
+
+    def hurry(self, seconds: float) -> None:
+        """Batch every `min_interval_s` for the next `seconds`: a client follows a run through
+        another worker (renewed while it does). An idle interval under way ends now."""
+        now = time.monotonic()
+        if now >= self._hurry_until and self._nap is not None:
+            _end_nap(self._nap)
+        self._hurry_until = max(self._hurry_until, now + seconds)
+
+    @property
+    def interval_s(self) -> float:
+        """The batch interval now."""
+        return self.min_interval_s if time.monotonic() < self._hurry_until else self.idle_interval_s
 
     @property
     def pending(self) -> int:
@@ -132,8 +160,9 @@ class BatchWriter:
         failures = 0
         while True:
             await self._wake.wait()
-            if self.min_interval_s > 0 and not failures and not self._prompt:
-                await asyncio.sleep(self.min_interval_s)  # gather more runs' events in the batch
+            interval = self.interval_s
+            if interval > 0 and not failures and not self._prompt:
+                await self._sleep(interval)  # gather more runs' events in the batch
             self._wake.clear()
             self._prompt = False
             ops = self._inflight = self._ops
@@ -167,6 +196,17 @@ class BatchWriter:
                 await asyncio.sleep(backoff(failures))
                 self._wake.set()
 
+    async def _sleep(self, seconds: float) -> None:
+        """`asyncio.sleep(seconds)` that `hurry` can end early (the same future and timer)."""
+        loop = asyncio.get_running_loop()
+        nap = self._nap = loop.create_future()
+        timer = loop.call_later(seconds, _end_nap, nap)
+        try:
+            await nap
+        finally:
+            timer.cancel()
+            self._nap = None
+
     async def close(self) -> None:
         """Stop, then send what is queued and the batch that was in flight (sending an entry
         twice is harmless: the script skips ids written already) in one last batch, without
@@ -183,6 +223,11 @@ class BatchWriter:
                 log.error("writing run logs to Redis at shutdown failed (%s); dropped %d ops", exc, len(ops))
         with contextlib.suppress(Exception):
             await self._conn.disconnect()
+
+
+def _end_nap(nap: asyncio.Future[None]) -> None:
+    if not nap.done():
+        nap.set_result(None)
 
 
 def pack_op(name: str, *args: str | bytes | int) -> bytes:
