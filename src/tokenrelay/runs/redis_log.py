@@ -3,8 +3,8 @@
 form of a logged event, the per-key run claim script, and the backoff every Redis loop uses.
 
 Why the writer talks RESP on a connection of its own instead of through a redis-py pipeline:
-measured per batch (100 ops, one `EVAL`), the pipeline cost 160 µs of the worker's CPU, the
-same call written pre-packed on a dedicated connection 92 µs; and why its ops are MessagePack
+measured per batch (100 ops, one `EVAL`), the pipeline cost 164 µs of the worker's CPU, the
+same call written pre-packed on a dedicated connection 97 µs; and why its ops are MessagePack
 (decoded by `cmsgpack`, which Redis's Lua has always shipped) instead of netstrings parsed in
 Lua: 1.7 instead of 3.1-3.4 µs of redis-server CPU per op (bench/README.md, round six)."""
 
