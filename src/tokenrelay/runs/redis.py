@@ -6,23 +6,18 @@ Keys (prefix `tokenrelay:` by default):
 * `run:{id}`: a stream with one entry per event, entry id `{index + 1}-0` — so the SSE
   `id:` (the event's index) maps to a stream id and `Last-Event-ID: n` resumes at `n+1-0`.
   It expires `retention_s` after the run ends; the final answer stays in the database.
-* `runinfo:{id}`: a hash (owner, worker, session) for ownership checks on other workers.
-* `worker:{id}`: exists while the worker is alive (refreshed every `heartbeat_s`, expires
-  after `lease_s`).
-* `active`: a hash run id → worker id of runs in flight, swept for runs of dead workers.
-
-* `cancel`: the pub/sub channel that carries run ids to cancel.
-* `following`: the pub/sub channel on which a worker following a run it does not own says
-  so (every `heartbeat_s`): every worker then batches its log writes every `batch_interval_s`
-  for a while, instead of every `idle_batch_interval_s`.
+* `runinfo:{id}`: a hash (owner, worker, session) for ownership checks on other workers;
+  `worker:{id}`: exists while the worker is alive (refreshed every `heartbeat_s`, expires after
+  `lease_s`); `active`: a hash run id → worker id of runs in flight (swept).
+* pub/sub `cancel`: run ids to cancel; `following`: runs followed through a worker that does
+  not own them (each `heartbeat_s`: the owners batch every `batch_interval_s`, not `idle_...`).
 * `runs:{owner}`, `rl:{owner}:{minute}`: per-key runs in flight and requests per minute, for
   the per-key limits (server/quotas.py; the claim script is in runs/redis_log.py).
 
 Connections: writes go through one batching writer per worker (one script call per batch for
-all its runs, gathered over `batch_interval_s` while a client follows a run through another
-worker, `idle_batch_interval_s` otherwise) on a connection of its own; blocking reads (XREAD) use a
-separate pool, so readers never starve writers; the heartbeat has a connection of its own, so
-nothing a client does can make the worker's lease lapse while it is alive.
+all its runs) on a connection of its own; blocking reads (XREAD) use a separate pool, so
+readers never starve writers; the heartbeat has a connection of its own, so nothing a client
+does can make the worker's lease lapse while it is alive.
 
 Failures: every loop that talks to Redis retries with exponential backoff and a cap; the
 writer gives up on a batch after a few attempts and then keeps only the ops that end runs
@@ -92,10 +87,8 @@ class RedisCoordinator:
         batch_interval_s: float = 0.025,
         idle_batch_interval_s: float = 0.1,
     ) -> None:
-        """`batch_interval_s`: how long the writer gathers events into a batch while a client
-        follows a run through another worker (it sees events that much later);
-        `idle_batch_interval_s`: otherwise (a resume waits for the log up to that much; a
-        batch's cost is mostly fixed, so longer batches cost less per token)."""
+        """`batch_interval_s` / `idle_batch_interval_s`: the writer's batch interval while a client
+        follows a run through another worker / otherwise (a batch's cost is mostly fixed)."""
         self.url = url
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.retention_s = retention_s
@@ -124,37 +117,27 @@ class RedisCoordinator:
             raise ConfigError(
                 "Redis coordination needs the redis extra: pip install 'tokenrelay[redis]'"
             ) from None
+
+        def client(max_connections: int, **options: Any) -> Any:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url, max_connections=max_connections, timeout=None, **options
+            )
+            return aioredis.Redis(connection_pool=pool)
+
         # blocking pools: under load callers wait for a connection instead of failing
-        self._redis = aioredis.Redis(
-            connection_pool=aioredis.BlockingConnectionPool.from_url(
-                self.url, max_connections=32, timeout=None
-            )
-        )
+        self._redis = client(32)
         # blocking XREADs of readers get their own connections, so they never starve writes
-        self._reader = aioredis.Redis(
-            connection_pool=aioredis.BlockingConnectionPool.from_url(
-                self.url, max_connections=256, timeout=None
-            )
-        )
+        self._reader = client(256)
         # the heartbeat's own connection: a lapse would make the other workers close our runs
-        self._beat_client = aioredis.Redis(
-            connection_pool=aioredis.BlockingConnectionPool.from_url(
-                self.url, max_connections=1, timeout=None, socket_timeout=self.lease_s
-            )
-        )
+        self._beat_client = client(1, socket_timeout=self.lease_s)
+        problem = "cannot connect to Redis at {url}"
         try:
             await self._redis.ping()
+            problem = "Redis at {url} cannot run the run-log script (EVAL with Lua's cmsgpack)"
+            await self._redis.eval(APPLY_OPS, 0, pack_batch([]))  # find out now, not per batch
         except Exception as exc:
             await self._close_clients()
-            raise ConfigError(f"cannot connect to Redis at {redact_url(self.url)}: {exc}") from None
-        try:  # the run-log script needs EVAL and Lua's cmsgpack: find out now, not per batch
-            await self._redis.eval(APPLY_OPS, 0, pack_batch([]))
-        except Exception as exc:
-            await self._close_clients()
-            raise ConfigError(
-                f"Redis at {redact_url(self.url)} cannot run tokenrelay's run-log script "
-                f"(it needs EVAL with Lua's cmsgpack): {exc}"
-            ) from None
+            raise ConfigError(f"{problem.format(url=redact_url(self.url))}: {exc}") from None
         self._writer = BatchWriter(
             self._redis, min_interval_s=self.batch_interval_s, idle_interval_s=self.idle_batch_interval_s
         )
@@ -244,10 +227,9 @@ class RedisCoordinator:
                 async for message in pubsub.listen():
                     if message.get("type") != "message":
                         continue
-                    if message["channel"] == following:  # someone follows a run elsewhere
-                        if self._writer is not None:
-                            self._writer.hurry(self.heartbeat_s * 2.5)
-                    else:
+                    if message["channel"] == following and self._writer is not None:
+                        self._writer.hurry(self.heartbeat_s * 2.5)  # someone follows a run elsewhere
+                    elif message["channel"] != following:
                         on_cancel(message["data"].decode())
             except asyncio.CancelledError:
                 raise
@@ -352,10 +334,8 @@ class RedisCoordinator:
                 if time.monotonic() - marked_at >= self.heartbeat_s:
                     # the owner cancels an abandoned resumable run unless someone follows it here
                     marked_at = time.monotonic()
-                    pipe = self._redis.pipeline(transaction=False)
-                    pipe.set(follow, b"1", ex=follow_ttl_s)
-                    pipe.publish(self._key("following"), channel.run_id.encode())  # owners: batch often
-                    await pipe.execute()
+                    pipe = self._redis.pipeline(transaction=False).set(follow, b"1", ex=follow_ttl_s)
+                    await pipe.publish(self._key("following"), channel.run_id.encode()).execute()
                 reply = await self._reader.xread(
                     {stream: f"{expected}-0"}, block=int(self.heartbeat_s * 1000), count=1000
                 )
