@@ -145,7 +145,7 @@ class RedisCoordinator:
         await self._beat()
         self._tasks = [
             asyncio.create_task(self._heartbeat(), name="tokenrelay heartbeat"),
-            asyncio.create_task(self._listen_cancel(on_cancel), name="tokenrelay cancel listener"),
+            asyncio.create_task(self._listen(on_cancel), name="tokenrelay pub/sub listener"),
             asyncio.create_task(self._sweep_dead(), name="tokenrelay dead-worker sweep"),
         ]
 
@@ -213,7 +213,7 @@ class RedisCoordinator:
     async def publish_cancel(self, run_id: str) -> None:
         await self._redis.publish(self._key("cancel"), run_id.encode())
 
-    async def _listen_cancel(self, on_cancel: Callable[[str], bool]) -> None:
+    async def _listen(self, on_cancel: Callable[[str], bool]) -> None:
         """Follow the cancel and following channels for the worker's life. While Redis is away, reconnect
         with exponential backoff (0.1 s doubling, capped at 5 s); a working subscription
         resets the backoff."""
@@ -227,16 +227,16 @@ class RedisCoordinator:
                 async for message in pubsub.listen():
                     if message.get("type") != "message":
                         continue
-                    if message["channel"] == following and self._writer is not None:
-                        self._writer.hurry(self.heartbeat_s * 2.5)  # someone follows a run elsewhere
-                    elif message["channel"] != following:
+                    if message["channel"] == cancel:
                         on_cancel(message["data"].decode())
+                    elif self._writer is not None:  # someone follows a run elsewhere: batch often
+                        self._writer.hurry(self.heartbeat_s * 2.5)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 failures += 1
                 delay = backoff(failures)
-                log.warning("cancel listener lost Redis (%s); retrying in %.1f s", exc, delay)
+                log.warning("pub/sub listener lost Redis (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
             finally:
                 with contextlib.suppress(Exception):
