@@ -16,6 +16,8 @@ CPU 1; the load generator, bench_server.py's raw-socket client, on CPU 0):
                             before httptools and uvloop were dependencies);
 * ``tokenrelay-uvloop``     httptools + plain uvloop (no DrainLoop): what DrainLoop fixes;
 * ``tokenrelay-memory``     ``tokenrelay`` with the in-memory store: what the SQLite store costs;
+* ``tokenrelay-full``       ``mode: "full"`` without ``resumable``: of the page's cost, what its full
+                            mode (reasoning deltas too) costs and what its resumable run does;
 * ``bare-drain``            bare on DrainLoop.
 
 The model is ScriptedBackend replaying the agent's JSON action (``{"action": "Final Answer",
@@ -55,12 +57,14 @@ MODES = (
     "tokenrelay-h11",
     "tokenrelay-uvloop",
     "tokenrelay-memory",
+    "tokenrelay-full",
     "bare-drain",
 )
 DEFAULT_MODES = "bare,tokenrelay,tokenrelay-resumable"
 SCENARIOS = ("single", "s200", "s1000", "capacity")
 QUESTION = b'{"text":"Tell me about the weather."}'
 PAGE_REQUEST = b'{"text":"Tell me about the weather.","mode":"full","resumable":true}'
+FULL_REQUEST = b'{"text":"Tell me about the weather.","mode":"full"}'
 
 
 # ============================================================================ server process
@@ -146,7 +150,8 @@ class Server(bs.Server):
 def make_case(label: str, tokens: int, tps: float | None, streams: int, ramp: float, **kw: Any) -> bs.Case:
     """The case of a column: a mode, or `MODE@alt` (that mode importing tokenrelay from --alt-src)."""
     mode, _, alt = label.partition("@")
-    body = PAGE_REQUEST if mode == "tokenrelay-resumable" else None if mode.startswith("bare") else QUESTION
+    bodies = {"tokenrelay-resumable": PAGE_REQUEST, "tokenrelay-full": FULL_REQUEST}
+    body = bodies.get(mode, None if mode.startswith("bare") else QUESTION)
     src = ALT_SRC[0] if alt else None
     return bs.Case(mode, tokens, tps, streams, ramp, body=body, src=src, **kw)
 

@@ -26,6 +26,8 @@ from tokenrelay.events import (
     ToolCallStarted,
     Usage,
     event_to_dict,
+    new_answer_delta,
+    new_reasoning_delta,
 )
 
 JAPANESE = "東京は日本の首都です。🗼"
@@ -232,3 +234,14 @@ def test_usage_sums_like_integers(pairs: list[tuple[int, int]]) -> None:
     assert total.prompt_tokens == sum(p for p, _ in pairs)
     assert total.completion_tokens == sum(c for _, c in pairs)
     assert total.total_tokens == sum(p + c for p, c in pairs)
+
+
+@given(text=st.text())
+def test_the_fast_delta_constructors_build_the_same_frozen_events(text: str) -> None:
+    """The per-token constructors set the slots directly; what they build is indistinguishable."""
+    for fast, cls in ((new_answer_delta, AnswerDelta), (new_reasoning_delta, ReasoningDelta)):
+        event = fast(text)
+        assert type(event) is cls and event == cls(text=text) and hash(event) == hash(cls(text=text))
+        assert event_to_dict(event) == event_to_dict(cls(text=text))
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            event.text = "x"  # type: ignore[misc]

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenrelay.events import AnswerDelta, RunFinished, event_from_dict
+from tokenrelay.events import AnswerDelta, Event, Narration, ReasoningDelta, RunFinished, event_from_dict
 from tokenrelay.sse import ServerSentEvent, SSEDecodeError, SSEDecoder, encode_batch
 
 
@@ -250,3 +250,30 @@ def test_tokenrelays_own_frames_round_trip_whatever_the_text(texts: list[str], d
     assert [f.event for f in frames] == [e.type for e in events]
     assert decoded[:-1] == events[:-1]
     assert isinstance(decoded[-1], RunFinished) and decoded[-1].answer == "".join(texts)
+
+
+TEXTS = st.text(max_size=8)
+DELTAS = st.builds(AnswerDelta, text=TEXTS) | st.builds(ReasoningDelta, text=TEXTS)
+OTHERS = st.builds(Narration, text=TEXTS)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=st.lists(DELTAS | OTHERS, min_size=1, max_size=6), first_id=st.integers(0, 10_000))
+def test_a_batch_is_the_same_text_and_kinds_as_its_events_one_by_one(
+    events: list[Event], first_id: int
+) -> None:
+    """What a follower that fell behind (or `full` mode's reasoning + answer pair) gets in one
+    write: adjacent deltas of one kind merged, every text unchanged and in order, the last id
+    that of the last event (a resume from it never repeats text)."""
+    frames = decode(encode_batch(events, first_id))
+    decoded = [event_from_dict(json.loads(f.data)) for f in frames]
+    runs: list[Event] = []
+    for event in events:  # what merging adjacent deltas of one kind gives
+        if runs and type(event) is type(runs[-1]) and isinstance(event, AnswerDelta | ReasoningDelta):
+            runs[-1] = type(event)(text=runs[-1].text + event.text)  # type: ignore[union-attr]
+        else:
+            runs.append(event)
+    assert decoded == runs
+    ids = [int(f.id) for f in frames]
+    assert ids == sorted(set(ids)) and ids[-1] == first_id + len(events) - 1
+    assert all(first_id <= i < first_id + len(events) for i in ids)

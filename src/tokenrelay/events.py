@@ -37,6 +37,7 @@ __all__ = [
     "final_answer",
     "Narration",
     "new_answer_delta",
+    "new_reasoning_delta",
 ]
 
 
@@ -102,6 +103,19 @@ class ReasoningDelta:
 
     text: str
     type: Literal["reasoning_delta"] = "reasoning_delta"
+
+
+_set_reasoning_text = ReasoningDelta.__dict__["text"].__set__
+_set_reasoning_type = ReasoningDelta.__dict__["type"].__set__
+
+
+def new_reasoning_delta(text: str) -> ReasoningDelta:
+    """`ReasoningDelta(text=text)` as `new_answer_delta` builds an answer delta (`full` mode's
+    per-token path: the raw model output of every token)."""
+    event: ReasoningDelta = _new(ReasoningDelta)
+    _set_reasoning_text(event, text)
+    _set_reasoning_type(event, "reasoning_delta")
+    return event
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

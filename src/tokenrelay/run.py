@@ -23,12 +23,12 @@ from tokenrelay.errors import TokenrelayError
 from tokenrelay.events import (
     AnswerDelta,
     Event,
-    ReasoningDelta,
     RunError,
     RunFinished,
     RunStarted,
     Timings,
     Usage,
+    new_reasoning_delta,
 )
 from tokenrelay.messages import Message
 
@@ -65,7 +65,7 @@ async def stream_chat(
                     parts.append(chunk.text)
                     yield AnswerDelta(text=chunk.text)
                 elif type(chunk) is ThinkingChunk:
-                    yield ReasoningDelta(text=chunk.text)
+                    yield new_reasoning_delta(chunk.text)
                 elif isinstance(chunk, FinishChunk):
                     finish_reason = chunk.reason
                     if chunk.usage is not None:

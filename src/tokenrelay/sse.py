@@ -250,6 +250,10 @@ def encode_batch(events: Sequence[Event], first_id: int) -> bytes:
     n = len(events)
     if n == 1:  # the common case: the follower keeps up, one event per wake-up
         return encode_event(events[0], first_id).encode()
+    if n == 2:  # `full` mode keeping up: a token's reasoning delta and the answer text in it
+        first, second = events
+        if type(first) is not type(second):
+            return (encode_event(first, first_id) + encode_event(second, first_id + 1)).encode()
     parts: list[str] = []
     i = 0
     while i < n:

@@ -23,7 +23,7 @@ from tokenrelay.agent.protocol import StreamMode
 from tokenrelay.agent.state import DONE, RunState, stream_answer
 from tokenrelay.agent.tool_call import call_tool
 from tokenrelay.backends.base import FinishChunk, TextChunk, ThinkingChunk
-from tokenrelay.events import Event, ReasoningDelta
+from tokenrelay.events import Event, new_reasoning_delta
 from tokenrelay.messages import Message
 
 if TYPE_CHECKING:
@@ -76,14 +76,14 @@ async def embedded_step(
             async for chunk in chunks:
                 if type(chunk) is TextChunk:
                     if full:
-                        yield ReasoningDelta(text=chunk.text)
+                        yield new_reasoning_delta(chunk.text)
                     extractor.feed(chunk.text)
                     if extractor.is_final:
                         break  # decided: stop this call, the plain call writes the answer
                 elif isinstance(chunk, FinishChunk):
                     state.call_ended(chunk)
                 elif isinstance(chunk, ThinkingChunk) and full:
-                    yield ReasoningDelta(text=chunk.text)
+                    yield new_reasoning_delta(chunk.text)
         if not extractor.is_final:
             extractor.finish()  # (a plain-text final answer is only recognisable at the end)
     answer_now = final_only or extractor.is_final
@@ -119,7 +119,7 @@ async def json_step(
             if type(chunk) is TextChunk:
                 text = chunk.text
                 if full:
-                    yield ReasoningDelta(text=text)
+                    yield new_reasoning_delta(text)
                 if extractor is not None:  # the per-token path of a final answer
                     out = extractor.feed(text)
                     if out:
@@ -138,7 +138,7 @@ async def json_step(
             elif isinstance(chunk, FinishChunk):
                 reason = state.call_ended(chunk)
             elif isinstance(chunk, ThinkingChunk) and full:
-                yield ReasoningDelta(text=chunk.text)
+                yield new_reasoning_delta(chunk.text)
     if extractor is None:  # the stream policy, and no action block while streaming
         assert streamer is not None
         out = streamer.finish()

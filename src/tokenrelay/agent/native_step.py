@@ -17,7 +17,7 @@ from tokenrelay.agent.protocol import StreamMode
 from tokenrelay.agent.state import DONE, RunState
 from tokenrelay.agent.tool_call import call_tool
 from tokenrelay.backends.base import FinishChunk, TextChunk, ThinkingChunk, ToolCallChunk
-from tokenrelay.events import Event, ReasoningDelta
+from tokenrelay.events import Event, ReasoningDelta, new_reasoning_delta
 from tokenrelay.messages import Message, ToolCall
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ async def native_step(
             elif isinstance(chunk, FinishChunk):
                 reason = state.call_ended(chunk)
             elif isinstance(chunk, ThinkingChunk) and full:
-                yield ReasoningDelta(text=chunk.text)
+                yield new_reasoning_delta(chunk.text)
     if not calls:
         if held:
             yield state.answer_delta("".join(held))
