@@ -1,5 +1,13 @@
-"""The event lists a channel can hold besides a plain `list`: a finished run's compact copy and a
-remote reader's list that starts at an offset. Both are read by index like a list."""
+"""What a channel keeps its events in, besides the live `list` of a local run: a view of that
+list as `Event`s, a finished run's compact copy, and a remote reader's list that starts at an
+offset. All are read by index like a list.
+
+A local run's log holds each answer delta as its text: a `str` is not tracked by the garbage
+collector, an `AnswerDelta` is (48 bytes and a GC header each), and every collection walks the
+tracked objects still alive, so a thousand streams' answers would make each young collection
+walk tens of thousands of them (pauses of several milliseconds in every stream). The follower's
+encoders take the `str` items as they are (`Event | str`, `str` meaning answer text); anyone
+else reads `Event`s, built on access (`EventsView`)."""
 
 from __future__ import annotations
 
@@ -8,11 +16,16 @@ from typing import Any, cast, overload
 
 from tokenrelay.events import AnswerDelta, Event, new_answer_delta
 
-__all__ = ["FinishedEvents", "OffsetEvents"]
+__all__ = ["EventsView", "FinishedEvents", "OffsetEvents", "answer_text"]
 
 
 def _event(item: Any) -> Event:
     return new_answer_delta(item) if type(item) is str else cast(Event, item)
+
+
+def answer_text(items: Sequence[Event | str]) -> str:
+    """The answer text of a log's items (`str` items and `AnswerDelta`s), in order."""
+    return "".join([x if isinstance(x, str) else x.text for x in items if isinstance(x, str | AnswerDelta)])
 
 
 class _EventList(Sequence[Event]):
@@ -34,16 +47,14 @@ class _EventList(Sequence[Event]):
         raise NotImplementedError
 
 
-class FinishedEvents(_EventList):
-    """A finished run's events, kept `retention_s` for late readers (Last-Event-ID), with each
-    answer delta stored as its text: a `str` is not tracked by the garbage collector, an
-    `AnswerDelta` is (48 bytes and a GC header each), and every full collection walks all
-    of them. Readers get `AnswerDelta`s back, built on access."""
+class EventsView(_EventList):
+    """A log's items (`Event`s, and answer deltas as their text) read as `Event`s; no copy:
+    it follows the log as it grows."""
 
     __slots__ = ("_items",)
 
-    def __init__(self, events: Sequence[Event]) -> None:
-        self._items: list[Any] = [e.text if type(e) is AnswerDelta else e for e in events]
+    def __init__(self, items: Sequence[Event | str]) -> None:
+        self._items = items
 
     def __len__(self) -> int:
         return len(self._items)
@@ -56,6 +67,16 @@ class FinishedEvents(_EventList):
 
     def __iter__(self) -> Iterator[Event]:
         return map(_event, self._items)
+
+
+class FinishedEvents(EventsView):
+    """A finished run's events, kept `retention_s` for late readers (Last-Event-ID): a copy of
+    its log, every answer delta stored as its text."""
+
+    __slots__ = ()
+
+    def __init__(self, events: Sequence[Event | str]) -> None:
+        super().__init__([e.text if isinstance(e, AnswerDelta) else e for e in events])
 
 
 class OffsetEvents(_EventList):

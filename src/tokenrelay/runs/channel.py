@@ -5,7 +5,9 @@ Invariants:
 * the events are append-only and end with exactly one terminal event (`RunFinished` or
   `RunError`); after it, `publish` is a no-op;
 * followers read `events` by index and wait with `next_event`: every event from where they
-  start, in order, each once; they never block the producer (a run's output is bounded by
+  start, in order, each once; they never block the producer; the one that streams reads `log`,
+  where a local run keeps each answer delta as its text (runs/buffers.py: the collector never
+  walks a live run's answer) (a run's output is bounded by
   max_tokens per model call and max_iterations, and by `max_events`);
 * the state is read-only from outside: properties to read, one method per change;
 * a detached run whose last follower leaves gets its resume grace (`grace.py`), then is
@@ -22,7 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 
 from tokenrelay.events import AnswerDelta, Event, RunError, RunFinished
-from tokenrelay.runs.buffers import FinishedEvents
+from tokenrelay.runs.buffers import EventsView, FinishedEvents, answer_text
 from tokenrelay.runs.grace import ResumeGrace
 
 __all__ = ["RunChannel"]
@@ -36,6 +38,7 @@ class RunChannel:
     """One run's event log and the state around it (task, followers, hooks)."""
 
     __slots__ = (
+        "_compact",
         "_detached",
         "_done",
         "_events",
@@ -76,7 +79,8 @@ class RunChannel:
         self._session_id = session_id
         self._detached = detached
         self._max_events = max_events
-        self._events: Sequence[Event] = [] if events is None else events
+        self._events: Sequence[Event | str] = [] if events is None else events
+        self._compact = events is None  # answer deltas kept as their text
         self._done = False
         self._finished_at: float | None = None
         self._task: asyncio.Task[None] | None = None
@@ -117,7 +121,14 @@ class RunChannel:
 
     @property
     def events(self) -> Sequence[Event]:
-        """A list while the run goes on (followers read it by index), compact once it ended."""
+        """Every event so far, by index (a view of `log`: answer deltas built on access)."""
+        items = self._events
+        return EventsView(items) if type(items) is list else items  # type: ignore[return-value]
+
+    @property
+    def log(self) -> Sequence[Event | str]:
+        """The events as kept, for the follower that streams them: a `list` while the run goes
+        on, where a `str` is an answer delta's text (runs/buffers.py); a compact copy once it ended."""
         return self._events
 
     @property
@@ -154,7 +165,7 @@ class RunChannel:
 
     def answer(self) -> str:
         """The answer text published so far."""
-        return "".join(e.text for e in self._events if type(e) is AnswerDelta)
+        return answer_text(self._events)
 
     async def next_event(self, known: int) -> bool:
         """Wait for an event beyond index `known`. Returns False when one arrived (or the run
@@ -172,7 +183,8 @@ class RunChannel:
         if self._done:
             return
         events = self._events
-        events.append(event)  # type: ignore[attr-defined]  # a list, or an OffsetEvents (no cast: per token)
+        # a list, or an OffsetEvents (no cast: per token)
+        events.append(event.text if self._compact and type(event) is AnswerDelta else event)  # type: ignore[attr-defined]
         self._fresh = True
         if self._sink is not None:
             self._sink(len(events) - 1, event)
@@ -231,7 +243,7 @@ class RunChannel:
     def replicate(self, sink: Callable[[int, Event], None]) -> None:
         """Call `sink(index, event)` for every event, those published so far and each later one
         as it is published (e.g. the Redis log)."""
-        for index, event in enumerate(self._events):
+        for index, event in enumerate(self.events):
             sink(index, event)
         self._sink = sink
 

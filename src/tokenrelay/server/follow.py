@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from typing import cast
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -27,8 +28,9 @@ from tokenrelay.sse import KEEPALIVE, encode_batch
 
 __all__ = ["FollowResponse", "IncompleteStream", "install_log_filter", "sse_response"]
 
-#: encodes a batch of events (the first has index `first_id` in its run) to bytes
-Encoder = Callable[[Sequence[Event], int], bytes]
+#: encodes a batch of a run's log (the first has index `first_id` in its run) to bytes; a `str`
+#: in it is an answer delta's text (`RunChannel.log`)
+Encoder = Callable[[Sequence[Event | str], int], bytes]
 
 
 class IncompleteStream(Exception):
@@ -144,7 +146,7 @@ class _Stream:
         channel, send, driver = self.channel, self.send, self.driver
         encode, keepalive = self.response.encode, self.response.keepalive
         index = self.response.start
-        events = channel.events  # the list it is now: the channel swaps in a compact copy at the end
+        events = channel.log  # the list it is now: the channel swaps in a compact copy at the end
         step = driver.step if driver is not None else None  # None once the inline run ended
         try:
             await self._start()
@@ -176,7 +178,7 @@ class _Stream:
                     _uncancel()
                     await driver.stop(CANCELLED)
                     step = None
-            await self._end(events[-1])
+            await self._end(cast(Event, events[-1]))  # (the terminal event: never text)
         except asyncio.CancelledError:
             if not self.disconnected:
                 raise

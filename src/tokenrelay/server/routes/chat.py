@@ -14,8 +14,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from tokenrelay.events import AnswerDelta, Event, RunError, RunFinished
+from tokenrelay.events import Event, RunError, RunFinished
 from tokenrelay.memory.base import Turn, remembered
+from tokenrelay.runs.buffers import answer_text
 from tokenrelay.server.deps import Owner, get_runner, start_run, wait_for_run
 from tokenrelay.server.errors import error_response
 from tokenrelay.server.follow import FollowResponse, sse_response
@@ -27,8 +28,8 @@ __all__ = ["router"]
 router = APIRouter(route_class=LeanRoute)
 
 
-def _encode_text(events: Sequence[Event], first_id: int) -> bytes:
-    return "".join([e.text for e in events if type(e) is AnswerDelta]).encode()
+def _encode_text(events: Sequence[Event | str], first_id: int) -> bytes:
+    return answer_text(events).encode()
 
 
 def _history_out(turns: list[Turn]) -> list[HistoryMessage]:

@@ -21,6 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from tokenrelay.events import AnswerDelta, Event, ReasoningDelta, RunError, RunFinished
+from tokenrelay.runs.buffers import answer_text
 from tokenrelay.server.deps import Owner, get_runner, start_run, wait_for_run
 from tokenrelay.server.errors import error_body, error_response
 from tokenrelay.server.follow import FollowResponse
@@ -65,32 +66,34 @@ class _ChunkEncoder:
             self.head + '"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n'
         ).encode()
 
-    def __call__(self, events: Sequence[Event], first_id: int) -> bytes:
+    def __call__(self, events: Sequence[Event | str], first_id: int) -> bytes:
+        """A batch of the run's log (`str` items are answer text: `RunChannel.log`)."""
         if self.include_reasoning:
             return self._with_reasoning(events)
-        text = "".join([e.text for e in events if type(e) is AnswerDelta])
+        text = answer_text(events)
         if not text:
             return b""
         return (self.content_head + _dumps(text) + '},"finish_reason":null}]}\n\n').encode()
 
-    def _with_reasoning(self, events: Sequence[Event]) -> bytes:
+    def _with_reasoning(self, events: Sequence[Event | str]) -> bytes:
         """Answer and reasoning text in order, one chunk per run of the same kind."""
         out: list[str] = []
         head: str | None = None
         texts: list[str] = []
         for event in events:
-            kind = type(event)
-            if kind is AnswerDelta:
-                this = self.content_head
-            elif kind is ReasoningDelta:
-                this = self.reasoning_head
+            if isinstance(event, str):
+                this, text = self.content_head, event
+            elif type(event) is AnswerDelta:
+                this, text = self.content_head, event.text
+            elif type(event) is ReasoningDelta:
+                this, text = self.reasoning_head, event.text
             else:
                 continue
             if this is not head and texts:
                 out.append(f'{head}{_dumps("".join(texts))}}},"finish_reason":null}}]}}\n\n')
                 texts = []
             head = this
-            texts.append(event.text)  # type: ignore[union-attr]
+            texts.append(text)
         if texts:
             out.append(f'{head}{_dumps("".join(texts))}}},"finish_reason":null}}]}}\n\n')
         return "".join(out).encode()
