@@ -25,6 +25,11 @@ def _event(item: Any) -> Event:
 
 def answer_text(items: Sequence[Event | str]) -> str:
     """The answer text of a log's items (`str` items and `AnswerDelta`s), in order."""
+    if len(items) == 1:  # a follower keeping up: one item per write
+        item = items[0]
+        if isinstance(item, str):
+            return item
+        return item.text if type(item) is AnswerDelta else ""
     return "".join([x if isinstance(x, str) else x.text for x in items if isinstance(x, str | AnswerDelta)])
 
 
