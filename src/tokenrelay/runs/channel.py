@@ -5,10 +5,10 @@ Invariants:
 * the events are append-only and end with exactly one terminal event (`RunFinished` or
   `RunError`); after it, `publish` is a no-op;
 * followers read `events` by index and wait with `next_event`: every event from where they
-  start, in order, each once; they never block the producer; the one that streams reads `log`,
-  where a local run keeps each answer delta as its text (runs/buffers.py: the collector never
-  walks a live run's answer) (a run's output is bounded by
+  start, in order, each once; they never block the producer (a run's output is bounded by
   max_tokens per model call and max_iterations, and by `max_events`);
+* a local run keeps each answer delta in its `log` as its text, which the garbage collector
+  never walks (runs/buffers.py); the follower that streams reads `log`, anyone else `events`;
 * the state is read-only from outside: properties to read, one method per change;
 * a detached run whose last follower leaves gets its resume grace (`grace.py`), then is
   cancelled; a run that is not detached is the caller's to cancel (see `FollowResponse`).
