@@ -8,6 +8,7 @@ them from the shared log. Every answer B gives must be the one A (the owner) giv
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -224,3 +225,47 @@ def test_abandoned_readers_never_let_the_workers_heartbeat_lapse(
         for s in sockets:
             s.close()
     assert wait_until(lambda: _reader_tasks(b) == 0, timeout=10), "readers outlived their clients"
+
+
+@pytest.mark.anyio
+async def test_a_resume_past_the_log_of_a_run_its_owner_lost_gets_the_loss() -> None:
+    """The owner died before logging what its client saw, and a survivor's sweep closed the run:
+    a Last-Event-ID past the log gets the `worker_lost` error (not a 422, not an empty stream);
+    one inside the log reads the rest of it, then the loss."""
+    import redis.asyncio as aioredis
+
+    from tokenrelay.events import AnswerDelta, RunError
+    from tokenrelay.runs.redis import RedisCoordinator
+    from tokenrelay.runs.redis_log import encode_event
+
+    services_or_skip()
+    prefix = f"trtest:{uuid.uuid4().hex[:8]}:"
+    client = aioredis.Redis.from_url(REDIS)
+    coordinator = RedisCoordinator(REDIS, prefix=prefix)
+    await coordinator.start(lambda run_id: False)
+    try:
+        await client.hset(f"{prefix}runinfo:r9", mapping={"owner": "", "worker": "gone", "session": ""})
+        for i in range(2):  # what the owner logged: indices 0 and 1
+            await client.xadd(
+                f"{prefix}run:r9", {"e": encode_event(AnswerDelta(text=f"t{i}"))}, id=f"{i + 1}-0"
+            )
+        await coordinator.close_dead_run("r9", last_index=1)  # the loss, at index 2
+        for start in (3, 7):
+            remote = await coordinator.remote_channel("r9", owner=None, start=start)
+            assert remote is not None and remote.done
+            loss = remote.events[start]
+            assert isinstance(loss, RunError) and loss.code == "worker_lost"
+        remote = await coordinator.remote_channel("r9", owner=None, start=1)
+        assert remote is not None
+        for _ in range(100):
+            if remote.done:
+                break
+            await asyncio.sleep(0.02)
+        rest = list(remote.events[1:])
+        assert rest[0] == AnswerDelta(text="t1") and isinstance(rest[1], RunError) and len(rest) == 2
+    finally:
+        await coordinator.close()
+        keys = [key async for key in client.scan_iter(f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()

@@ -276,17 +276,15 @@ class RedisCoordinator:
         """A channel fed from the run's stream, from event index `start` on; None when the
         run is unknown or belongs to another owner. Answers like the owning worker at the
         edges: `start` just past a finished run's last event gives a channel that is already
-        done (an empty stream); further than that raises `EventIdPastEnd` (unless the owner
-        died: it may have sent events it never logged, and the reader ends the run with
-        `worker_lost`). Any `start` costs O(1) memory: the channel holds only what it reads."""
+        done (an empty stream); further than that raises `EventIdPastEnd` (unless the owner died: it
+        may have sent events it never logged; then `worker_lost`). Any `start` costs O(1) memory."""
         info = await self.run_info(run_id)
         if info is None or (info["owner"] or None) != owner:
             return None
         end, terminal = await self._tail(run_id)
-        # An id past the log of a run still going: the owner's last batch may be on its way
-        # (wait up to PAST_END_WAIT_S), or the owner died before logging what its client saw
-        # (its lease runs out within `lease_s`: then follow, and the reader ends the run with
-        # `worker_lost`). An owner alive all along answers 422 too.
+        # An id past the log of a run still going: the owner's last batch may be on its way (wait
+        # up to PAST_END_WAIT_S), or the owner died before logging what its client saw (its lease
+        # runs out within `lease_s`: follow; the reader, or a survivor's sweep, ends it `worker_lost`).
         started = time.monotonic()
         worker_alive = True
         while start > end + 1 and terminal is None and worker_alive:
@@ -297,14 +295,16 @@ class RedisCoordinator:
             end, terminal = await self._tail(run_id)
             if time.monotonic() - started >= PAST_END_WAIT_S:
                 worker_alive = await self.worker_alive(info["worker"])
-        if start > end + 1 and (terminal is not None or worker_alive):
+        lost = isinstance(terminal, RunError) and terminal.code == "worker_lost"  # (a survivor closed it)
+        if start > end + 1 and not lost and (terminal is not None or worker_alive):
             raise EventIdPastEnd(start)
         session_id = info["session"] or None
-        if start == end + 1 and terminal is not None:  # an EventSource reconnecting after the end
-            channel = RunChannel(run_id, owner=owner, session_id=session_id, events=OffsetEvents(end))
-            channel.publish(terminal)
+        done = start > end and terminal is not None  # an EventSource reconnecting after the end, or the loss
+        events = OffsetEvents(start if lost or not done else end)
+        channel = RunChannel(run_id, owner=owner, session_id=session_id, events=events)
+        if done:
+            channel.publish(terminal)  # type: ignore[arg-type]
             return channel
-        channel = RunChannel(run_id, owner=owner, session_id=session_id, events=OffsetEvents(start))
         channel.bind_task(
             asyncio.create_task(self._read(channel, info["worker"], start), name=f"read {run_id}")
         )
