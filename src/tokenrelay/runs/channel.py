@@ -38,7 +38,6 @@ class RunChannel:
     """One run's event log and the state around it (task, followers, hooks)."""
 
     __slots__ = (
-        "_compact",
         "_detached",
         "_done",
         "_events",
@@ -80,7 +79,6 @@ class RunChannel:
         self._detached = detached
         self._max_events = max_events
         self._events: Sequence[Event | str] = [] if events is None else events
-        self._compact = events is None  # answer deltas kept as their text
         self._done = False
         self._finished_at: float | None = None
         self._task: asyncio.Task[None] | None = None
@@ -183,8 +181,8 @@ class RunChannel:
         if self._done:
             return
         events = self._events
-        # a list, or an OffsetEvents (no cast: per token)
-        events.append(event.text if self._compact and type(event) is AnswerDelta else event)  # type: ignore[attr-defined]
+        # a local run's list keeps an answer delta as its text; a remote one's OffsetEvents, the event
+        events.append(event.text if type(event) is AnswerDelta and type(events) is list else event)  # type: ignore[attr-defined]
         self._fresh = True
         if self._sink is not None:
             self._sink(len(events) - 1, event)
