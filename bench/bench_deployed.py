@@ -18,7 +18,10 @@ CPU 1; the load generator, bench_server.py's raw-socket client, on CPU 0):
 * ``tokenrelay-memory``     ``tokenrelay`` with the in-memory store: what the SQLite store costs;
 * ``tokenrelay-full``       ``mode: "full"`` without ``resumable``: of the page's cost, what its full
                             mode (reasoning deltas too) costs and what its resumable run does;
-* ``bare-drain``            bare on DrainLoop.
+* ``bare-drain``            bare on DrainLoop;
+* ``bare-page``             bare sending, per token and in one write, what the page's request gets:
+                            the raw model text as a ``reasoning_delta`` event, then the answer text
+                            (the reference for ``tokenrelay-resumable``'s two events per token).
 
 The model is ScriptedBackend replaying the agent's JSON action (``{"action": "Final Answer",
 "action_input": "..."}``), answer T tokens (200), split exactly as bare's tokens; the first answer
@@ -59,6 +62,7 @@ MODES = (
     "tokenrelay-memory",
     "tokenrelay-full",
     "bare-drain",
+    "bare-page",
 )
 DEFAULT_MODES = "bare,tokenrelay,tokenrelay-resumable"
 SCENARIOS = ("single", "s200", "s1000", "capacity")
@@ -81,7 +85,7 @@ def serve(args: argparse.Namespace) -> None:
     mode: str = args.serve
     options: dict[str, Any]
     if mode.startswith("bare"):
-        app = bs.build_bare(tokens, [tps], stats)
+        app = bs.build_bare(tokens, [tps], stats, page=mode == "bare-page")
         options = {"http": "httptools", "loop": "uvloop", "backlog": 4096, "access_log": False}
         if mode == "bare-drain":
             options["loop"] = "tokenrelay.server:event_loop"

@@ -174,13 +174,17 @@ def _bench_routes(
     ]
 
 
-def build_bare(tokens: list[str], rate: list[float | None], stats: GCStats) -> Any:
+def build_bare(tokens: list[str], rate: list[float | None], stats: GCStats, *, page: bool = False) -> Any:
+    """The bare reference: a Starlette endpoint hand-formatting one SSE frame per token. With
+    `page`, each write carries what the web page's request gets per token instead: the raw model
+    text (the JSON action's piece) as a `reasoning_delta` event, then the answer text."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import StreamingResponse
     from starlette.routing import Route
 
     dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    raw = json_action_pieces(tokens) if page else None
 
     async def stream(request: Request) -> StreamingResponse:
         await request.body()
@@ -193,7 +197,11 @@ def build_bare(tokens: list[str], rate: list[float | None], stats: GCStats) -> A
                 if interval:
                     delay = start + i * interval - time.monotonic()
                     await asyncio.sleep(delay if delay > 0 else 0)
-                yield "data: " + dumps({"type": "answer_delta", "text": tok}) + "\n\n"
+                frame = "data: " + dumps({"type": "answer_delta", "text": tok}) + "\n\n"
+                if raw is not None:
+                    reasoning = dumps({"type": "reasoning_delta", "text": raw[i]})
+                    frame = "event: reasoning_delta\ndata: " + reasoning + "\n\n" + frame
+                yield frame
 
         return StreamingResponse(frames(), media_type="text/event-stream; charset=utf-8")
 

@@ -45,6 +45,7 @@ class RunChannel:
         "_followers",
         "_fresh",
         "_grace",
+        "_loop",
         "_max_events",
         "_on_finish",
         "_on_idle",
@@ -85,6 +86,7 @@ class RunChannel:
         self._followers = 0
         self._fresh = False
         self._waiters: list[asyncio.Future[bool]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the followers', once one waited
         self._sink: Callable[[int, Event], None] | None = None
         self._source: AsyncIterator[Event] | None = None
         self._on_idle: Callable[[], None] | None = None
@@ -170,7 +172,10 @@ class RunChannel:
         is done), True when woken by the registry's keep-alive tick instead."""
         if len(self._events) > known or self._done:
             return False
-        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        loop = self._loop  # (asking asyncio for it costs a getpid() system call per wait on 3.11)
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
         self._waiters.append(waiter)
         return await waiter
 
