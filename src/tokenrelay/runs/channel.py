@@ -6,7 +6,8 @@ Invariants:
   `RunError`); after it, `publish` is a no-op;
 * followers read `events` by index and wait with `next_event`: every event from where they
   start, in order, each once; they never block the producer (a run's output is bounded by
-  max_tokens per model call and max_iterations, and by `max_events`);
+  max_tokens per model call and max_iterations, and by `max_events`); they all wait on one event
+  loop, the first one's (a server's process has one);
 * a local run keeps each answer delta in its `log` as its text, which the garbage collector
   never walks (runs/buffers.py); the follower that streams reads `log`, anyone else `events`;
 * the state is read-only from outside: properties to read, one method per change;
