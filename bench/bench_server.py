@@ -145,6 +145,8 @@ def _tune_gc(how: str) -> None:
         gc.freeze()
     if how in ("threshold", "both"):
         gc.set_threshold(50_000, 20, 100)
+        if os.environ.get("BENCH_GC_THRESHOLD"):  # e.g. 10000,100,100: another tuning to compare
+            gc.set_threshold(*(int(v) for v in os.environ["BENCH_GC_THRESHOLD"].split(",")))
 
 
 def _bench_routes(

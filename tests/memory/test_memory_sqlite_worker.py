@@ -14,7 +14,7 @@ import pytest
 
 from tokenrelay.memory import SQLiteSessionStore
 from tokenrelay.memory.sqlite.checkpoints import CHECKPOINT_BATCH_S
-from tokenrelay.memory.sqlite.worker import WriteWorker
+from tokenrelay.memory.sqlite.worker import DELIVER_PER_TURN, WriteWorker, _deliver
 
 
 @pytest.fixture
@@ -78,6 +78,22 @@ async def test_a_batch_of_awaited_writes_wakes_the_loop_once(conn: sqlite3.Conne
     assert ids == list(range(1, 101))
     assert len(wakeups) == 1, wakeups
     await asyncio.to_thread(worker.close)
+
+
+@pytest.mark.anyio
+async def test_a_large_batch_resumes_its_waiters_a_few_per_loop_turn() -> None:
+    """The results of a batch that finished a hundred runs' turns go back DELIVER_PER_TURN per
+    loop turn, in order, so the streams still running are not held up by all of that at once."""
+    loop = asyncio.get_running_loop()
+    futures: list[asyncio.Future[object]] = [loop.create_future() for _ in range(2 * DELIVER_PER_TURN + 3)]
+    futures[1].cancel()  # a waiter that left: skipped, still counted in its turn
+    _deliver([(f, i, None) for i, f in enumerate(futures)])
+    done_per_turn = [sum(f.done() for f in futures)]
+    while done_per_turn[-1] < len(futures):
+        await asyncio.sleep(0)  # one loop turn
+        done_per_turn.append(sum(f.done() for f in futures))
+    assert done_per_turn == [DELIVER_PER_TURN, 2 * DELIVER_PER_TURN, len(futures)]
+    assert [f.result() for f in futures if not f.cancelled()] == [i for i in range(len(futures)) if i != 1]
 
 
 def test_writes_commit_in_queue_order_and_see_earlier_ones(conn: sqlite3.Connection) -> None:

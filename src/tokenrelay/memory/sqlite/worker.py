@@ -55,14 +55,24 @@ class _Job:
 Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
 
 
-def _deliver(outcomes: list[Outcome]) -> None:
-    """On the waiters' loop: each awaited write's result (a cancelled waiter no longer waits)."""
-    for future, result, error in outcomes:
+#: awaited writes resumed per event-loop turn (see `_deliver`)
+DELIVER_PER_TURN = 16
+
+
+def _deliver(outcomes: list[Outcome], start: int = 0) -> None:
+    """On the waiters' loop: each awaited write's result (a cancelled waiter no longer waits),
+    `DELIVER_PER_TURN` per loop turn: a batch that finished the turns of a hundred runs resumes
+    them a few at a time, so the timers of the streams still running are not held up behind all
+    of their end-of-run work at once (a stall of every stream: 8-13 ms at 1,000 streams)."""
+    end = start + DELIVER_PER_TURN
+    for future, result, error in outcomes[start:end]:
         if not future.done():
             if error is None:
                 future.set_result(result)
             else:
                 future.set_exception(error)
+    if end < len(outcomes):
+        outcomes[0][0].get_loop().call_soon(_deliver, outcomes, end)
 
 
 def _settle_all(settled: list[tuple[_Job, Any, BaseException | None]]) -> None:
