@@ -16,7 +16,8 @@ Invariants:
   `on_error` (it is logged; nobody waits for it).
 * An awaited write's outcome goes back to its event loop with the batch's: one
   `call_soon_threadsafe` per loop per batch, however many writes the batch held (a thousand
-  streams opening their turns wake the loop once, not a thousand times).
+  streams opening their turns wake the loop once, not a thousand times); the waiters resume in
+  queue order, `DELIVER_PER_TURN` per loop turn.
 * The connection is used only under `lock` (readers on other threads take the same lock).
 * `close()` runs every write queued before it, then stops the thread; writes queued after
   it raise `RuntimeError`.
