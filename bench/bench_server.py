@@ -144,9 +144,9 @@ def _tune_gc(how: str) -> None:
         gc.collect()
         gc.freeze()
     if how in ("threshold", "both"):
-        gc.set_threshold(50_000, 20, 100)
-        if os.environ.get("BENCH_GC_THRESHOLD"):  # e.g. 10000,100,100: another tuning to compare
-            gc.set_threshold(*(int(v) for v in os.environ["BENCH_GC_THRESHOLD"].split(",")))
+        # create_app_from_env's tuning, or another to compare (BENCH_GC_THRESHOLD=10000,100,100)
+        thresholds = os.environ.get("BENCH_GC_THRESHOLD", "50000,20,100")
+        gc.set_threshold(*(int(v) for v in thresholds.split(",")))
 
 
 def _bench_routes(
